@@ -1,0 +1,459 @@
+"""Reading a TensorFlow V2 checkpoint (tensor bundle) without TensorFlow.
+
+Opening reads only the ``.index`` file; tensors are read on demand, whole or by region, touching
+only the bytes (and, for sliced variables, only the slices) that the region needs.
+
+Example::
+
+    ckpt = open_checkpoint("/runs/bert/model.ckpt-1000")
+    ckpt.list_variables()[:2]        # [('bert/embeddings/LayerNorm/beta', [768]), ...]
+    emb = ckpt.read("bert/embeddings/word_embeddings", (slice(0, 1000),))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import struct
+import threading
+import time
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from google.protobuf.message import DecodeError as ProtoDecodeError
+
+from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedFormatError
+from ..plan import Index, index_shape, normalize_index
+from ..storage import Store
+from .coding import DecodeError, crc32c, mask_crc, read_varint
+from .dtypes import DT_STRING, is_sub_byte, numpy_dtype, stored_itemsize
+from .locate import locate_checkpoint
+from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
+from .protos import BundleEntryProto, BundleHeaderProto
+from .slice_key import decode_slice_key, encode_slice_key
+from .table import SnappyBlockError, parse_table
+
+# Below this run length a region read fetches the bounding byte range in one request.
+_MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """Where one dense tensor's bytes lie: shard, byte range, checksum."""
+
+    dtype_enum: int
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+    crc32c: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """A variable as the checkpoint lists it: name, dtype, full shape, and where its bytes are.
+
+    Dense tensors have ``stored``; sliced (partitioned) ones have ``slices``: for each stored
+    slice, its region of the full tensor and its stored bytes.
+    """
+
+    name: str
+    dtype: np.dtype
+    dtype_enum: int
+    shape: tuple[int, ...]
+    stored: StoredTensor | None
+    slices: tuple[tuple[Index, StoredTensor], ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk (for strings: all lengths, checksum and characters)."""
+        if self.stored is not None:
+            return self.stored.size
+        return sum(s.size for _, s in self.slices)
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        """The data-file shards holding this tensor's bytes."""
+        stored = [self.stored] if self.stored is not None else [s for _, s in self.slices]
+        return tuple(sorted({s.shard_id for s in stored}))
+
+    @property
+    def is_sliced(self) -> bool:
+        return self.stored is None
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """Counters of what a checkpoint has read from storage (thread-safe)."""
+
+    bytes_read: int = 0
+    reads: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def add(self, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            self.bytes_read += nbytes
+            self.reads += 1
+            self.seconds += seconds
+
+
+def _entry(value: bytes, where: str) -> Any:
+    entry = BundleEntryProto()
+    try:
+        entry.ParseFromString(value)
+    except ProtoDecodeError:
+        raise CorruptCheckpointError(f"{where}: entry does not decode as a BundleEntryProto") from None
+    return entry
+
+
+def _shape(entry: Any, where: str) -> tuple[int, ...]:
+    if entry.shape.unknown_rank:
+        raise CorruptCheckpointError(f"{where}: stored shape has unknown rank")
+    dims = tuple(d.size for d in entry.shape.dim)
+    if any(d < 0 for d in dims):
+        raise CorruptCheckpointError(f"{where}: stored shape {list(dims)} has a negative dimension")
+    return dims
+
+
+def _stored(entry: Any, where: str, num_shards: int) -> StoredTensor:
+    shape = _shape(entry, where)
+    numpy_dtype(entry.dtype, where)
+    if not 0 <= entry.shard_id < num_shards or entry.offset < 0 or entry.size < 0:
+        raise CorruptCheckpointError(
+            f"{where}: entry points at shard {entry.shard_id} offset {entry.offset} size {entry.size}, "
+            f"but the checkpoint has {num_shards} shard(s)")
+    if entry.dtype != DT_STRING:
+        expected = math.prod(shape) * stored_itemsize(entry.dtype)
+        if entry.size != expected:
+            raise CorruptCheckpointError(
+                f"{where}: entry holds {entry.size} bytes, but shape {list(shape)} of "
+                f"{numpy_dtype(entry.dtype).name} needs {expected}")
+    return StoredTensor(entry.dtype, shape, entry.shard_id, entry.offset, entry.size, entry.crc32c)
+
+
+def _slice_region(extents: Sequence[tuple[int, int]], shape: tuple[int, ...], where: str) -> Index:
+    if len(extents) != len(shape):
+        raise CorruptCheckpointError(f"{where}: slice has rank {len(extents)}, tensor has rank {len(shape)}")
+    region = []
+    for (start, length), dim in zip(extents, shape):
+        stop = dim if length == -1 else start + length
+        if start < 0 or length < -1 or stop > dim:
+            raise CorruptCheckpointError(f"{where}: slice ({start}, {length}) is outside a dimension of size {dim}")
+        region.append(slice(start, stop))
+    return tuple(region)
+
+
+class Checkpoint:
+    """An open TensorFlow checkpoint. Use :func:`open_checkpoint` to make one.
+
+    Example::
+
+        ckpt = open_checkpoint("gs://bucket/run/")
+        for name, shape in ckpt.list_variables(): ...
+        x = ckpt.read("dense/kernel")
+    """
+
+    def __init__(self, store: Store, prefix: str, verify_checksums: bool = True):
+        self.store = store
+        self.prefix = prefix
+        self.path = store.describe(prefix)
+        self.verify_checksums = verify_checksums
+        self.stats = ReadStats()
+        self._min_run = _MIN_RUN_BYTES["local" if type(store).__name__ == "LocalStore" else "remote"]
+        self._shard_sizes: dict[int, int | None] = {}
+        self._object_graph: ObjectGraph | None | bool = False
+        index_name = prefix + ".index"
+        where = store.describe(index_name)
+        try:
+            entries = parse_table(store.read(index_name), verify_checksums=True)
+        except SnappyBlockError as e:
+            raise UnsupportedFormatError(
+                f"{where}: {e}; snappy-compressed index blocks come from TensorFlow < 1.2. Re-save the "
+                "checkpoint with a current TensorFlow.") from None
+        except DecodeError as e:
+            raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
+        self._infos = self._build(entries, where)
+        self.names = sorted(self._infos)
+
+    def _build(self, entries: list[tuple[bytes, bytes]], where: str) -> dict[str, TensorInfo]:
+        if not entries or entries[0][0] != b"":
+            raise CorruptCheckpointError(f"{where}: the index has no header entry")
+        header = BundleHeaderProto()
+        try:
+            header.ParseFromString(entries[0][1])
+        except ProtoDecodeError:
+            raise CorruptCheckpointError(f"{where}: header does not decode as a BundleHeaderProto") from None
+        if entries[0][1][:1] == b"\x0a":
+            raise UnsupportedFormatError(f"{where}: this looks like a V1 checkpoint, which tf2flax does not read")
+        version = header.version
+        if version.producer < 0 or version.min_consumer > 1 or 1 in version.bad_consumers:
+            raise UnsupportedFormatError(
+                f"{where}: checkpoint version (producer {version.producer}, min consumer "
+                f"{version.min_consumer}) needs a newer reader than format version 1")
+        if header.endianness not in (0, 1):
+            raise CorruptCheckpointError(f"{where}: unknown endianness {header.endianness}")
+        if header.num_shards < 1:
+            raise CorruptCheckpointError(f"{where}: header says {header.num_shards} data shards")
+        self.num_shards = header.num_shards
+        self.big_endian = header.endianness == 1
+        slice_entries: dict[bytes, Any] = {}
+        named: dict[str, Any] = {}
+        for key, value in entries[1:]:
+            if key[:1] == b"\x00":
+                slice_entries[key] = value
+                continue
+            try:
+                name = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptCheckpointError(f"{where}: tensor key {key[:60]!r} is not UTF-8") from None
+            named[name] = value
+        infos: dict[str, TensorInfo] = {}
+        for name, value in named.items():
+            here = f"{where}: tensor {name!r}"
+            entry = _entry(value, here)
+            dtype = numpy_dtype(entry.dtype, here)
+            if not entry.slices:
+                stored = _stored(entry, here, self.num_shards)
+                infos[name] = TensorInfo(name, dtype, entry.dtype, stored.shape, stored)
+                continue
+            shape = _shape(entry, here)
+            slices = []
+            for proto in entry.slices:
+                extents = tuple((e.start, e.length if e.HasField("length") else -1) for e in proto.extent)
+                region = _slice_region(extents, shape, here)
+                key = encode_slice_key(name, extents)
+                if key not in slice_entries:
+                    raise CorruptCheckpointError(f"{here}: slice {extents} has no stored data entry")
+                part = _stored(_entry(slice_entries.pop(key), f"{here} slice {extents}"), f"{here} slice {extents}",
+                               self.num_shards)
+                if part.shape != index_shape(region) or part.dtype_enum != entry.dtype:
+                    raise CorruptCheckpointError(
+                        f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
+                        f"{list(index_shape(region))}")
+                slices.append((region, part))
+            covered = sum(math.prod(index_shape(r)) for r, _ in slices)
+            if covered != math.prod(shape):
+                raise CorruptCheckpointError(
+                    f"{here}: its slices cover {covered} of {math.prod(shape)} elements (does not have sufficient slices)")
+            infos[name] = TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
+        for key in slice_entries:
+            try:
+                decode_slice_key(key)
+            except DecodeError:
+                raise CorruptCheckpointError(f"{where}: malformed slice key {key[:60]!r}") from None
+        return infos
+
+    # ---- listing -------------------------------------------------------------------------
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.path!r}, {len(self.names)} tensors)"
+
+    def info(self, name: str) -> TensorInfo:
+        """Metadata of tensor ``name``; TensorNotFoundError (with close names) if absent."""
+        try:
+            return self._infos[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise TensorNotFoundError(f"{self.path}: no tensor named {name!r}{hint}") from None
+
+    def list_variables(self) -> list[tuple[str, list[int]]]:
+        """[(name, shape)] sorted by name, as ``tf.train.list_variables`` gives them."""
+        return [(n, list(self._infos[n].shape)) for n in self.names]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.info(name).dtype
+
+    @property
+    def object_graph(self) -> ObjectGraph | None:
+        """The TF2 object graph, or None for name-based (TF1) checkpoints."""
+        if self._object_graph is False:
+            graph = None
+            if OBJECT_GRAPH_KEY in self._infos:
+                try:
+                    graph = ObjectGraph.parse(self.read(OBJECT_GRAPH_KEY).item())
+                except ValueError as e:
+                    raise CorruptCheckpointError(f"{self.path}: {OBJECT_GRAPH_KEY}: {e}") from None
+            self._object_graph = graph
+        return self._object_graph  # type: ignore[return-value]
+
+    # ---- reading -------------------------------------------------------------------------
+    def read(self, name: str, index: Any = None) -> np.ndarray:
+        """Tensor ``name``, or the region ``index`` (a tuple of slices/ints) of it.
+
+        Whole reads of dense tensors verify the CRC32C (unless ``verify_checksums=False``);
+        region reads fetch only the bytes of the region and check their bounds.
+        """
+        info = self.info(name)
+        region = normalize_index(index, info.shape)
+        squeeze = _int_axes(index, len(info.shape))
+        if info.dtype_enum == DT_STRING:
+            out = self._read_strings(info, region)
+        elif info.stored is not None:
+            out = self._read_dense(info.stored, region, f"tensor {name!r}")
+        else:
+            out = self._read_sliced(info, region)
+        return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
+
+    def _data_file(self, shard_id: int) -> str:
+        return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
+
+    def _fetch(self, stored: StoredTensor, start: int, out: memoryview, what: str) -> None:
+        """Read ``len(out)`` bytes at ``start`` within a stored tensor, with bounds checks."""
+        file = self._data_file(stored.shard_id)
+        if stored.shard_id not in self._shard_sizes:
+            self._shard_sizes[stored.shard_id] = self.store.size(file)
+        size = self._shard_sizes[stored.shard_id]
+        if size is not None and stored.offset + stored.size > size:
+            raise CorruptCheckpointError(
+                f"{self.store.describe(file)}: {what} needs bytes {stored.offset}..{stored.offset + stored.size}, "
+                f"but the file has {size} bytes (truncated?)")
+        began = time.perf_counter()
+        try:
+            self.store.read_into(file, stored.offset + start, out)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{e} (reading {what})") from None
+        self.stats.add(len(out), time.perf_counter() - began)
+
+    def _decode(self, stored: StoredTensor, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        dtype = numpy_dtype(stored.dtype_enum)
+        if self.big_endian and dtype.itemsize > 1 and dtype.kind in "iufc":
+            dtype = dtype.newbyteorder(">")
+        array = raw.view(dtype).reshape(shape)
+        if is_sub_byte(stored.dtype_enum):
+            array = raw.view(np.int8 if numpy_dtype(stored.dtype_enum).name.startswith("int") else np.uint8)
+            array = array.astype(numpy_dtype(stored.dtype_enum)).reshape(shape)
+        return array.astype(array.dtype.newbyteorder("=")) if self.big_endian else array
+
+    def _read_dense(self, stored: StoredTensor, region: Index, what: str) -> np.ndarray:
+        shape = stored.shape
+        item = stored_itemsize(stored.dtype_enum)
+        if region == normalize_index(None, shape):
+            raw = np.empty(stored.size, np.uint8)
+            if stored.size:
+                self._fetch(stored, 0, memoryview(raw), what)
+            if self.verify_checksums and mask_crc(crc32c(raw)) != stored.crc32c:
+                raise CorruptCheckpointError(
+                    f"{self.store.describe(self._data_file(stored.shard_id))}: {what} fails its CRC32C check "
+                    "(data corrupted)")
+            return self._decode(stored, raw, shape)
+        out_shape = index_shape(region)
+        if math.prod(out_shape) == 0:
+            return np.empty(out_shape, numpy_dtype(stored.dtype_enum))
+        # Dimensions from `k` on are whole in the region (after the first partial one): each
+        # combination of the outer indices is one contiguous run of bytes.
+        k = len(shape)
+        while k > 0 and region[k - 1] == slice(0, shape[k - 1]):
+            k -= 1
+        k = max(k - 1, 0)
+        inner = math.prod(shape[k + 1:]) * item
+        run = (region[k].stop - region[k].start) * inner if shape else item
+        strides = [math.prod(shape[i + 1:]) * item for i in range(len(shape))]
+        outer = [np.arange(s.start, s.stop) * strides[i] for i, s in enumerate(region[:k])]
+        starts = region[k].start * inner if shape else 0
+        if outer:
+            starts = starts + sum(np.ix_(*outer)).reshape(-1)
+        starts = np.atleast_1d(np.asarray(starts, dtype=np.int64))
+        first, last = int(starts[0]), int(starts[-1]) + run
+        if len(starts) == 1 or run < self._min_run or run * len(starts) * 2 >= last - first:
+            raw = np.empty(last - first, np.uint8)
+            self._fetch(stored, first, memoryview(raw), what)
+            rows = (starts - first)[:, None] + np.arange(run)[None, :]
+            out = raw[rows].reshape(-1)
+        else:
+            out = np.empty(run * len(starts), np.uint8)
+            view = memoryview(out)
+            for i, s in enumerate(starts):
+                self._fetch(stored, int(s), view[i * run:(i + 1) * run], what)
+        return self._decode(stored, out, out_shape)
+
+    def _read_sliced(self, info: TensorInfo, region: Index) -> np.ndarray:
+        out = np.empty(index_shape(region), info.dtype)
+        for part_region, stored in info.slices:
+            lo = [max(a.start, b.start) for a, b in zip(region, part_region)]
+            hi = [min(a.stop, b.stop) for a, b in zip(region, part_region)]
+            if any(h <= l for l, h in zip(lo, hi)) and math.prod(out.shape):
+                continue
+            local = tuple(slice(l - p.start, h - p.start) for l, h, p in zip(lo, hi, part_region))
+            dest = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))
+            what = f"tensor {info.name!r} slice {[(p.start, p.stop) for p in part_region]}"
+            if info.dtype_enum == DT_STRING:
+                out[dest] = self._strings(stored, what)[local]
+            else:
+                out[dest] = self._read_dense(stored, local, what)
+        return out
+
+    def _read_strings(self, info: TensorInfo, region: Index) -> np.ndarray:
+        if info.stored is None:
+            return self._read_sliced(info, region)
+        return self._strings(info.stored, f"tensor {info.name!r}")[region + (Ellipsis,)]
+
+    def _strings(self, stored: StoredTensor, what: str) -> np.ndarray:
+        file = self.store.describe(self._data_file(stored.shard_id))
+        raw = np.empty(stored.size, np.uint8)
+        if stored.size:
+            self._fetch(stored, 0, memoryview(raw), what)
+        data = raw.tobytes()
+        count = math.prod(stored.shape)
+        lengths, pos = [], 0
+        try:
+            for _ in range(count):
+                n, pos = read_varint(data, pos)
+                lengths.append(n)
+        except DecodeError:
+            raise CorruptCheckpointError(f"{file}: {what}: string lengths are truncated or malformed") from None
+        if pos + 4 + sum(lengths) != len(data):
+            raise CorruptCheckpointError(
+                f"{file}: {what}: string lengths add up to {pos + 4 + sum(lengths)} bytes, the entry has {len(data)}")
+        if self.verify_checksums:
+            crc = _length_crc(lengths)
+            (stored_length_crc,) = struct.unpack_from("<I", data, pos)
+            crc = crc32c(data[pos + 4:], crc32c(data[pos:pos + 4], crc))
+            if mask_crc(_length_crc(lengths)) != stored_length_crc or mask_crc(crc) != stored.crc32c:
+                raise CorruptCheckpointError(f"{file}: {what} fails its CRC32C check (data corrupted)")
+        out = np.empty(count, dtype=object)
+        pos += 4
+        for i, n in enumerate(lengths):
+            out[i] = data[pos:pos + n]
+            pos += n
+        return out.reshape(stored.shape)
+
+
+def _length_crc(lengths: list[int]) -> int:
+    crc = 0
+    for n in lengths:
+        crc = crc32c(struct.pack("<I", n) if n <= 0xFFFFFFFF else struct.pack("<Q", n), crc)
+    return crc
+
+
+def _int_axes(index: Any, rank: int) -> set[int]:
+    if index is None:
+        return set()
+    items = index if isinstance(index, tuple) else (index,)
+    return {i for i, s in enumerate(items[:rank]) if isinstance(s, (int, np.integer))}
+
+
+def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True) -> Checkpoint:
+    """Open a checkpoint: a directory (through its ``checkpoint`` file), a prefix, or a URL.
+
+    Example::
+
+        ckpt = tf2flax.open_checkpoint("/runs/bert")   # latest checkpoint in the directory
+        ckpt.read("bert/pooler/dense/bias")
+    """
+    store, prefix = locate_checkpoint(path)
+    return Checkpoint(store, prefix, verify_checksums=verify_checksums)

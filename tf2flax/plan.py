@@ -1,0 +1,404 @@
+"""A validated load plan: each target leaf <- a lazy source tensor + a chain of transforms.
+
+The mapping engine builds a :class:`Plan`; ``materialize`` reads it. Sources and transforms map
+*regions*: given the region of the target a device holds, :meth:`PlanEntry.read` works out the
+region of the checkpoint tensor it needs and reads only that. Transforms that cannot map a region
+(reshape, arbitrary callables) make the entry read its whole source once.
+
+Example::
+
+    entry = PlanEntry("params/Dense_0/kernel", TensorSource(ckpt, "dense/kernel"),
+                      (Transpose((1, 0)), Cast(np.dtype("bfloat16"))))
+    block = entry.read((slice(0, 4), slice(0, 8)))   # reads only the rows/cols it needs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from .errors import MappingError
+
+Index = tuple[slice, ...]
+
+
+def normalize_index(index: Sequence[slice] | None, shape: Sequence[int]) -> Index:
+    """Turn ``index`` into one concrete ``slice(start, stop)`` per dimension (step 1 only)."""
+    shape = tuple(int(d) for d in shape)
+    if index is None:
+        return tuple(slice(0, d) for d in shape)
+    if not isinstance(index, tuple):
+        index = tuple(index) if isinstance(index, (list,)) else (index,)
+    if len(index) > len(shape):
+        raise IndexError(f"index {index!r} has {len(index)} dimensions, the tensor has {len(shape)}")
+    out = []
+    for i, d in enumerate(shape):
+        s = index[i] if i < len(index) else slice(None)
+        if isinstance(s, (int, np.integer)):
+            k = int(s) + d if s < 0 else int(s)
+            if not 0 <= k < d:
+                raise IndexError(f"index {int(s)} is out of range for dimension {i} of size {d}")
+            s = slice(k, k + 1)
+        if not isinstance(s, slice):
+            raise IndexError(f"only slices and integers are supported, got {s!r}")
+        start, stop, step = s.indices(d)
+        if step != 1:
+            raise IndexError(f"only step-1 slices are supported, got {s!r}")
+        out.append(slice(start, max(start, stop)))
+    return tuple(out)
+
+
+def index_shape(index: Index) -> tuple[int, ...]:
+    """The shape of the region ``index`` (concrete slices) selects."""
+    return tuple(s.stop - s.start for s in index)
+
+
+class Source(Protocol):
+    """A lazy tensor: its shape and dtype are known without reading; ``read`` reads a region."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read(self, index: Index) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
+
+
+class Reader(Protocol):
+    """What a source needs from a checkpoint (``tf2flax.Checkpoint`` is one)."""
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def dtype(self, name: str) -> np.dtype: ...
+
+    def read(self, name: str, index: Any = None) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSource:
+    """One tensor of a checkpoint, by its key."""
+
+    reader: Reader = dataclasses.field(repr=False, compare=False)
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.reader.shape(self.name))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.reader.dtype(self.name)
+
+    def read(self, index: Index) -> np.ndarray:
+        return self.reader.read(self.name, index)
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionSource:
+    """A rectangular region of another source (one part of a partitioned target)."""
+
+    base: Source
+    region: Index
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return index_shape(self.region)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    def read(self, index: Index) -> np.ndarray:
+        shifted = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(self.region, index))
+        return self.base.read(shifted)
+
+    def describe(self) -> str:
+        spans = ",".join(f"{s.start}:{s.stop}" for s in self.region)
+        return f"{self.base.describe()}[{spans}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConcatSource:
+    """Several sources joined along ``axis`` (checkpoint-side ``<var>/part_<n>`` tensors)."""
+
+    parts: tuple[Source, ...]
+    axis: int
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise MappingError("a concatenation needs at least one part")
+        first = self.parts[0].shape
+        for p in self.parts[1:]:
+            same = all(a == b for i, (a, b) in enumerate(zip(first, p.shape)) if i != self.axis)
+            if len(p.shape) != len(first) or not same:
+                raise MappingError(
+                    f"cannot concatenate {p.describe()} {list(p.shape)} with "
+                    f"{self.parts[0].describe()} {list(first)} along axis {self.axis}"
+                )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.parts[0].shape)
+        shape[self.axis] = sum(p.shape[self.axis] for p in self.parts)
+        return tuple(shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.parts[0].dtype
+
+    def read(self, index: Index) -> np.ndarray:
+        want = index[self.axis]
+        pieces, offset = [], 0
+        for p in self.parts:
+            n = p.shape[self.axis]
+            lo, hi = max(want.start, offset), min(want.stop, offset + n)
+            if lo < hi or (not pieces and n == 0):
+                sub = list(index)
+                sub[self.axis] = slice(lo - offset, max(lo, hi) - offset)
+                pieces.append(p.read(tuple(sub)))
+            offset += n
+        if not pieces:
+            return np.empty(index_shape(index), self.dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=self.axis)
+
+    def describe(self) -> str:
+        return f"concat[axis={self.axis}]({', '.join(p.describe() for p in self.parts)})"
+
+
+class Transform(Protocol):
+    """A step from a source array to a target array."""
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]: ...
+
+    def out_dtype(self, dtype: np.dtype) -> np.dtype: ...
+
+    def apply(self, array: np.ndarray) -> np.ndarray: ...
+
+    region_aware: bool
+
+    def source_index(self, index: Index) -> Index | None:
+        """The input region that produces output region ``index``; None if not region-aware."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Transpose:
+    """``np.transpose(x, perm)``; region-aware."""
+
+    region_aware = True
+
+    perm: tuple[int, ...]
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if sorted(self.perm) != list(range(len(shape))):
+            raise MappingError(f"transpose {list(self.perm)} does not fit a tensor of shape {list(shape)}")
+        return tuple(shape[p] for p in self.perm)
+
+    def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        return dtype
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return np.transpose(array, self.perm)
+
+    def source_index(self, index: Index) -> Index:
+        src: list[slice] = [slice(0, 0)] * len(self.perm)
+        for out_axis, in_axis in enumerate(self.perm):
+            src[in_axis] = index[out_axis]
+        return tuple(src)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reshape:
+    """``x.reshape(shape)``; reads the whole source (not region-aware)."""
+
+    region_aware = False
+
+    shape: tuple[int, ...]
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            return _reshape_shape(shape, self.shape)
+        except ValueError:
+            raise MappingError(f"cannot reshape {list(shape)} into {list(self.shape)}") from None
+
+    def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        return dtype
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return array.reshape(self.shape)
+
+    def source_index(self, index: Index) -> None:
+        return None
+
+
+def _reshape_shape(shape: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
+    size = int(np.prod(shape, dtype=np.int64))
+    new = tuple(int(d) for d in new)
+    if new.count(-1) > 1:
+        raise ValueError
+    if -1 in new:
+        rest = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+        if rest == 0 or size % rest:
+            raise ValueError
+        new = tuple(size // rest if d == -1 else d for d in new)
+    if int(np.prod(new, dtype=np.int64)) != size:
+        raise ValueError
+    return new
+
+
+def can_cast(src: np.dtype, dst: np.dtype) -> bool:
+    """Whether values of ``src`` have a meaningful conversion to ``dst`` (not string->number, complex->real)."""
+    src, dst = np.dtype(src), np.dtype(dst)
+    if src.kind in "OSU" or dst.kind in "OSU":
+        return src.kind in "OSU" and dst.kind in "OSU"
+    if src.kind == "c" and dst.kind != "c":
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Cast:
+    """``x.astype(dtype)``; region-aware. Refuses string<->number and complex->real."""
+
+    region_aware = True
+
+    dtype: np.dtype
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        if not can_cast(dtype, self.dtype):
+            raise MappingError(f"cannot cast {np.dtype(dtype).name} to {np.dtype(self.dtype).name}")
+        return np.dtype(self.dtype)
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return array if array.dtype == self.dtype else array.astype(self.dtype)
+
+    def source_index(self, index: Index) -> Index:
+        return index
+
+
+@dataclasses.dataclass(frozen=True)
+class Fn:
+    """An arbitrary function of the whole array; reads the whole source (not region-aware).
+
+    ``shape_fn``/``dtype_fn`` tell the plan the result's shape and dtype without reading data;
+    without them the function is assumed to keep shape and dtype.
+    """
+
+    region_aware = False
+
+    fn: Callable[[np.ndarray], np.ndarray]
+    shape_fn: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+    dtype_fn: Callable[[np.dtype], np.dtype] | None = None
+    name: str = ""
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(self.shape_fn(shape)) if self.shape_fn else shape
+
+    def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        return np.dtype(self.dtype_fn(dtype)) if self.dtype_fn else dtype
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fn(array))
+
+    def source_index(self, index: Index) -> None:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanEntry:
+    """One target leaf: where its value comes from and how it is transformed."""
+
+    target: str
+    source: Source
+    transforms: tuple[Transform, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = tuple(self.source.shape)
+        for t in self.transforms:
+            shape = t.out_shape(shape)
+        return shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        dtype = np.dtype(self.source.dtype)
+        for t in self.transforms:
+            dtype = t.out_dtype(dtype)
+        return dtype
+
+    @property
+    def region_aware(self) -> bool:
+        """True when every transform maps regions, so a device's block reads only its bytes."""
+        return all(t.region_aware for t in self.transforms)
+
+    def read(self, index: Sequence[slice] | None = None) -> np.ndarray:
+        """The target region ``index`` (whole target if None), reading as little as it can."""
+        index = normalize_index(index, self.shape)
+        src_index = index
+        for t in reversed(self.transforms):
+            src_index = t.source_index(src_index)
+            if src_index is None:
+                break
+        if src_index is None:
+            array = self.source.read(normalize_index(None, self.source.shape))
+            for t in self.transforms:
+                array = t.apply(array)
+            return np.ascontiguousarray(array[index])
+        array = self.source.read(src_index)
+        for t in self.transforms:
+            array = t.apply(array)
+        return np.ascontiguousarray(array)
+
+    def describe(self) -> str:
+        steps = "".join(f" -> {_describe_transform(t)}" for t in self.transforms)
+        return f"{self.target} <- {self.source.describe()}{steps}"
+
+
+def _describe_transform(t: Transform) -> str:
+    if isinstance(t, Transpose):
+        return f"transpose{list(t.perm)}"
+    if isinstance(t, Reshape):
+        return f"reshape{list(t.shape)}"
+    if isinstance(t, Cast):
+        return f"cast({np.dtype(t.dtype).name})"
+    if isinstance(t, Fn):
+        return f"fn({t.name or getattr(t.fn, '__name__', 'callable')})"
+    return type(t).__name__
+
+
+@dataclasses.dataclass
+class Report:
+    """What a plan matched: both sides' leftovers, in the spirit of big_vision's merge_params.
+
+    ``matched``: target path -> description of its source; ``unused``: checkpoint tensors no target
+    reads; ``unset``: target leaves that keep their initial values.
+    """
+
+    matched: dict[str, str] = dataclasses.field(default_factory=dict)
+    unused: list[str] = dataclasses.field(default_factory=list)
+    unset: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"matched {len(self.matched)} target(s), {len(self.unused)} checkpoint tensor(s) unused, "
+                 f"{len(self.unset)} target(s) unset"]
+        lines += [f"  unused: {n}" for n in self.unused]
+        lines += [f"  unset:  {n}" for n in self.unset]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Plan:
+    """All entries (by target path), validated, plus the report."""
+
+    entries: dict[str, PlanEntry]
+    report: Report
+
+    def describe(self) -> str:
+        return "\n".join(e.describe() for e in self.entries.values())
