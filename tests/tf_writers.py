@@ -1,0 +1,436 @@
+"""Write real TensorFlow checkpoints for the reader tests and benchmarks.
+
+Every writer here uses TensorFlow itself (never our own encoder), so the files are the ground truth
+the reader must agree with. Each writer returns the checkpoint prefix (and, where cheap, the values
+it wrote); tests compare the reader against ``tf.train.load_checkpoint`` / ``tf.train.list_variables``.
+
+TensorFlow is imported lazily through :func:`tf` so that importing this module is cheap and the
+logical-CPU configuration (two CPU devices, needed for ``Saver(sharded=True)``) happens before
+TensorFlow's runtime starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+_TF = None
+
+
+def tf():
+    """Import TensorFlow once, with two logical CPU devices when that is still possible."""
+    global _TF
+    if _TF is None:
+        import tensorflow as _tf
+
+        try:
+            cpus = _tf.config.list_physical_devices("CPU")
+            _tf.config.set_logical_device_configuration(
+                cpus[0], [_tf.config.LogicalDeviceConfiguration()] * 2
+            )
+        except RuntimeError:
+            # The runtime was already initialized by someone else; the TF1 writers below use
+            # soft placement, and the saver shards by the *graph* device strings anyway.
+            pass
+        _tf.get_logger().setLevel("ERROR")
+        _TF = _tf
+    return _TF
+
+
+# ----------------------------------------------------------------------------------------------
+# Values
+# ----------------------------------------------------------------------------------------------
+
+def _f32_bits(*bits: int) -> np.ndarray:
+    return np.array(bits, dtype=np.uint32).view(np.float32)
+
+
+def dtype_zoo() -> dict[str, np.ndarray]:
+    """One tensor per dtype TF can save, with the nasty values: NaN payloads, -0, inf, extremes."""
+    rng = np.random.default_rng(1234)
+    f32 = np.concatenate([
+        _f32_bits(0x7FC00001, 0xFFC12345, 0x80000000, 0x00000001, 0x7F7FFFFF, 0xFF800000),
+        rng.standard_normal(10).astype(np.float32),
+    ]).reshape(4, 4)
+    f64 = np.concatenate([
+        np.array([0x7FF8000000000123, 0x8000000000000000, 1, 0xFFF0000000000000], np.uint64).view(np.float64),
+        rng.standard_normal(8),
+    ]).reshape(3, 4)
+    f16 = np.concatenate([
+        np.array([0x7E01, 0x8000, 0x0001, 0x7BFF, 0xFC00], np.uint16).view(np.float16),
+        rng.standard_normal(7).astype(np.float16),
+    ]).reshape(2, 2, 3)
+    bf16 = np.concatenate([
+        np.array([0x7FC1, 0x8000, 0x0001, 0x3FC0, 0xFF80], np.uint16).view(ml_dtypes.bfloat16),
+        rng.standard_normal(5).astype(ml_dtypes.bfloat16),
+    ]).reshape(2, 5)
+    out: dict[str, np.ndarray] = {
+        "dtypes/float32": f32,
+        "dtypes/float64": f64,
+        "dtypes/float16": f16,
+        "dtypes/bfloat16": bf16,
+        "dtypes/bool": np.array([[True, False, True], [False, False, True]]),
+        "dtypes/complex64": (rng.standard_normal(6) + 1j * rng.standard_normal(6)).astype(np.complex64).reshape(2, 3),
+        "dtypes/complex128": np.array([complex(np.nan, -0.0), 1e300 - 1e-300j, 0j], np.complex128),
+    }
+    for dt in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
+        info = np.iinfo(dt)
+        out[f"dtypes/{np.dtype(dt).name}"] = np.array(
+            [[info.min, info.max, 0], [1, info.max - 1, info.min + 1]], dtype=dt)
+    # Scalars and zero-size tensors
+    out["scalars/f32"] = np.array(-0.0, np.float32)
+    out["scalars/i64"] = np.array(-(2 ** 63), np.int64)
+    out["scalars/bool"] = np.array(True)
+    out["scalars/bf16"] = np.array(1.5, ml_dtypes.bfloat16)
+    out["zero/f32_0"] = np.zeros((0,), np.float32)
+    out["zero/f64_3x0x2"] = np.zeros((3, 0, 2), np.float64)
+    out["zero/i32_0x5"] = np.zeros((0, 5), np.int32)
+    return out
+
+
+def string_values() -> dict[str, np.ndarray]:
+    """DT_STRING tensors: empty strings, >127 bytes (2-byte varint), >16383 bytes, non-UTF-8, NULs."""
+    return {
+        "strings/doc_example": np.array([[b"hello", b""], [b"x" * 200, b"\x00\xff"]], dtype=object),
+        "strings/scalar": np.array(b"\xff\xfe not utf-8 \x80", dtype=object),
+        "strings/empty_scalar": np.array(b"", dtype=object),
+        "strings/all_empty": np.array([b"", b"", b""], dtype=object),
+        "strings/long": np.array([b"a" * 128, b"b" * 20000, "ünïcødé".encode(), bytes(range(256))], dtype=object),
+        "strings/zero_size": np.zeros((0, 3), dtype=object),
+    }
+
+
+def odd_names() -> dict[str, np.ndarray]:
+    """Tensor names with '.', '/', non-ASCII, bytes sorting around the slice-key prefix."""
+    return {
+        "odd/with.dot": np.arange(3, dtype=np.float32),
+        "odd/.leading_dot": np.arange(2, dtype=np.int32),
+        "odd/trailing/": np.arange(2, dtype=np.int64),
+        "odd/naïve/βeta": np.arange(4, dtype=np.float64).reshape(2, 2),
+        "odd/日本語": np.array([1, 2], dtype=np.uint8),
+        "odd/a..b/.S/x": np.array([7], dtype=np.int16),
+        "odd/emoji\U0001F600": np.array(1.0, dtype=np.float32),
+        "A_upper_sorts_first": np.array([3], dtype=np.int32),
+        "z" * 300: np.array([4], dtype=np.int32),  # long key (> 127 bytes: 2-byte varints in the table)
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Writers
+# ----------------------------------------------------------------------------------------------
+
+def write_raw_bundle(prefix: str | os.PathLike, tensors: dict[str, np.ndarray],
+                     shape_and_slices: dict[str, str] | None = None) -> str:
+    """Write ``tensors`` with ``tf.raw_ops.SaveV2`` (one shard, arbitrary key strings)."""
+    T = tf()
+    prefix = str(prefix)
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    names = list(tensors)
+    sas = [(shape_and_slices or {}).get(n, "") for n in names]
+    with T.device("/cpu:0"):
+        T.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=sas,
+                         tensors=[T.constant(tensors[n]) for n in names])
+    return prefix
+
+
+def write_zoo(directory: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+    """Every dtype, strings, scalars, zero-size tensors, odd names, plus a hand-sliced tensor.
+
+    Written with SaveV2 (no state file); returns ``(prefix, expected)``.
+    """
+    values = {**dtype_zoo(), **string_values(), **odd_names()}
+    prefix = write_raw_bundle(Path(directory) / "zoo", values)
+    return prefix, values
+
+
+def _graph_session_config():
+    T = tf()
+    return T.compat.v1.ConfigProto(allow_soft_placement=True, device_count={"CPU": 2})
+
+
+PARTITIONED_SPECS = {
+    # name: (shape, num_parts, axis, dtype)
+    "part/rows": ((10, 3), 3, 0, np.float32),      # uneven along axis 0: 4, 3, 3
+    "part/cols": ((4, 7), 3, 1, np.float64),       # uneven along axis 1: 3, 2, 2
+    "part/depth": ((3, 4, 11), 5, 2, np.int32),    # 3-D, split along the last axis: 3,2,2,2,2
+    "part/vec": ((13,), 4, 0, np.int64),           # 1-D: 4, 3, 3, 3
+    "part/big": ((1000, 64), 4, 0, np.float32),    # for bytes-read tests: 4 x 64000 bytes
+    "part/bf16": ((6, 5), 2, 1, ml_dtypes.bfloat16),
+}
+
+
+def _partitioned_value(name: str) -> np.ndarray:
+    shape, _, _, dt = PARTITIONED_SPECS[name]
+    n = int(np.prod(shape))
+    seed = sum(name.encode())
+    vals = np.random.default_rng(seed).standard_normal(n) * 100
+    return vals.astype(dt).reshape(shape)
+
+
+def tf1_expected_values() -> dict[str, np.ndarray]:
+    """What :func:`write_tf1_saver` stores (partitioned variables under their full names)."""
+    out = {name: _partitioned_value(name) for name in PARTITIONED_SPECS}
+    out.update({
+        "dense/kernel": np.arange(24, dtype=np.float32).reshape(4, 6) / 7,
+        "dense/bias": np.linspace(-1, 1, 6).astype(np.float32),
+        "scope.with.dots/w": np.arange(6, dtype=np.int16).reshape(2, 3),
+        "cpu1/counter": np.array(42, dtype=np.int64),
+        "cpu1/flags": np.array([True, False, True]),
+        "cpu1/names": np.array([b"alpha", b"", b"\xff" * 150], dtype=object),
+        "cpu1/half": np.array([1.0, -2.5, 65504.0], dtype=np.float16),
+    })
+    return out
+
+
+def _slice_initializer(full: np.ndarray):
+    """A TF1 initializer that gives each partition its own region of ``full``."""
+    T = tf()
+
+    def init(shape, dtype=None, partition_info=None):
+        offset = partition_info.var_offset if partition_info is not None else [0] * len(shape)
+        region = tuple(slice(o, o + int(d)) for o, d in zip(offset, shape))
+        return T.constant(full[region], dtype=dtype)
+
+    return init
+
+
+def write_tf1_saver(directory: str | os.PathLike, global_step: int = 7,
+                    sharded: bool = True) -> tuple[str, dict[str, np.ndarray]]:
+    """TF1 graph-mode ``Saver`` with partitioned variables on two CPU devices.
+
+    ``sharded=True`` gives one data file per device (``data-0000{0,1}-of-00002``) and an absolute
+    path in the ``checkpoint`` state file. Returns ``(prefix, expected)``.
+    """
+    T = tf()
+    v1 = T.compat.v1
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    expected = tf1_expected_values()
+    g = T.Graph()
+    with g.as_default():
+        devices = ["/cpu:0", "/cpu:1"]
+        for i, (name, (shape, parts, axis, dt)) in enumerate(PARTITIONED_SPECS.items()):
+            with T.device(devices[i % 2]):
+                v1.get_variable(
+                    name, shape=shape, dtype=T.as_dtype(np.dtype(dt)),
+                    initializer=_slice_initializer(expected[name]),
+                    partitioner=v1.fixed_size_partitioner(parts, axis=axis))
+        for name, val in expected.items():
+            if name in PARTITIONED_SPECS:
+                continue
+            dev = "/cpu:1" if name.startswith("cpu1/") else "/cpu:0"
+            with T.device(dev):
+                v1.Variable(val, name=name, dtype=T.as_dtype(val.dtype), use_resource=False)
+        saver = v1.train.Saver(sharded=sharded)
+        with v1.Session(graph=g, config=_graph_session_config()) as sess:
+            sess.run(v1.global_variables_initializer())
+            prefix = saver.save(sess, str(directory / "model"), global_step=global_step)
+    return prefix, expected
+
+
+def write_tf1_small(directory: str | os.PathLike) -> str:
+    """A small TF1 Saver checkpoint (one partitioned variable, two shards); returns its prefix."""
+    T = tf()
+    v1 = T.compat.v1
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    g = T.Graph()
+    with g.as_default():
+        with T.device("/cpu:0"):
+            v1.get_variable("w", shape=(5, 2), initializer=_slice_initializer(
+                np.arange(10, dtype=np.float32).reshape(5, 2)),
+                partitioner=v1.fixed_size_partitioner(2, axis=0))
+        with T.device("/cpu:1"):
+            v1.Variable(np.arange(3, dtype=np.int32), name="b")
+        saver = v1.train.Saver(sharded=True)
+        with v1.Session(graph=g, config=_graph_session_config()) as sess:
+            sess.run(v1.global_variables_initializer())
+            return saver.save(sess, str(directory / "small"), global_step=1)
+
+
+def write_v1(directory: str | os.PathLike) -> str:
+    """A V1-format checkpoint (``SaverDef.V1``): a single file named exactly the prefix."""
+    T = tf()
+    v1 = T.compat.v1
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    g = T.Graph()
+    with g.as_default():
+        v1.Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="v")
+        saver = v1.train.Saver(write_version=v1.train.SaverDef.V1)
+        with v1.Session(graph=g, config=_graph_session_config()) as sess:
+            sess.run(v1.global_variables_initializer())
+            return saver.save(sess, str(directory / "model"))
+
+
+def _tf2_values(step: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(100 + step)
+    vals = {k.replace("dtypes/", ""): v for k, v in dtype_zoo().items() if k.startswith("dtypes/")}
+    vals.update({
+        # large enough that MaxShardSizePolicy splits them into slices across data files
+        "big_rows": rng.standard_normal((300, 40)).astype(np.float32),
+        "big_3d": rng.standard_normal((7, 9, 50)).astype(np.float64),
+        "big_int": rng.integers(-1000, 1000, size=(5000,), dtype=np.int64),
+        "scalar": np.array(float(step), np.float32),
+        # (no zero-size variable: MaxShardSizePolicy in TF 2.21 silently drops them from the file)
+        "strings": np.array([b"abc", b"", b"\xff\x00" * 100], dtype=object),  # 1-D: TF bug with 2-D
+        "na\u00efve": np.arange(3, dtype=np.int32) + step,
+        "with.dot": np.arange(4, dtype=np.float32) + step,
+        "with/slash": np.arange(5, dtype=np.int8) + step,
+    })
+    return vals
+
+
+def write_tf2_sharded(directory: str | os.PathLike, max_shard_size: int = 20000
+                      ) -> tuple[str, str, dict[str, Any]]:
+    """``tf.train.Checkpoint.save`` twice with ``MaxShardSizePolicy`` (variables split into slices).
+
+    Returns ``(latest_prefix, first_prefix, expected_latest)``, where ``expected_latest`` maps
+    checkpoint keys to values. Local names with '.', '/' and non-ASCII exercise key escaping.
+    """
+    T = tf()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    opts = T.train.CheckpointOptions(
+        experimental_sharding_callback=T.train.experimental.MaxShardSizePolicy(
+            max_shard_size=max_shard_size))
+    variables = {k: T.Variable(v) for k, v in _tf2_values(1).items()}
+    variables["nested"] = T.Module()
+    variables["nested"].inner = T.Variable(np.arange(6, dtype=np.float32).reshape(2, 3))
+    ckpt = T.train.Checkpoint(**variables)
+    first = ckpt.save(str(directory / "ckpt"), options=opts)
+    vals2 = _tf2_values(2)
+    for k, v in vals2.items():
+        variables[k].assign(v)
+    latest = ckpt.save(str(directory / "ckpt"), options=opts)
+
+    def esc(n: str) -> str:
+        return n.replace(".", "..").replace("/", ".S")
+
+    expected = {f"{esc(k)}/.ATTRIBUTES/VARIABLE_VALUE": v for k, v in vals2.items()}
+    expected["nested/inner/.ATTRIBUTES/VARIABLE_VALUE"] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    expected["save_counter/.ATTRIBUTES/VARIABLE_VALUE"] = np.array(2, np.int64)
+    return latest, first, expected
+
+
+def write_keras3(directory: str | os.PathLike) -> str:
+    """A Keras 3 Sequential model trained one step, saved with its Adam optimizer.
+
+    ``tf.train.Checkpoint(model=model, optimizer=optimizer).save(...)``. The model's trainable
+    variables are reachable both as ``model/_functional/_operations/N/...`` and as
+    ``optimizer/_trainable_variables/N``; the checkpoint key is the breadth-first (optimizer) one.
+    """
+    T = tf()
+    import keras
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, name="d1"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Dense(2, name="d2"),
+    ], name="sequential")
+    opt = keras.optimizers.Adam(learning_rate=1e-3)
+    model.compile(optimizer=opt, loss="mse")
+    x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+    y = np.random.default_rng(1).random((16, 2)).astype(np.float32)
+    model.fit(x, y, verbose=0, epochs=1, batch_size=8)
+    ckpt = T.train.Checkpoint(model=model, optimizer=opt)
+    return ckpt.save(str(directory / "ckpt"))
+
+
+def many_names(n: int) -> list[str]:
+    return [f"encoder/layer_{i // 12:04d}/sublayer_{i % 12:02d}/attention_projection_weights_{i:05d}"
+            for i in range(n)]
+
+
+def write_many(directory: str | os.PathLike, n: int = 6000) -> str:
+    """``n`` small tensors with long names: an index of several 256 KiB data blocks."""
+    names = many_names(n)
+    tensors = {name: np.full((2, 3), i, dtype=np.float32) for i, name in enumerate(names)}
+    return write_raw_bundle(Path(directory) / "many", tensors)
+
+
+def write_large(directory: str | os.PathLike, size_gb: float = 1.0, n_vars: int = 16) -> str:
+    """A TF2 checkpoint of ``n_vars`` float32 variables totalling ``size_gb`` GB (reused if present)."""
+    T = tf()
+    directory = Path(directory)
+    marker = directory / f"large-{size_gb:g}-{n_vars}.done"
+    prefix = directory / "large"
+    if marker.exists():
+        return str(prefix)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    per_var = int(size_gb * 1e9 / 4 / n_vars)
+    cols = 1024
+    rows = max(1, per_var // cols)
+    variables = {}
+    for i in range(n_vars):
+        variables[f"v{i:02d}"] = T.Variable(
+            T.random.stateless_uniform((rows, cols), seed=(i, 7), dtype=T.float32))
+    ckpt = T.train.Checkpoint(**variables)
+    ckpt.write(str(prefix))
+    del variables, ckpt
+    marker.write_text("ok\n")
+    return str(prefix)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference: TensorFlow's own reader, and bitwise comparison
+# ----------------------------------------------------------------------------------------------
+
+def tf_list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
+    return [(n, list(s)) for n, s in tf().train.list_variables(str(path))]
+
+
+def tf_read_all(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint as TensorFlow's ``CheckpointReader`` returns it."""
+    reader = tf().train.load_checkpoint(str(path))
+    return {name: as_array(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()}
+
+
+def as_array(value: Any) -> np.ndarray:
+    """TF returns bytes/numpy scalars for scalars; make everything an ndarray (strings: object)."""
+    if isinstance(value, bytes):
+        return np.array(value, dtype=object)
+    arr = np.asarray(value)
+    if arr.dtype.kind == "S":
+        return arr.astype(object)
+    return arr
+
+
+def tensor_mismatch(actual: Any, expected: Any) -> str | None:
+    """None if ``actual`` equals ``expected`` bit for bit (dtype, shape, bytes); else why not."""
+    if not isinstance(actual, np.ndarray):
+        return f"not an ndarray but {type(actual).__name__}"
+    expected = as_array(expected)
+    if actual.dtype != expected.dtype:
+        return f"dtype {actual.dtype} != {expected.dtype}"
+    if actual.shape != expected.shape:
+        return f"shape {actual.shape} != {expected.shape}"
+    if expected.dtype == object:
+        for i, (a, e) in enumerate(zip(actual.ravel(), expected.ravel())):
+            if type(a) is not bytes or a != e:
+                return f"string element {i}: {a!r} != {e!r}"
+        return None
+    if np.ascontiguousarray(actual).tobytes() != np.ascontiguousarray(expected).tobytes():
+        diff = np.flatnonzero(np.ascontiguousarray(actual).view(np.uint8).ravel()
+                              != np.ascontiguousarray(expected).view(np.uint8).ravel())
+        return f"bytes differ at byte offsets {diff[:8].tolist()} (of {diff.size})"
+    return None
+
+
+def assert_tensor_equal(actual: Any, expected: Any, what: str = "") -> None:
+    why = tensor_mismatch(actual, expected)
+    assert why is None, f"{what}: {why}"
