@@ -1,0 +1,133 @@
+"""``init_params``: load a TensorFlow checkpoint into a Flax parameter tree, sharded.
+
+Example::
+
+    abstract = jax.eval_shape(model.init, rng, x)          # nothing allocated yet
+    params = tf2flax.init_params("/runs/bert", {"bert/encoder/": "params/encoder/"}, abstract,
+                                 preset="keras", mesh=mesh, sharding_rules=[(r"kernel$", P(None, "model"))])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+from jax.sharding import Mesh
+
+from .bundle import Checkpoint, open_checkpoint
+from .errors import MappingError
+from .mapping import build_plan
+from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize
+from .plan import Plan, Report
+from .sharding import ShardingRules, check_sharding, resolve_shardings
+from .targets import flatten_targets, unflatten_targets
+
+
+@dataclasses.dataclass
+class LoadResult:
+    """What ``init_params(..., return_report=True)`` returns beside the params."""
+
+    plan: Plan
+    stats: LoadStats
+
+    @property
+    def report(self) -> Report:
+        return self.plan.report
+
+
+def as_checkpoint(ckpt: str | os.PathLike | Checkpoint) -> Checkpoint:
+    """An open checkpoint from a path, URL, or an already open one."""
+    return ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
+
+
+def check_strict(report: Report, path: str) -> None:
+    """MappingError listing both sides' leftovers, if there are any."""
+    if report.unused or report.unset:
+        parts = []
+        if report.unused:
+            parts.append(f"{len(report.unused)} checkpoint tensor(s) unused: {', '.join(report.unused[:10])}")
+        if report.unset:
+            parts.append(f"{len(report.unset)} target(s) not loaded: {', '.join(report.unset[:10])}")
+        raise MappingError(f"{path}: strict load failed: " + "; ".join(parts))
+
+
+def plan_params(
+    ckpt: str | os.PathLike | Checkpoint,
+    mapping: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+    params: Any,
+    *,
+    rules: Sequence[tuple[str, str]] | None = None,
+    preset: str | None = None,
+    transforms: Mapping[str, Any] | None = None,
+    part_axis: int | None = None,
+    strict: bool = False,
+) -> Plan:
+    """Validate a whole load without reading tensor data: the plan and its report.
+
+    Example::
+
+        plan = tf2flax.plan_params(path, {"old/": "params/"}, abstract_params)
+        print(plan.report.summary())
+    """
+    ckpt = as_checkpoint(ckpt)
+    targets = flatten_targets(params)
+    plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis)
+    if strict:
+        check_strict(plan.report, ckpt.path)
+    return plan
+
+
+def init_params(
+    ckpt: str | os.PathLike | Checkpoint,
+    mapping: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+    params: Any,
+    *,
+    rules: Sequence[tuple[str, str]] | None = None,
+    preset: str | None = None,
+    transforms: Mapping[str, Any] | None = None,
+    part_axis: int | None = None,
+    strict: bool = False,
+    dry_run: bool = False,
+    report: bool = False,
+    return_report: bool = False,
+    shardings: Any = None,
+    mesh: Mesh | None = None,
+    sharding_rules: ShardingRules | None = None,
+    bytes_in_flight: int = DEFAULT_BYTES_IN_FLIGHT,
+) -> Any:
+    """``params`` with the leaves ``mapping`` names loaded from ``ckpt``, placed with their shardings.
+
+    ``mapping`` follows ``tf.compat.v1.train.init_from_checkpoint``'s assignment map (see the
+    README's Mapping section); ``rules``/``preset``/``transforms`` go beyond it. Leaves are placed
+    with the sharding each target carries, or ``shardings`` (pytree, dict by path, or function),
+    or ``sharding_rules`` [(regex, PartitionSpec)] over ``mesh``; each process reads only the
+    regions its devices hold. The whole plan is validated before any data is read.
+
+    ``dry_run=True`` returns the validated :class:`Plan` and reads nothing; ``report=True``
+    prints the matched/unused/unset report to stderr; ``return_report=True`` returns
+    ``(params, LoadResult)``.
+
+    Example::
+
+        params = tf2flax.init_params("/tmp/model.ckpt", {"old_scope_1/": "params/new_scope_1/"}, params)
+    """
+    ckpt = as_checkpoint(ckpt)
+    targets = flatten_targets(params)
+    plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis)
+    if strict:
+        check_strict(plan.report, ckpt.path)
+    placement = resolve_shardings(targets, shardings, mesh=mesh, rules=sharding_rules)
+    for path, entry in plan.entries.items():
+        if path in placement:
+            check_sharding(path, entry.shape, placement[path])
+    if report:
+        print(plan.report.summary(), file=sys.stderr)
+    if dry_run:
+        return plan
+    before = ckpt.stats.bytes_read
+    values, stats = materialize(plan, placement, bytes_in_flight=bytes_in_flight)
+    stats.bytes_read = ckpt.stats.bytes_read - before
+    result = unflatten_targets(params, values)
+    return (result, LoadResult(plan, stats)) if return_report else result
