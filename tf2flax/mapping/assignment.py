@@ -1,0 +1,241 @@
+"""TensorFlow's ``init_from_checkpoint`` rules, applied to the leaves of a Flax tree.
+
+This is ``_init_from_checkpoint`` (``tensorflow/python/training/checkpoint_utils.py``) with target
+variables replaced by target leaves:
+
+- Entries run in order of their checkpoint name (a stable sort, so list-form duplicates keep their
+  order); when two entries load the same leaf, the later one wins, as in TensorFlow.
+- A target that is a leaf, a ``<var>`` whose ``<var>/part_<n>`` leaves exist, an ``nnx.Variable``
+  handle, or a list of leaves/handles (one partitioned variable) loads the named checkpoint tensor.
+- Any other string target is a scope: everything before its last ``/`` (``'/'`` means all leaves).
+  The checkpoint key must then end with ``/``. Each leaf whose path starts with ``scope + '/'``
+  (``/part_<n>`` suffix stripped) loads ``key + rest-of-path`` (``key`` ``'/'`` means the root).
+- Divergence: a scope target with no ``/`` at all (``'foo'``) is an error here; TensorFlow would take
+  it as "every variable" and look for names with their first character cut off.
+
+Without a map (``mapping=None``) every target variable whose path is a (renamed) checkpoint name loads
+that tensor, and the others stay unset.
+
+Example::
+
+    loads = assign({"old_scope_1/": "new_scope_1/"}, names, TargetVars(targets), errors, notes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Iterable, Mapping
+
+from ..errors import MappingError
+from ..targets import TargetLeaf, handle_index
+from .hints import close_matches
+from .names import CheckpointNames, Resolved
+
+_PART = re.compile(r"^(.*)/part_(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """One assignment: a checkpoint tensor into a target variable.
+
+    ``leaves``: the leaves it loads; ``partition``: all leaves the tensor is split into, in order
+    (None for a single leaf); ``var``: the variable's name (a leaf path, or the ``<var>`` of
+    ``<var>/part_<n>`` leaves; None for an explicit list of unrelated leaves); ``origin``: the map
+    entry, for messages.
+    """
+
+    resolved: Resolved
+    leaves: tuple[str, ...]
+    partition: tuple[str, ...] | None
+    var: str | None
+    origin: str
+
+
+class TargetVars:
+    """The target leaves seen as TensorFlow's variable store (``<var>/part_<n>`` = partitions)."""
+
+    def __init__(self, targets: Mapping[str, TargetLeaf]) -> None:
+        self.targets = targets
+        self._handles = handle_index(targets)
+        self.bases: dict[str, str] = {}
+        for path in targets:
+            m = _PART.match(path)
+            if m:
+                self.bases[path] = m.group(1)
+
+    def lookup(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...] | None] | None:
+        """``(leaves, partition)`` for a leaf path or a partitioned ``<var>``; None if neither."""
+        if name in self.targets:
+            return (name,), None
+        parts = self.partition(name)
+        return (parts, parts) if parts else None
+
+    def partition(self, base: str) -> tuple[str, ...]:
+        """``base/part_0, base/part_1, ...`` up to the first gap (TensorFlow's rule)."""
+        parts, i = [], 0
+        while f"{base}/part_{i}" in self.targets:
+            parts.append(f"{base}/part_{i}")
+            i += 1
+        return tuple(parts)
+
+    def path_of(self, obj: Any) -> str:
+        """The leaf path ``obj`` names: a path string, or a handle (``nnx.Variable``/leaf) by identity."""
+        if isinstance(obj, str):
+            return obj
+        paths = self._handles.get(id(obj), [])
+        if len(paths) > 1:
+            raise MappingError(f"the object given as a target is the leaf at several paths {paths}; "
+                               "name the one you mean by its path")
+        if not paths:
+            raise MappingError(f"the {type(obj).__name__} given as a target is not a leaf of the target "
+                               "tree (targets are leaf paths, nnx.Variable handles or lists of them)")
+        return paths[0]
+
+    def variables(self) -> list[str]:
+        """Variable names as TensorFlow lists them: leaf paths, partitions as ``<var>``."""
+        return sorted({self.bases.get(p, p) for p in self.targets})
+
+    def suggest(self, name: str) -> str:
+        return close_matches(name, sorted({*self.targets, *self.bases.values()}))
+
+
+def normalize(mapping: Any) -> list[tuple[Any, Any]]:
+    """A dict or a list of ``(checkpoint_name, target)`` pairs, as a list of pairs."""
+    if isinstance(mapping, Mapping):
+        return list(mapping.items())
+    if isinstance(mapping, (list, tuple)):
+        for i, pair in enumerate(mapping):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise MappingError(f"assignment map item #{i} must be a (checkpoint_name, target) pair, "
+                                   f"got {pair!r}")
+        return [tuple(p) for p in mapping]
+    raise MappingError(f"the assignment map must be a dict or a list of (checkpoint_name, target) pairs, "
+                       f"got {type(mapping).__name__}")
+
+
+def assign(mapping: Any, names: CheckpointNames, tvars: TargetVars, errors: list[str],
+           notes: list[str]) -> list[Load]:
+    """The loads ``mapping`` asks for, in TensorFlow's order; problems go to ``errors``."""
+    pairs = normalize(mapping)
+    for key, _ in pairs:
+        if not isinstance(key, str):
+            raise MappingError(f"assignment map keys are checkpoint names (strings), got {key!r}")
+    loads: list[Load] = []
+    for key, target in sorted(pairs, key=lambda p: p[0]):
+        try:
+            loads += _entry(key, target, names, tvars, errors, notes)
+        except MappingError as e:
+            errors.append(str(e))
+    return loads
+
+
+def auto_assign(names: CheckpointNames, tvars: TargetVars, errors: list[str]) -> list[Load]:
+    """Loads for every target variable whose name is a checkpoint name (no map given)."""
+    loads = []
+    for var in tvars.variables():
+        found = _try_resolve(var, names, errors)
+        if found is not None:
+            leaves, partition = tvars.lookup(var)
+            loads.append(Load(found, leaves, partition, var, "matched by name"))
+            continue
+        for part in tvars.partition(var):  # parts saved as tensors of their own
+            found = _try_resolve(part, names, errors)
+            if found is not None:
+                loads.append(Load(found, (part,), None, part, "matched by name"))
+    return loads
+
+
+def _try_resolve(name: str, names: CheckpointNames, errors: list[str]) -> Resolved | None:
+    try:
+        return names.resolve(name)
+    except MappingError as e:
+        errors.append(str(e))
+        return None
+
+
+def _entry(key: str, target: Any, names: CheckpointNames, tvars: TargetVars, errors: list[str],
+           notes: list[str]) -> list[Load]:
+    origin = f"map entry {key!r}: {_show(target)}"
+    if isinstance(target, (list, tuple)):
+        return [_list_load(key, target, names, tvars, origin)]
+    path = tvars.path_of(target)
+    found = tvars.lookup(path)
+    if found is not None:
+        leaves, partition = found
+        return [Load(_resolve(key, names, origin), leaves, partition, path, origin)]
+    return _scope_loads(key, path, names, tvars, errors, notes, origin)
+
+
+def _list_load(key: str, target: list | tuple, names: CheckpointNames, tvars: TargetVars, origin: str) -> Load:
+    if not target:
+        raise MappingError(f"{origin}: an empty list of targets")
+    paths = [tvars.path_of(t) for t in target]
+    for p in paths:
+        if p not in tvars.targets:
+            raise MappingError(f"{origin}: {p!r} is not a leaf of the target tree.{tvars.suggest(p)}")
+    bases = {tvars.bases.get(p) for p in paths}
+    if len(bases) > 1:
+        raise MappingError(f"{origin}: slices must all be from the same variable: a list target holds "
+                           f"the parts of one partitioned variable (all '<var>/part_<n>' of one <var>) "
+                           f"or plain leaves, got {paths}")
+    base = bases.pop()
+    if base is not None:
+        return Load(_resolve(key, names, origin), tuple(paths), tvars.partition(base), base, origin)
+    if len(set(paths)) != len(paths):
+        raise MappingError(f"{origin}: a leaf appears twice in the list")
+    return Load(_resolve(key, names, origin), tuple(paths), tuple(paths), None, origin)
+
+
+def _scope_loads(key: str, target: str, names: CheckpointNames, tvars: TargetVars, errors: list[str],
+                 notes: list[str], origin: str) -> list[Load]:
+    if not key.endswith("/"):
+        raise MappingError(
+            f"{origin}: {target!r} is not a leaf of the target tree (nor a partitioned variable with "
+            f"'{target}/part_<n>' leaves).{tvars.suggest(target)} To map a whole scope, end both sides "
+            f"with '/', e.g. {{'{key.rsplit('/', 1)[0]}/': '{target.rsplit('/', 1)[0]}/'}}.")
+    if "/" not in target:
+        raise MappingError(f"{origin}: {target!r} is neither a leaf of the target tree nor a scope "
+                           f"(scopes end with '/', e.g. '{target}/').{tvars.suggest(target)}")
+    scope = target[: target.rindex("/")]
+    if not target.endswith("/"):
+        notes.append(f"{origin}: {target!r} is not a leaf, so it is read as the scope '{scope}/' "
+                     "(as TensorFlow does)")
+    in_scope = sorted({tvars.bases.get(v, v) for v in tvars.targets if not scope or v.startswith(scope + "/")})
+    if not in_scope:
+        notes.append(f"{origin}: no target leaf is in scope '{scope}/'; the entry loads nothing.")
+    loads = []
+    for var in in_scope:
+        name = var[len(scope):]
+        if target != "/":
+            name = name[1:]
+        if key != "/":
+            name = key + name
+        if name.endswith("/"):
+            name = name[:-1]
+        leaves, partition = tvars.lookup(var)
+        try:
+            loads.append(Load(_resolve(name, names, f"{origin} (for {var!r})"), leaves, partition, var, origin))
+        except MappingError as e:
+            errors.append(str(e))
+    return loads
+
+
+def _resolve(name: str, names: CheckpointNames, origin: str) -> Resolved:
+    r = names.resolve(name)
+    if r is None:
+        raise MappingError(f"{origin}: checkpoint {names.ckpt_path} has no tensor {name!r}.{names.suggest(name)}")
+    return r
+
+
+def _show(target: Any) -> str:
+    if isinstance(target, str):
+        return repr(target)
+    if isinstance(target, (list, tuple)):
+        return "[" + ", ".join(_show(t) for t in target) + "]"
+    return f"<{type(target).__name__}>"
+
+
+def used_keys(loads: Iterable[Load]) -> set[str]:
+    """Checkpoint keys the loads read."""
+    return {k for load in loads for k in load.resolved.keys}
