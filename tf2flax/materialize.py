@@ -25,7 +25,7 @@ import numpy as np
 
 from .plan import Index, Plan, PlanEntry, index_shape, normalize_index
 
-DEFAULT_BYTES_IN_FLIGHT = 1 << 30
+DEFAULT_BYTES_IN_FLIGHT = 256 << 20
 DEFAULT_WORKERS = 8
 
 
@@ -62,14 +62,35 @@ def _regions(entry: PlanEntry, sharding: jax.sharding.Sharding) -> list[Index]:
 
 def _read_whole(entry: PlanEntry, regions: list[Index]) -> dict[Index, np.ndarray]:
     whole = entry.read(None)
-    return {_key(r): np.ascontiguousarray(whole[r]) for r in regions}
+    return {_key(r): whole[r] for r in regions}
+
+
+def _hull(regions: list[Index]) -> Index | None:
+    """The bounding box of ``regions`` if they tile it exactly (a process's share of a sharded leaf)."""
+    hull = tuple(slice(min(r[i].start for r in regions), max(r[i].stop for r in regions))
+                 for i in range(len(regions[0])))
+    covered = sum(math.prod(index_shape(r)) for r in regions)
+    return hull if len(regions) > 1 and covered == math.prod(index_shape(hull)) else None
+
+
+def _read_hull(entry: PlanEntry, hull: Index, regions: list[Index]) -> dict:
+    block = entry.read(hull)
+    return {_key(r): block[tuple(slice(s.start - h.start, s.stop - h.start) for s, h in zip(r, hull))]
+            for r in regions}
 
 
 def _submit(pool: concurrent.futures.Executor, entry: PlanEntry, regions: list[Index]) -> Callable[[], dict]:
-    """Start reading ``regions`` (one task per region when the entry maps regions); return a waiter."""
+    """Start reading ``regions``; return a function that waits for {region key: block}.
+
+    Regions that tile a box (the usual case: this process's devices hold adjacent shards) are
+    read as that box in one request; otherwise one task per region. Entries whose transforms
+    cannot map regions are read whole once.
+    """
     if not entry.region_aware:
-        future = pool.submit(_read_whole, entry, regions)
-        return future.result
+        return pool.submit(_read_whole, entry, regions).result
+    hull = _hull(regions) if regions and regions[0] else None
+    if hull is not None:
+        return pool.submit(_read_hull, entry, hull, regions).result
     futures = {_key(r): pool.submit(entry.read, r) for r in regions}
     return lambda: {r: f.result() for r, f in futures.items()}
 
