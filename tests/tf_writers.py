@@ -256,19 +256,37 @@ def write_tf1_small(directory: str | os.PathLike) -> str:
             return saver.save(sess, str(directory / "small"), global_step=1)
 
 
-def write_v1(directory: str | os.PathLike) -> str:
-    """A V1-format checkpoint (``SaverDef.V1``): a single file named exactly the prefix."""
+def write_v1(directory: str | os.PathLike, sharded: bool = False) -> str:
+    """A V1-format checkpoint (``SaverDef.V1``): a single file named exactly the prefix.
+
+    With ``sharded=True``: files ``model-0000{0,1}-of-00002`` and the state file names
+    ``model-?????-of-00002``.
+    """
     T = tf()
     v1 = T.compat.v1
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     g = T.Graph()
     with g.as_default():
-        v1.Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="v")
-        saver = v1.train.Saver(write_version=v1.train.SaverDef.V1)
+        with T.device("/cpu:0"):
+            v1.Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="v")
+        with T.device("/cpu:1"):
+            v1.Variable(np.arange(3, dtype=np.int32), name="w")
+        saver = v1.train.Saver(write_version=v1.train.SaverDef.V1, sharded=sharded)
         with v1.Session(graph=g, config=_graph_session_config()) as sess:
             sess.run(v1.global_variables_initializer())
             return saver.save(sess, str(directory / "model"))
+
+
+def write_with_iterator(directory: str | os.PathLike) -> str:
+    """A TF2 checkpoint holding a ``tf.data`` iterator: its state is a DT_VARIANT tensor."""
+    T = tf()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    iterator = iter(T.data.Dataset.range(10).shuffle(5, seed=1))
+    next(iterator)
+    ckpt = T.train.Checkpoint(iterator=iterator, v=T.Variable(np.arange(4, dtype=np.float32)))
+    return ckpt.save(str(directory / "ckpt"))
 
 
 def _tf2_values(step: int) -> dict[str, np.ndarray]:
@@ -384,6 +402,136 @@ def write_large(directory: str | os.PathLike, size_gb: float = 1.0, n_vars: int 
     del variables, ckpt
     marker.write_text("ok\n")
     return str(prefix)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-built tables (for crafted damage with *valid* CRCs, and for fuzzing the table parser)
+# ----------------------------------------------------------------------------------------------
+
+TABLE_MAGIC = 0xDB4775248B80FB57
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def masked_crc32c(data: bytes) -> int:
+    import crc32c
+
+    c = crc32c.crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _block(entries: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
+    out = bytearray()
+    restarts = []
+    prev = b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_interval == 0:
+            restarts.append(len(out))
+        else:
+            while shared < min(len(prev), len(key)) and prev[shared] == key[shared]:
+                shared += 1
+        out += _varint(shared) + _varint(len(key) - shared) + _varint(len(value))
+        out += key[shared:] + value
+        prev = key
+    if not restarts:
+        restarts = [0]
+    for r in restarts:
+        out += r.to_bytes(4, "little")
+    out += len(restarts).to_bytes(4, "little")
+    return bytes(out)
+
+
+def _shortest_separator(start: bytes, limit: bytes) -> bytes:
+    """LevelDB's BytewiseComparator::FindShortestSeparator."""
+    n = min(len(start), len(limit))
+    i = 0
+    while i < n and start[i] == limit[i]:
+        i += 1
+    if i < n:
+        b = start[i]
+        if b < 0xFF and b + 1 < limit[i]:
+            return start[:i] + bytes([b + 1])
+    return start
+
+
+def _short_successor(key: bytes) -> bytes:
+    """LevelDB's BytewiseComparator::FindShortSuccessor."""
+    for i, b in enumerate(key):
+        if b != 0xFF:
+            return key[:i] + bytes([b + 1])
+    return key
+
+
+def build_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096,
+                compression: int = 0) -> bytes:
+    """A LevelDB-style table exactly as TensorFlow's ``TableBuilder`` writes it (keys sorted).
+
+    With ``block_size=262144`` the output is byte-identical to TF's ``.index`` files. The default
+    is small so that tests get several data blocks cheaply. ``compression`` is written into every
+    data block trailer (the CRC covers it, so 1 = "snappy" still passes the CRC check).
+    """
+    out = bytearray()
+    index_entries: list[tuple[bytes, bytes]] = []
+    pending_handle: bytes | None = None
+    last_key = b""
+
+    def write_block(data: bytes, kind: int) -> bytes:
+        handle = _varint(len(out)) + _varint(len(data))
+        trailer = bytes([kind])
+        out.extend(data + trailer + masked_crc32c(data + trailer).to_bytes(4, "little"))
+        return handle
+
+    block: list[tuple[bytes, bytes]] = []
+    for key, value in entries:
+        if pending_handle is not None:
+            index_entries.append((_shortest_separator(last_key, key), pending_handle))
+            pending_handle = None
+        block.append((key, value))
+        last_key = key
+        if len(_block(block, 16)) >= block_size:
+            pending_handle = write_block(_block(block, 16), compression)
+            block = []
+    if block:
+        pending_handle = write_block(_block(block, 16), compression)
+    if pending_handle is not None:
+        index_entries.append((_short_successor(last_key), pending_handle))
+    meta_handle = write_block(_block([], 16), 0)
+    index_handle = write_block(_block(index_entries, 1), 0)
+    footer = meta_handle + index_handle
+    footer += b"\x00" * (40 - len(footer)) + TABLE_MAGIC.to_bytes(8, "little")
+    return bytes(out + footer)
+
+
+def read_footer(index: bytes) -> dict[str, tuple[int, int]]:
+    """Block handles of a table file's footer (``metaindex``, ``index``) and where the footer is."""
+    pos = len(index) - 48
+
+    def varint(p):
+        result = shift = 0
+        while True:
+            b = index[p]
+            p += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result, p
+            shift += 7
+
+    mo, p = varint(pos)
+    ms, p = varint(p)
+    io_, p = varint(p)
+    is_, p = varint(p)
+    return {"metaindex": (mo, ms), "index": (io_, is_), "footer": (pos, 48), "handles_end": (p, 0)}
 
 
 # ----------------------------------------------------------------------------------------------
