@@ -148,9 +148,10 @@ def test_shardings_pytree_and_function(ckpt_path, reference):
     abstract = {"params": {"emb": jax.ShapeDtypeStruct((64, 12), np.float32)}}
     tree = {"params": {"emb": NamedSharding(mesh, P("x"))}}
     by_tree = tf2flax.init_params(ckpt_path, MAPPING, abstract, shardings=tree)
-    by_fn = tf2flax.init_params(ckpt_path, MAPPING, abstract, shardings=lambda path, leaf: NamedSharding(mesh, P(None, "x")) if path == "params/emb" else None)
+    by_fn = tf2flax.init_params(ckpt_path, MAPPING, abstract, shardings=lambda path, leaf: NamedSharding(mesh, P()) if path == "params/emb" else None)
     assert by_tree["params"]["emb"].sharding.spec == P("x")
-    assert by_fn["params"]["emb"].sharding.spec == P(None, "x")
+    assert by_fn["params"]["emb"].sharding.spec == P()
+    assert len(by_fn["params"]["emb"].addressable_shards) == 8
     for out in (by_tree, by_fn):
         np.testing.assert_array_equal(np.asarray(out["params"]["emb"]), reference["model/emb"])
 

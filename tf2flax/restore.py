@@ -17,8 +17,7 @@ from typing import Any, Mapping, Sequence
 from jax.sharding import Mesh
 
 from .bundle import Checkpoint, open_checkpoint
-from .errors import MappingError
-from .mapping import build_plan
+from .mapping import build_plan, check_strict
 from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize
 from .plan import Plan, Report
 from .sharding import ShardingRules, check_sharding, resolve_shardings
@@ -40,17 +39,6 @@ class LoadResult:
 def as_checkpoint(ckpt: str | os.PathLike | Checkpoint) -> Checkpoint:
     """An open checkpoint from a path, URL, or an already open one."""
     return ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
-
-
-def check_strict(report: Report, path: str) -> None:
-    """MappingError listing both sides' leftovers, if there are any."""
-    if report.unused or report.unset:
-        parts = []
-        if report.unused:
-            parts.append(f"{len(report.unused)} checkpoint tensor(s) unused: {', '.join(report.unused[:10])}")
-        if report.unset:
-            parts.append(f"{len(report.unset)} target(s) not loaded: {', '.join(report.unset[:10])}")
-        raise MappingError(f"{path}: strict load failed: " + "; ".join(parts))
 
 
 def plan_params(
@@ -75,7 +63,7 @@ def plan_params(
     targets = flatten_targets(params)
     plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis)
     if strict:
-        check_strict(plan.report, ckpt.path)
+        check_strict(plan.report)
     return plan
 
 
@@ -117,7 +105,7 @@ def init_params(
     targets = flatten_targets(params)
     plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis)
     if strict:
-        check_strict(plan.report, ckpt.path)
+        check_strict(plan.report)
     placement = resolve_shardings(targets, shardings, mesh=mesh, rules=sharding_rules)
     for path, entry in plan.entries.items():
         if path in placement:
