@@ -224,7 +224,10 @@ def _scope_loads(key: str, target: str, names: CheckpointNames, tvars: TargetVar
 def _resolve(name: str, names: CheckpointNames, origin: str) -> Resolved:
     r = names.resolve(name)
     if r is None:
-        raise MappingError(f"{origin}: checkpoint {names.ckpt_path} has no tensor {name!r}.{names.suggest(name)}")
+        hint = names.suggest(name)
+        if name.endswith("/"):
+            hint += " A key ending with '/' names a scope: its target must be a scope too (ending with '/')."
+        raise MappingError(f"{origin}: checkpoint {names.ckpt_path} has no tensor {name!r}.{hint}")
     return r
 
 

@@ -228,7 +228,7 @@ def _finish(leaf: TargetLeaf, source: Source, steps: tuple[Transform, ...], load
                            "loaded from a checkpoint") from None
     if dtype != want:
         if not can_cast(dtype, want):
-            raise MappingError(f"{load.origin}: cannot load {dtype_name(dtype)} tensor {label} into "
+            raise MappingError(f"{load.origin}: cannot load {dtype_name(dtype)} tensor {label!r} into "
                                f"{leaf.path!r} ({dtype_name(want)}): no meaningful conversion")
         entry = PlanEntry(leaf.path, source, (*steps, Cast(want)))
     return entry

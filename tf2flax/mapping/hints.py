@@ -34,8 +34,9 @@ def shape_hint(src: Sequence[int], dst: Sequence[int]) -> str:
 
 
 def dtype_name(dtype: Any) -> str:
-    """A short dtype name for messages."""
+    """A short dtype name for messages (``string`` for TensorFlow strings)."""
     try:
-        return np.dtype(dtype).name
+        dtype = np.dtype(dtype)
     except TypeError:
         return str(dtype)
+    return "string" if dtype.kind in "OSU" else dtype.name
