@@ -7,6 +7,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mapping_fakes import FakeCheckpoint, FakeGraph, tf2_variable
 from tf2flax.errors import MappingError
@@ -110,6 +112,22 @@ def test_checkpoint_parts_into_target_parts_with_a_different_count() -> None:
     params = {"v": {"part_0": zeros(4, 4), "part_1": zeros(3, 4), "part_2": zeros(3, 4)}}
     values = load(ckpt, None, params)
     np.testing.assert_array_equal(np.concatenate([values[f"v/part_{i}"] for i in range(3)]), full)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=3), data=st.data())
+def test_any_saved_parts_into_any_target_parts(shape: list[int], data: st.DataObject) -> None:
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    saved = data.draw(st.integers(1, shape[axis]))
+    wanted = data.draw(st.integers(1, shape[axis]))
+    full = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    saved_parts = np.array_split(full, saved, axis)
+    ckpt = FakeCheckpoint({f"w/part_{i}": p for i, p in enumerate(saved_parts)} if saved > 1 else {"w": full})
+    pieces = np.array_split(full, wanted, axis)
+    params = {"v": {f"part_{i}": zeros(*p.shape) for i, p in enumerate(pieces)}}
+    values = load(ckpt, {"w": "v"}, params, part_axis=axis)
+    for i, p in enumerate(pieces):
+        np.testing.assert_array_equal(values[f"v/part_{i}"], p)
 
 
 # ---- explicit partition lists ----------------------------------------------------------------

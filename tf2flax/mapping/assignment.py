@@ -58,11 +58,13 @@ class TargetVars:
     def __init__(self, targets: Mapping[str, TargetLeaf]) -> None:
         self.targets = targets
         self._handles = handle_index(targets)
-        self.bases: dict[str, str] = {}
+        found: dict[str, list[str]] = {}
         for path in targets:
             m = _PART.match(path)
             if m:
-                self.bases[path] = m.group(1)
+                found.setdefault(m.group(1), []).append(path)
+        # part path -> its variable, for the parts numbered from part_0 without a gap (TensorFlow's rule)
+        self.bases: dict[str, str] = {p: base for base in found for p in self.partition(base)}
 
     def lookup(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...] | None] | None:
         """``(leaves, partition)`` for a leaf path or a partitioned ``<var>``; None if neither."""
@@ -73,7 +75,8 @@ class TargetVars:
 
     def partition(self, base: str) -> tuple[str, ...]:
         """``base/part_0, base/part_1, ...`` up to the first gap (TensorFlow's rule)."""
-        parts, i = [], 0
+        parts: list[str] = []
+        i = 0
         while f"{base}/part_{i}" in self.targets:
             parts.append(f"{base}/part_{i}")
             i += 1
