@@ -15,6 +15,7 @@ import numpy as np
 
 from . import errors
 from .bundle import Checkpoint, open_checkpoint
+from .convert import ConvertResult, convert
 from .restore import LoadResult, init_params, plan_params
 
 __version__ = "0.1.0"
@@ -30,5 +31,5 @@ def load_variable(path: str | os.PathLike, name: str) -> np.ndarray:
     return open_checkpoint(path).read(name)
 
 
-__all__ = ["Checkpoint", "LoadResult", "errors", "init_params", "list_variables", "load_variable",
-           "open_checkpoint", "plan_params"]
+__all__ = ["Checkpoint", "ConvertResult", "LoadResult", "convert", "errors", "init_params", "list_variables",
+           "load_variable", "open_checkpoint", "plan_params"]

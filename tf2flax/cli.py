@@ -1,0 +1,166 @@
+"""The command line: ``python -m tf2flax convert|ls``.
+
+Bad input (a missing path, something that is not a checkpoint, a bad map file, an existing output
+without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2, without
+a traceback unless ``--debug``; an interrupt exits with 130. Neither leaves a finished-looking output.
+
+Example::
+
+    python -m tf2flax ls /runs/bert/model.ckpt-1000 --names full
+    python -m tf2flax convert /runs/bert/model.ckpt-1000 /ckpts/bert --map bert.yaml --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Any, Sequence
+
+from .errors import Tf2FlaxError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m tf2flax``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser = argparse.ArgumentParser(prog="tf2flax", description="TensorFlow checkpoints for JAX/Flax, "
+                                     "without TensorFlow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", parents=[common], help="convert a TF checkpoint to an Orbax checkpoint",
+                          description="Convert a TensorFlow checkpoint to an Orbax checkpoint, streamed.")
+    conv.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
+    conv.add_argument("out", metavar="OUT", help="the Orbax checkpoint directory to create")
+    conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis")
+    conv.add_argument("--preset", metavar="NAME", help="renames for a framework's naming (e.g. keras)")
+    conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
+    conv.add_argument("--include-optimizer", action="store_true",
+                      help="keep optimizer state, the object graph, save_counter and global_step")
+    conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
+    conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
+    conv.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    conv.set_defaults(func=_convert)
+
+    ls = sub.add_parser("ls", parents=[common], help="list a checkpoint's tensors",
+                        description="List a checkpoint's tensors: name, shape, dtype, size, shard.")
+    ls.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--names", choices=("key", "object", "full"), default="key",
+                    help="key: checkpoint keys; object: TF2 object paths (model side); full: TF2 full names")
+    ls.set_defaults(func=_ls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Example::
+
+        main(["ls", "/runs/bert/model.ckpt-1000", "--json"])
+    """
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("tf2flax: interrupted", file=sys.stderr)
+        return 130
+    except (Tf2FlaxError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"tf2flax: error: {e}", file=sys.stderr)
+        return 2
+
+
+# ---- convert -----------------------------------------------------------------------------------------
+
+def _convert(args: argparse.Namespace) -> int:
+    import jax
+
+    from .convert import ConvertWarning, convert, load_map_file
+
+    if "JAX_PLATFORMS" not in os.environ:  # converting needs no accelerator: leave GPUs/TPUs alone
+        jax.config.update("jax_platforms", "cpu")
+
+    options: dict[str, Any] = load_map_file(args.map) if args.map else {}
+    if args.preset:
+        options["preset"] = args.preset
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvertWarning)
+        result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
+                         dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
+    for w in caught:
+        if issubclass(w.category, ConvertWarning):
+            print(f"tf2flax: warning: {w.message}", file=sys.stderr)
+    if args.dry_run:
+        print(result.describe())
+    if not args.quiet or args.dry_run:
+        print(result.summary())
+    return 0
+
+
+# ---- ls ----------------------------------------------------------------------------------------------
+
+def _ls(args: argparse.Namespace) -> int:
+    from . import open_checkpoint
+    from .bundle.dtypes import DT_STRING
+    from .naming import display_names
+
+    ckpt = open_checkpoint(args.ckpt)
+    shown = display_names(ckpt, args.names)
+    rows = []
+    for key in ckpt.names:
+        info = ckpt.info(key)
+        rows.append({
+            "name": shown[key], "key": key, "shape": list(info.shape),
+            "dtype": "string" if info.dtype_enum == DT_STRING else info.dtype.name,
+            "bytes": info.nbytes, "shards": list(info.shards), "sliced": info.is_sliced,
+            "slices": len(info.slices),
+        })
+    rows.sort(key=lambda r: r["name"])
+    total = {"tensors": len(rows), "bytes": sum(r["bytes"] for r in rows), "shards": ckpt.num_shards,
+             "sliced": sum(r["sliced"] for r in rows)}
+    if args.json:
+        json.dump({"checkpoint": ckpt.path, "format": "tf1" if ckpt.object_graph is None else "tf2",
+                   "tensors": rows, "total": total}, sys.stdout, indent=1, ensure_ascii=False)
+        print()
+        return 0
+    _print_table(rows, total)
+    return 0
+
+
+def human_bytes(n: int) -> str:
+    """``1234567`` -> ``'1.2 MB'`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
+def _print_table(rows: list[dict], total: dict) -> None:
+    header = ("name", "shape", "dtype", "size", "shard", "sliced")
+    cells = [(r["name"], "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
+              ",".join(map(str, r["shards"])), f"yes ({r['slices']})" if r["sliced"] else "") for r in rows]
+    footer = (f"{total['tensors']} tensors, {human_bytes(total['bytes'])} in {total['shards']} shard(s)"
+              + (f", {total['sliced']} sliced" if total["sliced"] else ""))
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(*header, caption=footer, caption_justify="left")
+        for c in cells:
+            table.add_row(*map(Text, c))  # Text: names and shapes are not rich markup
+        Console().print(table)
+        return
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
+    for line in [header, *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    print(footer)

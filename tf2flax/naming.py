@@ -1,0 +1,91 @@
+"""Default names for a conversion without a model: each checkpoint tensor's path in the output tree.
+
+- TF1 (name-based) checkpoints: the tensor's name.
+- TF2 (object-based) checkpoints: the variable's object path, the model-side one for variables an
+  optimizer also tracks (``model/dense/kernel``, not ``optimizer/_trainable_variables/0``).
+
+Left out unless ``include_optimizer``: the object graph, ``save_counter``, ``global_step`` and
+optimizer state (TF2 slot and optimizer variables; TF1 slots such as ``<var>/Adam``, ``<var>/Adam_1``,
+``<var>/Momentum``, ``<var>/adam_m``, and ``beta1_power``; ``optimizer/...`` names).
+
+Example::
+
+    [(t.key, t.name, t.left_out) for t in default_names(ckpt)]
+    # [('dense/kernel', 'dense/kernel', None), ('dense/kernel/Adam', 'dense/kernel/Adam', 'optimizer state')]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from .bundle.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
+
+# TF1 optimizer slots are named '<var>/<OptimizerName>[_<n>]' (tf.compat.v1.train optimizers) or
+# '<var>/adam_m|adam_v' (BERT's AdamWeightDecay, LAMB); Adam's step powers are 'beta1_power[_n]'.
+_TF1_OPTIMIZER = re.compile(
+    r"/(Adam|Adam_\d+|AdamW|AdamW_\d+|adam_[mv]|lamb_[mv]|Momentum|Adagrad|AdagradDA|AdagradDA_\d+|"
+    r"RMSProp|RMSProp_\d+|Ftrl|Ftrl_\d+|Adadelta|Adadelta_\d+|ProximalAdagrad)$"
+    r"|(^|/)beta[12]_power(_\d+)?$|(^|/)optimizer(/|$)", re.IGNORECASE)
+_BOOKKEEPING = re.compile(r"(^|/)(global_step|save_counter)$")
+
+OPTIMIZER = "optimizer state"
+BOOKKEEPING = "bookkeeping"
+
+
+@dataclasses.dataclass(frozen=True)
+class DefaultName:
+    """One checkpoint tensor: its key, its default output name, why it is left out (None: it is not)
+    and, for TF2 variables, its other names (``full_name``, object path) for assignment maps."""
+
+    key: str
+    name: str
+    left_out: str | None
+    aliases: tuple[str, ...] = ()
+
+
+def default_names(ckpt: Any, include_optimizer: bool = False) -> list[DefaultName]:
+    """The default name of every tensor of ``ckpt``, in the checkpoint's (sorted) order.
+
+    Example::
+
+        names = default_names(tf2flax.open_checkpoint(path))
+        kept = [n.name for n in names if n.left_out is None]
+    """
+    graph = ckpt.object_graph
+    by_key = graph.by_key() if graph is not None else {}
+    out = []
+    for key in ckpt.names:
+        var = by_key.get(key)
+        if var is not None:
+            name, optimizer = var.model_path, var.is_optimizer
+            aliases = tuple(dict.fromkeys(n for n in (var.full_name, var.object_path, key) if n and n != name))
+        else:
+            name = key[: -len(VALUE_SUFFIX)] if graph is not None and key.endswith(VALUE_SUFFIX) else key
+            optimizer, aliases = False, ()
+        if key == OBJECT_GRAPH_KEY or _BOOKKEEPING.search(name):
+            reason: str | None = BOOKKEEPING
+        elif optimizer or _TF1_OPTIMIZER.search(name):
+            reason = OPTIMIZER
+        else:
+            reason = None
+        out.append(DefaultName(key, name, None if include_optimizer else reason, aliases))
+    return out
+
+
+def display_names(ckpt: Any, kind: str = "key") -> dict[str, str]:
+    """``key -> name`` for ``ls --names``: ``key`` (the checkpoint key), ``object`` (the default, model-side
+    object path) or ``full`` (a TF2 variable's TF1-style ``full_name``, e.g. ``sequential/dense/kernel``).
+
+    TF1 checkpoints have one name per tensor, so every kind gives the key.
+    """
+    if kind not in ("key", "object", "full"):
+        raise ValueError(f"unknown name kind {kind!r}: expected key, object or full")
+    graph = ckpt.object_graph
+    if kind == "key" or graph is None:
+        return {k: k for k in ckpt.names}
+    if kind == "object":
+        return {n.key: n.name for n in default_names(ckpt, include_optimizer=True)}
+    by_key = graph.by_key()
+    return {k: by_key[k].full_name if k in by_key and by_key[k].full_name else k for k in ckpt.names}

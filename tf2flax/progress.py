@@ -1,0 +1,42 @@
+"""A bytes progress bar on a terminal, nothing elsewhere.
+
+Example::
+
+    with ByteProgress(total=2_000_000_000, enabled=True, description="converting") as bar:
+        bar.advance(64_000_000)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+
+
+class ByteProgress:
+    """A rich progress bar (bytes, speed, ETA) on stderr, shown only when ``enabled`` and stderr is a
+    terminal (or a notebook); otherwise every method does nothing."""
+
+    def __init__(self, total: int, enabled: bool, description: str = "") -> None:
+        console = Console(stderr=True)
+        self._bar: Progress | None = None
+        if enabled and (console.is_terminal or console.is_jupyter):
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+            self._task = self._bar.add_task(description, total=max(total, 1))
+
+    def __enter__(self) -> "ByteProgress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, nbytes: int, description: str | None = None) -> None:
+        """Count ``nbytes`` more as done (and optionally change the label)."""
+        if self._bar is not None:
+            self._bar.update(self._task, advance=nbytes, description=description)
