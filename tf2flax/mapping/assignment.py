@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from ..errors import MappingError
 from ..targets import TargetLeaf, handle_index
@@ -241,7 +241,3 @@ def _show(target: Any) -> str:
         return "[" + ", ".join(_show(t) for t in target) + "]"
     return f"<{type(target).__name__}>"
 
-
-def used_keys(loads: Iterable[Load]) -> set[str]:
-    """Checkpoint keys the loads read."""
-    return {k for load in loads for k in load.resolved.keys}

@@ -139,9 +139,6 @@ class CheckpointNames:
                 groups[base] = [parts[i] for i in range(len(parts))]
         return groups
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._index or name in self._parts
-
     def names(self) -> list[str]:
         """Every addressable name (for suggestions)."""
         return sorted([*self._index, *self._parts])
