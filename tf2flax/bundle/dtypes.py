@@ -42,6 +42,11 @@ def numpy_dtype(enum: int, where: str = "") -> np.dtype:
     return dtype
 
 
+def is_supported(enum: int) -> bool:
+    """Whether tensors of DataType ``enum`` can be read as numpy arrays."""
+    return enum in _BY_ENUM
+
+
 def is_sub_byte(enum: int) -> bool:
     """INT4/UINT4/INT2/UINT2 are stored one element per byte (low bits)."""
     return enum in _INT4_TYPES

@@ -37,24 +37,31 @@ def _parse_state(store: Store) -> list[str]:
     return paths + [p for p in reversed(state.all_model_checkpoint_paths) if p not in paths]
 
 
-def _from_directory(store: Store, directory: str) -> str:
+def _from_directory(store: Store, directory: str) -> tuple[Store, str]:
     if store.exists(STATE_FILE):
         paths = _parse_state(store)
         if not paths:
             raise CheckpointNotFoundError(f"{store.describe(STATE_FILE)} names no checkpoint")
         latest = paths[0]
-        candidates = [latest] if not _is_absolute(latest) else []
-        candidates.append(posixpath.basename(latest.rstrip("/")) if is_url(directory) else os.path.basename(latest))
-        for candidate in candidates:
-            if store.exists(candidate + ".index"):
-                return candidate
+        if _is_absolute(latest):
+            base = posixpath.basename(latest) if is_url(latest) else os.path.basename(latest)
+            candidates = [open_store(latest), (store, base)]
+        else:
+            candidates = [(store, latest)]
+        for candidate_store, prefix in candidates:
+            if candidate_store.exists(prefix + ".index"):
+                return candidate_store, prefix
+        for candidate_store, prefix in candidates:
+            v1_file = prefix.replace("?????-of-", "00000-of-")  # sharded V1: model-?????-of-00002
+            if candidate_store.exists(v1_file):
+                _reject_v1(candidate_store, v1_file)
         raise CheckpointNotFoundError(
             f"{store.describe(STATE_FILE)} points to {latest!r}, but neither it nor "
-            f"{store.describe(candidates[-1])} has an .index file")
+            f"{store.describe(candidates[-1][1])} has an .index file")
     if isinstance(store, LocalStore):
         indexes = sorted(f[: -len(".index")] for f in os.listdir(store.location) if f.endswith(".index"))
         if len(indexes) == 1:
-            return indexes[0]
+            return store, indexes[0]
         if indexes:
             raise CheckpointNotFoundError(
                 f"{directory}: no 'checkpoint' state file and several checkpoints ({', '.join(indexes[:5])}); "
@@ -76,15 +83,13 @@ def locate_checkpoint(path: str | os.PathLike) -> tuple[Store, str]:
     """Resolve ``path`` to (store of the checkpoint's directory, prefix file name in it)."""
     path = os.fspath(path)
     if _is_directory(path):
-        store = open_store(path.rstrip("/") + "/" + STATE_FILE)[0]
-        return store, _from_directory(store, path)
+        return _from_directory(open_store(path.rstrip("/") + "/" + STATE_FILE)[0], path)
     path = _SUFFIX.sub("", path)
     store, prefix = open_store(path)
     if store.exists(prefix + ".index"):
         return store, prefix
     if is_url(path) and store.exists(prefix + "/" + STATE_FILE):
-        sub = open_store(path + "/" + STATE_FILE)[0]
-        return sub, _from_directory(sub, path)
+        return _from_directory(open_store(path + "/" + STATE_FILE)[0], path)
     if store.exists(prefix):
         _reject_v1(store, prefix)
     raise CheckpointNotFoundError(f"{path}: no checkpoint here (expected {path}.index, or a directory)")

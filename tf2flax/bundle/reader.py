@@ -28,7 +28,7 @@ from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedFor
 from ..plan import Index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, mask_crc, read_varint
-from .dtypes import DT_STRING, is_sub_byte, numpy_dtype, stored_itemsize
+from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
 from .locate import locate_checkpoint
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
@@ -120,12 +120,11 @@ def _shape(entry: Any, where: str) -> tuple[int, ...]:
 
 def _stored(entry: Any, where: str, num_shards: int) -> StoredTensor:
     shape = _shape(entry, where)
-    numpy_dtype(entry.dtype, where)
     if not 0 <= entry.shard_id < num_shards or entry.offset < 0 or entry.size < 0:
         raise CorruptCheckpointError(
             f"{where}: entry points at shard {entry.shard_id} offset {entry.offset} size {entry.size}, "
             f"but the checkpoint has {num_shards} shard(s)")
-    if entry.dtype != DT_STRING:
+    if entry.dtype != DT_STRING and is_supported(entry.dtype):
         expected = math.prod(shape) * stored_itemsize(entry.dtype)
         if entry.size != expected:
             raise CorruptCheckpointError(
@@ -144,6 +143,17 @@ def _slice_region(extents: Sequence[tuple[int, int]], shape: tuple[int, ...], wh
             raise CorruptCheckpointError(f"{where}: slice ({start}, {length}) is outside a dimension of size {dim}")
         region.append(slice(start, stop))
     return tuple(region)
+
+
+def _covers(shape: tuple[int, ...], regions: list[Index]) -> bool:
+    """Whether ``regions`` together cover every element of ``shape`` (on the grid of their edges)."""
+    if math.prod(shape) == 0:
+        return True
+    edges = [sorted({0, d, *(r[i].start for r in regions), *(r[i].stop for r in regions)}) for i, d in enumerate(shape)]
+    covered = np.zeros([len(e) - 1 for e in edges], dtype=bool)
+    for r in regions:
+        covered[tuple(slice(e.index(s.start), e.index(s.stop)) for e, s in zip(edges, r))] = True
+    return bool(covered.all())
 
 
 class Checkpoint:
@@ -214,7 +224,8 @@ class Checkpoint:
         for name, value in named.items():
             here = f"{where}: tensor {name!r}"
             entry = _entry(value, here)
-            dtype = numpy_dtype(entry.dtype, here)
+            # Unreadable dtypes (DT_VARIANT, say) are listed; reading them raises.
+            dtype = numpy_dtype(entry.dtype, here) if is_supported(entry.dtype) else np.dtype(object)
             if not entry.slices:
                 stored = _stored(entry, here, self.num_shards)
                 infos[name] = TensorInfo(name, dtype, entry.dtype, stored.shape, stored)
@@ -234,10 +245,9 @@ class Checkpoint:
                         f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
                         f"{list(index_shape(region))}")
                 slices.append((region, part))
-            covered = sum(math.prod(index_shape(r)) for r, _ in slices)
-            if covered != math.prod(shape):
-                raise CorruptCheckpointError(
-                    f"{here}: its slices cover {covered} of {math.prod(shape)} elements (does not have sufficient slices)")
+            if not _covers(shape, [r for r, _ in slices]):
+                raise CorruptCheckpointError(f"{here}: its slices do not cover the whole tensor (does not have "
+                                             "sufficient slices)")
             infos[name] = TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
         for key in slice_entries:
             try:
@@ -299,6 +309,8 @@ class Checkpoint:
         region reads fetch only the bytes of the region and check their bounds.
         """
         info = self.info(name)
+        if not is_supported(info.dtype_enum):
+            numpy_dtype(info.dtype_enum, f"{self.path}: tensor {name!r}")
         region = normalize_index(index, info.shape)
         squeeze = _int_axes(index, len(info.shape))
         if info.dtype_enum == DT_STRING:
@@ -354,39 +366,41 @@ class Checkpoint:
         out_shape = index_shape(region)
         if math.prod(out_shape) == 0:
             return np.empty(out_shape, numpy_dtype(stored.dtype_enum))
-        # Dimensions from `k` on are whole in the region (after the first partial one): each
-        # combination of the outer indices is one contiguous run of bytes.
+        # Dimensions after `k` are whole in the region, so each combination of the indices
+        # before `k` is one contiguous run of bytes.
         k = len(shape)
         while k > 0 and region[k - 1] == slice(0, shape[k - 1]):
             k -= 1
         k = max(k - 1, 0)
-        inner = math.prod(shape[k + 1:]) * item
-        run = (region[k].stop - region[k].start) * inner if shape else item
         strides = [math.prod(shape[i + 1:]) * item for i in range(len(shape))]
-        outer = [np.arange(s.start, s.stop) * strides[i] for i, s in enumerate(region[:k])]
-        starts = region[k].start * inner if shape else 0
-        if outer:
-            starts = starts + sum(np.ix_(*outer)).reshape(-1)
-        starts = np.atleast_1d(np.asarray(starts, dtype=np.int64))
-        first, last = int(starts[0]), int(starts[-1]) + run
-        if len(starts) == 1 or run < self._min_run or run * len(starts) * 2 >= last - first:
-            raw = np.empty(last - first, np.uint8)
-            self._fetch(stored, first, memoryview(raw), what)
-            rows = (starts - first)[:, None] + np.arange(run)[None, :]
-            out = raw[rows].reshape(-1)
-        else:
-            out = np.empty(run * len(starts), np.uint8)
-            view = memoryview(out)
-            for i, s in enumerate(starts):
-                self._fetch(stored, int(s), view[i * run:(i + 1) * run], what)
+        run = (region[k].stop - region[k].start) * strides[k]
+        runs = math.prod(out_shape[:k])
+        box = (region[0].stop - region[0].start) * strides[0]  # whole rows of the outermost dim
+        if runs == 1:
+            out = np.empty(run, np.uint8)
+            self._fetch(stored, sum(s.start * st for s, st in zip(region, strides)), memoryview(out), what)
+            return self._decode(stored, out, out_shape)
+        if run < self._min_run or 2 * run * runs >= box:
+            raw = np.empty(box, np.uint8)
+            self._fetch(stored, region[0].start * strides[0], memoryview(raw), what)
+            rows = self._decode(stored, raw, (region[0].stop - region[0].start, *shape[1:]))
+            return np.ascontiguousarray(rows[(slice(None), *region[1:])])
+        out = np.empty(run * runs, np.uint8)
+        view = memoryview(out)
+        starts = region[k].start * strides[k] + sum(
+            np.ix_(*[np.arange(s.start, s.stop) * strides[i] for i, s in enumerate(region[:k])])).reshape(-1)
+        for i, start in enumerate(starts):
+            self._fetch(stored, int(start), view[i * run:(i + 1) * run], what)
         return self._decode(stored, out, out_shape)
 
     def _read_sliced(self, info: TensorInfo, region: Index) -> np.ndarray:
         out = np.empty(index_shape(region), info.dtype)
+        if out.size == 0:
+            return out
         for part_region, stored in info.slices:
             lo = [max(a.start, b.start) for a, b in zip(region, part_region)]
             hi = [min(a.stop, b.stop) for a, b in zip(region, part_region)]
-            if any(h <= l for l, h in zip(lo, hi)) and math.prod(out.shape):
+            if any(h <= l for l, h in zip(lo, hi)):
                 continue
             local = tuple(slice(l - p.start, h - p.start) for l, h, p in zip(lo, hi, part_region))
             dest = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))

@@ -81,8 +81,12 @@ def parse_table(data: bytes, verify_checksums: bool = True) -> list[tuple[bytes,
     (magic,) = struct.unpack_from("<Q", footer, 40)
     if magic != MAGIC:
         raise DecodeError("footer magic number is wrong: not a TensorFlow table file, or truncated")
-    _, _, pos = _block_handle(footer, 0)
+    meta_offset, meta_size, pos = _block_handle(footer, 0)
     index_offset, index_size, _ = _block_handle(footer, pos)
+    # Writers lay out [data blocks][metaindex][index][footer] back to back.
+    if (index_offset + index_size + TRAILER_SIZE != len(data) - FOOTER_SIZE
+            or meta_offset + meta_size + TRAILER_SIZE != index_offset):
+        raise DecodeError("footer's block handles do not match the file's layout (truncated or spliced file)")
     entries: list[tuple[bytes, bytes]] = []
     previous: bytes | None = None
     for _, handle in _block_entries(_read_block(data, index_offset, index_size, verify_checksums)):
