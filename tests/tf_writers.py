@@ -493,15 +493,23 @@ def build_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096,
         return handle
 
     block: list[tuple[bytes, bytes]] = []
+    estimate = 0   # BlockBuilder::CurrentSizeEstimate: entry bytes + 4 per restart + 4
+    prev = b""
     for key, value in entries:
         if pending_handle is not None:
             index_entries.append((_shortest_separator(last_key, key), pending_handle))
             pending_handle = None
+        shared = 0
+        if len(block) % 16:
+            while shared < min(len(prev), len(key)) and prev[shared] == key[shared]:
+                shared += 1
+        estimate += (len(_varint(shared)) + len(_varint(len(key) - shared)) + len(_varint(len(value)))
+                     + len(key) - shared + len(value))
         block.append((key, value))
-        last_key = key
-        if len(_block(block, 16)) >= block_size:
+        prev = last_key = key
+        if estimate + 4 * ((len(block) + 15) // 16) + 4 >= block_size:
             pending_handle = write_block(_block(block, 16), compression)
-            block = []
+            block, estimate, prev = [], 0, b""
     if block:
         pending_handle = write_block(_block(block, 16), compression)
     if pending_handle is not None:
