@@ -5,7 +5,7 @@ Writes a >= 1 GB checkpoint with TensorFlow, then, for each method, starts two J
 fully sharded, and prints one table:
 
 - tf2flax: ``tf2flax.init_params`` (each process reads only its devices' regions);
-- naive: TensorFlow's ``CheckpointReader`` reads each whole tensor in every process, then
+- naive: TensorFlow's ``CheckpointReader`` reads the whole checkpoint in every process, then
   ``jax.make_array_from_callback`` keeps this process's shards (what T5X's importer does).
 
 Usage: python benchmarks/sharded_restore.py [--size-gb 1.0] [--dir /tmp/tf2flax-bench]
@@ -69,12 +69,10 @@ def worker(method: str, process_id: int, port: int, prefix: str, out: str) -> No
         bytes_read = result.stats.bytes_read
     else:
         reader = tf.train.load_checkpoint(prefix)
-        params, bytes_read = {}, 0
-        for n in names:
-            full = reader.get_tensor(n)
-            bytes_read += full.nbytes
-            params[n] = jax.make_array_from_callback(full.shape, sharding, lambda idx, full=full: full[idx])
-            del full
+        full = {n: reader.get_tensor(n) for n in names}
+        bytes_read = sum(v.nbytes for v in full.values())
+        params = {n: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for n, v in full.items()}
+        del full
     jax.block_until_ready(params)
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

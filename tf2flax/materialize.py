@@ -25,7 +25,7 @@ import numpy as np
 
 from .plan import Index, Plan, PlanEntry, index_shape, normalize_index
 
-DEFAULT_BYTES_IN_FLIGHT = 256 << 20
+DEFAULT_BYTES_IN_FLIGHT = 64 << 20
 DEFAULT_WORKERS = 8
 
 
