@@ -63,8 +63,9 @@ class ConvertWarning(UserWarning):
 class ConvertResult:
     """What :func:`convert` did: the plan (and its report), what was left out, and the totals.
 
-    ``left_out``: ``(name, reason)`` for every checkpoint tensor not written (optimizer state,
-    bookkeeping, strings, zero-size tensors). ``out`` is None for a dry run.
+    ``left_out``: ``(name, reason)`` for every checkpoint tensor not written: its default name when
+    left out as optimizer state or bookkeeping, its output path when Orbax cannot store it (strings,
+    zero-size tensors). ``out`` is None for a dry run.
     """
 
     plan: Plan
@@ -249,10 +250,9 @@ def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
             warnings.warn(f"left out {len(paths)} {why}(s), which Orbax cannot store: {', '.join(paths)}",
                           ConvertWarning, stacklevel=3)
             for p in paths:
-                source = plan.entries[p].source.describe()
                 plan.report.matched.pop(p, None)
-                plan.report.unused.append(source)
-                dropped.append((source, why))
+                plan.report.unused.append(plan.entries[p].source.describe())
+                dropped.append((p, why))
     return Plan(entries, plan.report), dropped
 
 

@@ -1,0 +1,264 @@
+"""``tf2flax.convert``: TF checkpoints -> Orbax, checked against TensorFlow's own values.
+
+Every round trip restores the output in a fresh process that imports Orbax only (not tf2flax), with
+the call the docs give, and compares it bit for bit with what TensorFlow reads from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import tf_writers
+import tf2flax
+from tf2flax.errors import MappingError, OutputExistsError
+
+convert_module = importlib.import_module("tf2flax.convert")  # (tf2flax.convert is the function)
+
+RESTORE = textwrap.dedent("""
+    import json, pickle, sys
+    import numpy as np
+    import orbax.checkpoint as ocp
+    out, expected_file = sys.argv[1], sys.argv[2]
+    params = ocp.v1.load(out)
+    legacy = ocp.StandardCheckpointer().restore(f"{out}/state")
+    def flat(tree, prefix=""):
+        for k, v in tree.items():
+            yield from flat(v, f"{prefix}{k}/") if isinstance(v, dict) else [(prefix + k, v)]
+    got, got_legacy = dict(flat(params)), dict(flat(legacy))
+    with open(expected_file, "rb") as f:
+        expected = pickle.load(f)
+    def same(a, e):
+        return (isinstance(a, np.ndarray) and a.dtype == e.dtype and a.shape == e.shape
+                and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(e).tobytes())
+    print(json.dumps({
+        "tf2flax_imported": "tf2flax" in sys.modules,
+        "missing": sorted(set(expected) - set(got)), "extra": sorted(set(got) - set(expected)),
+        "different": sorted(k for k in expected if k in got and not same(got[k], expected[k])),
+        "legacy_different": sorted(k for k in expected if k not in got_legacy or not same(got_legacy[k], expected[k])),
+    }))
+""")
+
+
+def restore_elsewhere(out: Path, expected: dict[str, np.ndarray], tmp_path: Path) -> dict:
+    """Restore ``out`` with Orbax alone in a new process and compare it with ``expected``."""
+    expected_file = tmp_path / "expected.pkl"
+    expected_file.write_bytes(pickle.dumps(expected))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", RESTORE, str(out), str(expected_file)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_restores_to(out: Path, expected: dict[str, np.ndarray], tmp_path: Path) -> None:
+    result = restore_elsewhere(out, expected, tmp_path)
+    assert result == {"tf2flax_imported": False, "missing": [], "extra": [], "different": [],
+                      "legacy_different": []}
+
+
+def quiet_convert(*args, **kwargs) -> tf2flax.ConvertResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", convert_module.ConvertWarning)
+        return tf2flax.convert(*args, **kwargs)
+
+
+def tf_values(prefix: str) -> dict[str, np.ndarray]:
+    return tf_writers.tf_read_all(prefix)
+
+
+def test_tf1_partitioned_multishard_round_trip(tf1_ckpt, tmp_path):
+    ref = tf_values(tf1_ckpt.prefix)
+    out = tmp_path / "tf1-orbax"
+    with pytest.warns(convert_module.ConvertWarning, match="string tensor.*cpu1/names"):
+        result = tf2flax.convert(tf1_ckpt.prefix, out)
+    assert ("cpu1/names", "string tensor") in result.left_out
+    expected = {k: v for k, v in ref.items() if v.dtype != object}
+    assert result.tensors == len(expected) and result.bytes == sum(v.nbytes for v in expected.values())
+    assert_restores_to(out, expected, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["expected.pkl", "tf1-orbax"]  # no temporary leftovers
+
+
+def test_tf2_sliced_round_trip_uses_object_paths(tf2_ckpt, tmp_path):
+    ref = tf_values(tf2_ckpt.prefix)
+    out = tmp_path / "tf2-orbax"
+    result = quiet_convert(tf2_ckpt.prefix, out)
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    expected = {k.removesuffix(suffix): v for k, v in ref.items()
+                if k.endswith(suffix) and v.dtype != object and not k.startswith("save_counter/")}
+    assert "nested/inner" in expected and "with..dot" in expected
+    assert dict(result.left_out) == {"_CHECKPOINTABLE_OBJECT_GRAPH": "bookkeeping", "save_counter": "bookkeeping",
+                                     "strings": "string tensor"}
+    assert_restores_to(out, expected, tmp_path)
+
+
+def test_keras_model_side_names_and_optimizer(keras3_ckpt, tmp_path):
+    ckpt = tf2flax.open_checkpoint(keras3_ckpt.prefix)
+    graph = ckpt.object_graph.by_key()
+    ref = tf_values(keras3_ckpt.prefix)
+    result = quiet_convert(ckpt, tmp_path / "model")
+    model = {graph[k].model_path: v for k, v in ref.items()
+             if k in graph and not graph[k].is_optimizer and graph[k].model_path != "save_counter"}
+    assert "model/_functional/_operations/1/_kernel" in model  # the model side, not optimizer/_trainable_variables
+    assert set(result.plan.entries) == set(model)
+    assert {why for _, why in result.left_out} == {"optimizer state", "bookkeeping"}
+
+    everything = quiet_convert(ckpt, tmp_path / "all", include_optimizer=True)
+    optimizer = {graph[k].model_path for k in graph if graph[k].is_optimizer}
+    assert optimizer and optimizer | set(model) | {"save_counter"} == set(everything.plan.entries)
+    assert everything.left_out == [("_CHECKPOINTABLE_OBJECT_GRAPH", "string tensor")]
+    expected = {graph[k].model_path if k in graph else k.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE"): v
+                for k, v in ref.items() if v.dtype != object}
+    assert_restores_to(tmp_path / "all", expected, tmp_path)
+
+
+def test_map_preset_transforms_and_dtype(keras3_ckpt, tmp_path):
+    ref = tf2flax.open_checkpoint(keras3_ckpt.prefix)
+    full = {v.full_name: v.key for v in ref.object_graph.variables}
+    tf = {name: tf_writers.as_array(v) for name, v in tf_values(keras3_ckpt.prefix).items()}
+    out = tmp_path / "flax"
+    result = tf2flax.convert(keras3_ckpt.prefix, out, preset="keras", dtype="bfloat16",
+                             mapping={"sequential/d1/": "params/Dense_0/", "sequential/bn/": "params/BatchNorm_0/"},
+                             transforms={r"params/Dense_0/kernel": "transpose"})
+    bf16 = lambda name: tf[full[name]].astype(ml_dtypes.bfloat16)  # noqa: E731
+    expected = {
+        "params/Dense_0/kernel": bf16("sequential/d1/kernel").T.copy(),
+        "params/Dense_0/bias": bf16("sequential/d1/bias"),
+        "params/BatchNorm_0/scale": bf16("sequential/bn/gamma"),
+        "params/BatchNorm_0/bias": bf16("sequential/bn/beta"),
+        "params/BatchNorm_0/mean": bf16("sequential/bn/moving_mean"),
+        "params/BatchNorm_0/var": bf16("sequential/bn/moving_variance"),
+    }
+    assert set(result.plan.entries) == set(expected)
+    assert sorted(result.report.unused) == ["sequential/d2/bias", "sequential/d2/kernel"]
+    assert_restores_to(out, expected, tmp_path)
+
+
+def test_map_file_matches_python_mapping(tmp_path):
+    yaml_file = tmp_path / "map.yaml"
+    yaml_file.write_text(textwrap.dedent("""
+        preset: keras
+        map:
+          "sequential/": "params/"
+        rules:
+          - ["^x/", null]
+        transforms:
+          ".*/kernel": transpose
+          "params/a": [[reshape, [4, -1]], [cast, bfloat16]]
+          "params/b": [transpose, [1, 0]]
+          "params/c": [cast, float16]
+        part_axis: 0
+    """))
+    json_file = tmp_path / "map.json"
+    json_file.write_text(json.dumps({"map": {"sequential/": "params/"}, "rules": {"^x/": None}, "preset": "keras",
+                                     "transforms": {".*/kernel": "transpose"}}))
+    assert convert_module.load_map_file(yaml_file) == {
+        "preset": "keras", "mapping": {"sequential/": "params/"}, "rules": [["^x/", None]], "part_axis": 0,
+        "transforms": {".*/kernel": "transpose", "params/a": [("reshape", [4, -1]), ("cast", "bfloat16")],
+                       "params/b": ("transpose", [1, 0]), "params/c": ("cast", "float16")}}
+    assert convert_module.load_map_file(json_file)["rules"] == {"^x/": None}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("map: [1", "not valid YAML (line 1, column 8)"),
+    ("maps: {}", "unknown key(s) ['maps']"),
+    ("- a\n- b", "expected a mapping"),
+    ("transforms: {k: [flip, 1]}", "is not a transform"),
+    ("preset: [keras]", "preset must be a name"),
+])
+def test_bad_map_files(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(MappingError, match=re.escape(message)):
+        convert_module.load_map_file(path)
+
+
+def test_optimizer_slots_and_name_conflicts(tmp_path):
+    values = {
+        "w": np.arange(6, dtype=np.float32).reshape(2, 3), "w/Adam": np.ones((2, 3), np.float32),
+        "w/Adam_1": np.full((2, 3), 2, np.float32), "beta1_power": np.array(0.9, np.float32),
+        "global_step": np.array(7, np.int64), "empty": np.zeros((0, 4), np.float32),
+    }
+    prefix = tf_writers.write_raw_bundle(tmp_path / "tf1" / "model", values)
+    with pytest.warns(convert_module.ConvertWarning, match="zero-size tensor.*empty"):
+        default = tf2flax.convert(prefix, tmp_path / "default", dry_run=True)
+    assert list(default.plan.entries) == ["w"]
+    assert dict(default.left_out) == {"beta1_power": "optimizer state", "global_step": "bookkeeping",
+                                      "w/Adam": "optimizer state", "w/Adam_1": "optimizer state",
+                                      "empty": "zero-size tensor"}
+    result = quiet_convert(prefix, tmp_path / "all", include_optimizer=True)
+    expected = {k: v for k, v in values.items() if v.size}
+    expected["w/__value__"] = expected.pop("w")  # 'w' is also the scope of its slots
+    assert_restores_to(tmp_path / "all", expected, tmp_path)
+    assert result.tensors == 5
+
+    clash = tf_writers.write_raw_bundle(tmp_path / "clash" / "model", {"a.b": np.ones(2), "a/b": np.zeros(2)})
+    with pytest.raises(MappingError, match="would both be stored by Orbax as 'a.b'"):
+        tf2flax.convert(clash, tmp_path / "clash-out")
+    with pytest.raises(MappingError, match="is also the scope of"):
+        tf2flax.convert(prefix, tmp_path / "scope-out", mapping={"w": "x", "w/Adam": "x/m"}, include_optimizer=True)
+
+
+def test_dry_run_existing_output_and_force(tf1_ckpt, tmp_path):
+    out = tmp_path / "out"
+    dry = quiet_convert(tf1_ckpt.prefix, out, dry_run=True)
+    assert not out.exists() and dry.out is None and "dense/kernel" in dry.plan.entries
+    assert "part/rows <- part/rows  [10, 3] float32" in dry.describe()
+    assert dry.summary().startswith("dry run: 12 tensors")
+
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        tf2flax.convert(tf1_ckpt.prefix, out)
+    assert os.listdir(out) == ["keep.txt"]
+
+    def boom(x):
+        raise RuntimeError("transform failed")
+
+    with pytest.raises(RuntimeError, match="transform failed"):  # a failed forced run keeps the old output
+        quiet_convert(tf1_ckpt.prefix, out, force=True, transforms={"dense/bias": boom})
+    assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
+    quiet_convert(tf1_ckpt.prefix, out, force=True)
+    assert "keep.txt" not in os.listdir(out) and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_interrupt_leaves_nothing(tf1_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_module, "GROUP_MIN_BYTES", 1)  # one tensor per partial save
+    monkeypatch.setattr(convert_module, "GROUP_MAX_BYTES", 1)
+    seen = []
+
+    def interrupt(x):
+        if not isinstance(x, np.ndarray):  # the plan traces it once with jax.eval_shape
+            return x
+        seen.append(x)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        quiet_convert(tf1_ckpt.prefix, tmp_path / "out", transforms={".*": interrupt})
+    assert len(seen) == 3 and os.listdir(tmp_path) == []
+
+
+def test_dtype_casts_floating_tensors_only(tf1_ckpt, tmp_path):
+    plan = quiet_convert(tf1_ckpt.prefix, tmp_path / "o", dtype="bfloat16", dry_run=True).plan
+    dtypes = {k: np.dtype(e.dtype).name for k, e in plan.entries.items()}
+    assert dtypes["dense/kernel"] == dtypes["cpu1/half"] == dtypes["part/cols"] == "bfloat16"
+    assert (dtypes["part/vec"], dtypes["cpu1/flags"], dtypes["cpu1/counter"]) == ("int64", "bool", "int64")
+    with pytest.raises(MappingError, match="not a floating dtype"):
+        tf2flax.convert(tf1_ckpt.prefix, tmp_path / "o", dtype="int32")
+    with pytest.raises(MappingError, match="unknown dtype"):
+        tf2flax.convert(tf1_ckpt.prefix, tmp_path / "o", dtype="float77")
+    assert os.listdir(tmp_path) == []
