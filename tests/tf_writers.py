@@ -380,19 +380,21 @@ def write_many(directory: str | os.PathLike, n: int = 6000) -> str:
 
 
 def write_large(directory: str | os.PathLike, size_gb: float = 1.0, n_vars: int = 16) -> str:
-    """A TF2 checkpoint of ``n_vars`` float32 variables totalling ``size_gb`` GB (reused if present)."""
+    """A TF2 checkpoint of ``n_vars`` float32 [rows, 1024] variables, ``size_gb`` GiB in all.
+
+    ``size_gb=1.0`` gives 16 variables of 64 MiB. Reused if a finished one is already there.
+    """
     T = tf()
     directory = Path(directory)
     marker = directory / f"large-{size_gb:g}-{n_vars}.done"
     prefix = directory / "large"
-    if marker.exists():
+    if marker.exists() and Path(str(prefix) + ".index").exists():
         return str(prefix)
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    per_var = int(size_gb * 1e9 / 4 / n_vars)
     cols = 1024
-    rows = max(1, per_var // cols)
+    rows = max(1, int(size_gb * 2 ** 30 / 4 / n_vars / cols))
     variables = {}
     for i in range(n_vars):
         variables[f"v{i:02d}"] = T.Variable(
