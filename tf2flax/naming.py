@@ -64,14 +64,23 @@ def default_names(ckpt: Any, include_optimizer: bool = False) -> list[DefaultNam
         else:
             name = key[: -len(VALUE_SUFFIX)] if graph is not None and key.endswith(VALUE_SUFFIX) else key
             optimizer, aliases = False, ()
-        if key == OBJECT_GRAPH_KEY or _BOOKKEEPING.search(name):
-            reason: str | None = BOOKKEEPING
-        elif optimizer or _TF1_OPTIMIZER.search(name):
-            reason = OPTIMIZER
-        else:
-            reason = None
+        reason = left_out_reason(key, name, optimizer)
         out.append(DefaultName(key, name, None if include_optimizer else reason, aliases))
     return out
+
+
+def left_out_reason(key: str, name: str, optimizer: bool = False) -> str | None:
+    """Why tensor ``key`` (default name ``name``) is not model state: bookkeeping, optimizer state, or None.
+
+    Example::
+
+        left_out_reason("bert/pooler/dense/kernel/adam_m", "bert/pooler/dense/kernel/adam_m")  # 'optimizer state'
+    """
+    if key == OBJECT_GRAPH_KEY or _BOOKKEEPING.search(name):
+        return BOOKKEEPING
+    if optimizer or _TF1_OPTIMIZER.search(name):
+        return OPTIMIZER
+    return None
 
 
 def display_names(ckpt: Any, kind: str = "key") -> dict[str, str]:

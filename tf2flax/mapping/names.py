@@ -9,8 +9,9 @@
 - ``<var>/part_<n>`` names (``n`` = 0, 1, ... with no gap) also form a name ``<var>``: the parts
   concatenated along the one axis where their shapes differ (axis 0 when they all agree, or
   ``part_axis``), unless a tensor is already called ``<var>``.
-- Optimizer state, ``save_counter`` and the object graph are *skipped*: addressable, but not reported
-  as unused; so is any tensor a ``None`` rule dropped a name of.
+- Optimizer state (TF2 optimizer variables; TF1 slots such as ``<var>/Adam``, ``<var>/adam_m``),
+  ``global_step``, ``save_counter`` and the object graph are *skipped* (see ``tf2flax.naming``):
+  addressable, but not reported as unused; so is any tensor a ``None`` rule dropped a name of.
 
 Example::
 
@@ -25,13 +26,13 @@ import dataclasses
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..bundle.object_graph import VALUE_SUFFIX as _VALUE_SUFFIX
 from ..errors import MappingError
+from ..naming import left_out_reason
 from ..plan import ConcatSource, Source, TensorSource
 from .hints import close_matches
 from .rules import Rule, rename
 
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _PART = re.compile(r"^(.*)/part_(\d+)$")
 
 PartAxis = int | Mapping[str, int] | None
@@ -181,14 +182,13 @@ def _originals(ckpt: Any) -> list[tuple[str, list[str], str, bool]]:
     for key in ckpt.names:
         v = by_key.get(key)
         if v is None:
-            bookkeeping = key == OBJECT_GRAPH_KEY or (graph is not None and key.startswith("save_counter/"))
             label = key[: -len(_VALUE_SUFFIX)] if key.endswith(_VALUE_SUFFIX) else key
-            out.append((key, _unique([key, label]), label, bookkeeping))
+            out.append((key, _unique([key, label]), label, left_out_reason(key, label) is not None))
             continue
         unique_full = bool(v.full_name) and full_names[v.full_name] == 1
         label = v.full_name if unique_full else (v.model_path or v.object_path)
         names = _unique([key, v.object_path, v.model_path, v.full_name])
-        skipped = bool(v.is_optimizer) or v.object_path == "save_counter"
+        skipped = left_out_reason(key, v.model_path or v.object_path, bool(v.is_optimizer)) is not None
         out.append((key, names, label, skipped))
     return out
 
