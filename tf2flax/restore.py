@@ -41,30 +41,15 @@ def as_checkpoint(ckpt: str | os.PathLike | Checkpoint) -> Checkpoint:
     return ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
 
 
-def plan_params(
-    ckpt: str | os.PathLike | Checkpoint,
-    mapping: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
-    params: Any,
-    *,
-    rules: Any = None,
-    preset: Any = None,
-    transforms: Mapping[Any, Any] | None = None,
-    part_axis: int | Mapping[str, int] | None = None,
-    strict: bool = False,
-) -> Plan:
-    """Validate a whole load without reading tensor data: the plan and its report.
+def plan_params(ckpt: str | os.PathLike | Checkpoint, mapping: Any, params: Any, **options: Any) -> Plan:
+    """Validate a whole load without reading tensor data: ``init_params(..., dry_run=True)``.
 
     Example::
 
         plan = tf2flax.plan_params(path, {"old/": "params/"}, abstract_params)
         print(plan.report.summary())
     """
-    ckpt = as_checkpoint(ckpt)
-    targets = flatten_targets(params)
-    plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis)
-    if strict:
-        check_strict(plan.report)
-    return plan
+    return init_params(ckpt, mapping, params, dry_run=True, **options)
 
 
 def init_params(
