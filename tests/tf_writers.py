@@ -128,27 +128,76 @@ def odd_names() -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 
 def write_raw_bundle(prefix: str | os.PathLike, tensors: dict[str, np.ndarray],
-                     shape_and_slices: dict[str, str] | None = None) -> str:
-    """Write ``tensors`` with ``tf.raw_ops.SaveV2`` (one shard, arbitrary key strings)."""
+                     slices: list[tuple[str, str, np.ndarray]] = ()) -> str:
+    """Write ``tensors`` with ``tf.raw_ops.SaveV2`` (one shard, arbitrary key strings).
+
+    ``slices`` adds sliced tensors as ``(name, shape_and_slice, part)`` triples, the way ``Saver``
+    saves partitioned variables: e.g. ``("s", "4 3 0,2:-", value[0:2])`` is rows 0..1 of a [4, 3]
+    tensor ("-" = the whole dimension, stored as an extent without a length).
+    """
     T = tf()
     prefix = str(prefix)
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-    names = list(tensors)
-    sas = [(shape_and_slices or {}).get(n, "") for n in names]
+    names = list(tensors) + [n for n, _, _ in slices]
+    specs = [""] * len(tensors) + [spec for _, spec, _ in slices]
+    values = list(tensors.values()) + [v for _, _, v in slices]
     with T.device("/cpu:0"):
-        T.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=sas,
-                         tensors=[T.constant(tensors[n]) for n in names])
+        T.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=specs,
+                         tensors=[T.constant(v) for v in values])
     return prefix
 
 
+def sliced_values() -> tuple[dict[str, np.ndarray], list[tuple[str, str, np.ndarray]]]:
+    """Full values and the SaveV2 slices that store them ('-' extents, 3-D, bfloat16)."""
+    rng = np.random.default_rng(77)
+    full = {
+        "sliced/whole_cols": rng.standard_normal((6, 4)).astype(np.float32),
+        "sliced/cube": rng.integers(-100, 100, size=(3, 4, 5)).astype(np.int16),
+        "sliced/bf16": rng.standard_normal((5, 2)).astype(ml_dtypes.bfloat16),
+    }
+    parts = [
+        ("sliced/whole_cols", "6 4 0,1:-", full["sliced/whole_cols"][0:1]),
+        ("sliced/whole_cols", "6 4 1,5:-", full["sliced/whole_cols"][1:6]),
+        ("sliced/cube", "3 4 5 -:0,2:-", full["sliced/cube"][:, 0:2]),
+        ("sliced/cube", "3 4 5 -:2,2:0,3", full["sliced/cube"][:, 2:4, 0:3]),
+        ("sliced/cube", "3 4 5 -:2,2:3,2", full["sliced/cube"][:, 2:4, 3:5]),
+        ("sliced/bf16", "5 2 0,5:0,1", full["sliced/bf16"][:, 0:1]),
+        ("sliced/bf16", "5 2 0,5:1,1", full["sliced/bf16"][:, 1:2]),
+    ]
+    return full, parts
+
+
+def sliced_string_values() -> tuple[dict[str, np.ndarray], list[tuple[str, str, np.ndarray]]]:
+    """Sliced DT_STRING tensors: TF writes them, but TF's CheckpointReader cannot read them back
+    ("Dtype string not supported"), so they live in their own bundle (see write_sliced_strings)."""
+    full = {
+        "sliced/strings": np.array([b"a", b"", b"\xff" * 200, b"dd", b"e"], dtype=object),
+        "sliced/strings2d": np.array([[b"x" * (i + 130 * j) for i in range(3)] for j in range(4)],
+                                     dtype=object),
+    }
+    parts = [
+        ("sliced/strings", "5 0,2", full["sliced/strings"][0:2]),
+        ("sliced/strings", "5 2,3", full["sliced/strings"][2:5]),
+        ("sliced/strings2d", "4 3 -:0,1", full["sliced/strings2d"][:, 0:1]),
+        ("sliced/strings2d", "4 3 -:1,2", full["sliced/strings2d"][:, 1:3]),
+    ]
+    return full, parts
+
+
+def write_sliced_strings(directory: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+    full, parts = sliced_string_values()
+    return write_raw_bundle(Path(directory) / "sliced_strings", {}, parts), full
+
+
 def write_zoo(directory: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
-    """Every dtype, strings, scalars, zero-size tensors, odd names, plus a hand-sliced tensor.
+    """Every dtype, strings, scalars, zero-size tensors, odd names, plus SaveV2-sliced tensors.
 
     Written with SaveV2 (no state file); returns ``(prefix, expected)``.
     """
     values = {**dtype_zoo(), **string_values(), **odd_names()}
-    prefix = write_raw_bundle(Path(directory) / "zoo", values)
-    return prefix, values
+    full, parts = sliced_values()
+    prefix = write_raw_bundle(Path(directory) / "zoo", values, parts)
+    return prefix, {**values, **full}
 
 
 def _graph_session_config():
