@@ -25,12 +25,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
 import secrets
 import shutil
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -367,9 +371,10 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     total, tensors, written = _total_bytes(plan), 0, 0
     pending: tuple[Any, int, str] | None = None  # the group being written while the next one is read
     try:
-        with ctx, ByteProgress(total, progress, "converting") as bar:
+        with ctx, ByteProgress(total, progress, "converting") as bar, _sigint_between_groups() as check:
             for group in _groups(plan):
                 items = [(path, _read(path, entry)) for path, entry in group]
+                check()
                 if pending is not None:
                     _finish(pending, bar)
                 size = sum(a.nbytes for _, a in items)
@@ -380,18 +385,38 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
             if pending is not None:
                 _finish(pending, bar)
                 pending = None
+            check()
             ocp.v1.partial.finalize(tmp)
         _install(tmp, out, force)
     except BaseException:
         if pending is not None:  # let Orbax's writer threads stop before removing their files
-            try:
+            with contextlib.suppress(BaseException):
                 pending[0].result()
-            except BaseException:
-                pass
-        for leftover in (tmp, tmp.with_name(tmp.name + ".partial_save")):
+        for leftover in tmp.parent.glob(glob.escape(tmp.name) + "*"):  # Orbax adds suffixes of its own
             shutil.rmtree(leftover, ignore_errors=True)
         raise
     return tensors, written
+
+
+@contextlib.contextmanager
+def _sigint_between_groups() -> Iterator[Callable[[], None]]:
+    """Ctrl-C while Orbax's threads write would leave their files behind: in the main thread, hold it
+    until ``check()`` (called between groups), which raises KeyboardInterrupt at a safe point."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: None
+        return
+    caught: list[int] = []
+
+    def check() -> None:
+        if caught:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _finish(pending: tuple[Any, int, str], bar: ByteProgress) -> None:
