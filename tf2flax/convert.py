@@ -2,16 +2,19 @@
 
 Without a map, every tensor becomes a leaf at the path of its default name split on ``/`` (see
 :mod:`tf2flax.naming`; optimizer state and bookkeeping are left out unless ``include_optimizer``).
-With ``mapping``/``rules``/``preset``/``transforms`` the output tree is the one the map describes: the
-target leaves are derived from the checkpoint (each scope entry ``'ckpt_scope/': 'out_scope/'`` turns
-every checkpoint name under ``ckpt_scope/`` into a leaf under ``out_scope/``; an exact entry names one
-leaf), with the shape and dtype of their source after transforms, and the mapping engine
-(:func:`tf2flax.mapping.build_plan`) then builds and validates the plan with TensorFlow's rules.
+With ``mapping``/``rules``/``preset``/``transforms`` the output tree is the one the map describes. There
+is no model, so the target leaves are derived from the checkpoint: a scope entry
+``'ckpt_scope/': 'out_scope/'`` makes a leaf ``out_scope/<rest>`` of every tensor with a (renamed) name
+``ckpt_scope/<rest>`` (default name first, then a TF2 variable's ``full_name`` and object path; what
+default naming leaves out is skipped); an exact entry ``'name': 'out/path'`` makes one leaf, of any
+tensor. Without a map, the (renamed) default names are the leaves. Each leaf gets the shape and dtype
+of its source after its transforms, and the mapping engine (:func:`tf2flax.mapping.build_plan`) then
+builds and checks the plan with TensorFlow's rules, exactly as for :func:`tf2flax.init_params`.
 
-The output is written with Orbax's own partial save (``ocp.v1.partial.save`` of groups of leaves, then
-``ocp.v1.partial.finalize``) into ``OUT.tmp-<random>`` and renamed to ``OUT`` at the end, so that at
-most one group of tensors is in memory and an interrupted run leaves no ``OUT``. It restores with
-Orbax alone::
+The output is written with Orbax's own partial save (``ocp.v1.partial.save_async`` of groups of
+leaves, then ``ocp.v1.partial.finalize``) into ``OUT.tmp-<random>`` and renamed to ``OUT`` at the
+end, so that at most two groups of tensors are in memory and an interrupted run leaves no ``OUT``.
+It restores with Orbax alone::
 
     import orbax.checkpoint as ocp
     params = ocp.v1.load(out)                                      # or, with the v0 API:
@@ -86,7 +89,7 @@ class ConvertResult:
     def summary(self) -> str:
         """One line: tensors, GB, seconds, GB/s (and where)."""
         if self.out is None:
-            return f"dry run: {len(self.plan.entries)} tensors, {_total_bytes(self.plan) / 1e9:.2f} GB would be written"
+            return f"dry run: {len(self.plan.entries)} tensors, {_total_bytes(self.plan) / 1e9:.2f} GB to write"
         rate = self.bytes / 1e9 / self.seconds if self.seconds > 0 else 0.0
         return (f"converted {self.tensors} tensors, {self.bytes / 1e9:.2f} GB in {self.seconds:.1f} s "
                 f"({rate:.2f} GB/s) -> {self.out}")
