@@ -129,7 +129,7 @@ def _ls(args: argparse.Namespace) -> int:
              "sliced": sum(r["sliced"] for r in rows)}
     if args.json:
         json.dump({"checkpoint": ckpt.path, "format": "tf1" if ckpt.object_graph is None else "tf2",
-                   "tensors": rows, "total": total}, sys.stdout, indent=1, ensure_ascii=False)
+                   "tensors": rows, "total": total}, sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
     _print_table(rows, total)
@@ -155,7 +155,9 @@ def _print_table(rows: list[dict], total: dict) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(*header, caption=footer, caption_justify="left")
+        table = Table(caption=footer, caption_justify="left")
+        for h in header:
+            table.add_column(h, justify="right" if h == "size" else "left")
         for c in cells:
             table.add_row(*map(Text, c))  # Text: names and shapes are not rich markup
         Console().print(table)

@@ -382,9 +382,10 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
                     _finish(pending, bar)
                 size = sum(a.nbytes for _, a in items)
                 meta = custom_metadata if not tensors else None
-                pending = (ocp.v1.partial.save_async(tmp, _nest(items), custom_metadata=meta), size, group[-1][0])
-                del items
                 tensors, written = tensors + len(group), written + size
+                label = f"converting ({tensors}/{len(plan.entries)} tensors)"
+                pending = (ocp.v1.partial.save_async(tmp, _nest(items), custom_metadata=meta), size, label)
+                del items
             if pending is not None:
                 _finish(pending, bar)
                 pending = None
@@ -423,9 +424,9 @@ def _sigint_between_groups() -> Iterator[Callable[[], None]]:
 
 
 def _finish(pending: tuple[Any, int, str], bar: ByteProgress) -> None:
-    response, size, last = pending
+    response, size, label = pending
     response.result()
-    bar.advance(size, description=f"converting {last}")
+    bar.advance(size, description=label)
 
 
 def _read(path: str, entry: PlanEntry) -> np.ndarray:
