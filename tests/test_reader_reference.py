@@ -528,3 +528,28 @@ def test_bytes_read_of_a_full_dense_read(tf1_ckpt):
     value = ckpt.read("dense/kernel")
     delta = ckpt.stats.bytes_read - before
     assert value.nbytes <= delta <= 2 * value.nbytes + 4096, delta
+
+
+def test_big_endian_checkpoint(tmp_path):
+    """A bundle whose header says BIG endian (as TF writes on s390x): TF byte-swaps; so must we."""
+    prefix, expected = tf_writers.write_big_endian(tmp_path)
+    ref = tf_writers.tf_read_all(prefix)
+    for name, value in expected.items():      # guards the fixture: TF reads it back exactly
+        assert_tensor_equal(ref[name], value, f"TF {name}")
+    ckpt = tf2flax.open_checkpoint(prefix)
+    failures = []
+    for name, value in expected.items():
+        try:
+            why = tensor_mismatch(ckpt.read(name), value)
+        except Exception as e:
+            why = f"raised {type(e).__name__}: {e}"
+        if why:
+            failures.append(f"{name}: {why}")
+        if value.ndim and value.size:
+            try:
+                why = tensor_mismatch(ckpt.read(name, (slice(1, None),)), value[1:])
+            except Exception as e:
+                why = f"raised {type(e).__name__}: {e}"
+            if why:
+                failures.append(f"{name}[1:]: {why}")
+    assert not failures, "\n".join(failures)
