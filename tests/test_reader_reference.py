@@ -178,7 +178,7 @@ def test_region_reads_equal_numpy_slicing(which, request, reference):
             except Exception as e:  # report every failing case, not just the first
                 failures.append(f"{name!r}[{region}]: raised {type(e).__name__}: {e}")
                 continue
-            why = tensor_mismatch(got, np.asarray(full[region]))
+            why = tensor_mismatch(got, tf_writers.as_array(full[region]))
             if why:
                 failures.append(f"{name!r}[{region}]: {why}")
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:20])
@@ -513,7 +513,7 @@ def test_concurrent_reads_from_threads(tf1_ckpt, tf2_ckpt, reference):
 
         def run(job):
             name, region = job
-            return tensor_mismatch(ckpt.read(name, region), np.asarray(ref[name][region]))
+            return tensor_mismatch(ckpt.read(name, region), tf_writers.as_array(ref[name][region]))
 
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(run, jobs))
