@@ -142,11 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     ours_s, ours_vars = best_of(max(args.repeats, 5), ours_list)
     tf_s, tf_vars = best_of(max(args.repeats, 5), tf_list)
     assert [n for n, _ in ours_vars] == [n for n, _ in tf_vars]
-    listing = Table(title=f"open + list_variables, {args.many} variables "
-                          f"({os.path.getsize(many_prefix + '.index') / 1e3:.0f} kB index), best of "
-                          f"{max(args.repeats, 5)}")
+    listing = Table(title=f"open + list_variables: {args.many} variables, "
+                          f"{os.path.getsize(many_prefix + '.index') / 1e3:.0f} kB index")
     listing.add_column("method")
-    listing.add_column("milliseconds", justify="right")
+    listing.add_column(f"ms (best of {max(args.repeats, 5)})", justify="right")
     listing.add_row("tf2flax.open_checkpoint(p).list_variables()", f"{ours_s * 1e3:.1f}")
     listing.add_row("tf.train.list_variables(p)", f"{tf_s * 1e3:.1f}")
     console.print(listing)
