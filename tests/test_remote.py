@@ -1,0 +1,412 @@
+"""Checkpoints read from s3://, http://, gs:// and file:// URLs through tensorstore.
+
+Every test talks to a real server on 127.0.0.1 started here (see ``servers.py``): moto's S3 server,
+an HTTP server that honours Range requests and counts the bytes it sends, and the same HTTP server
+speaking Google Cloud Storage's JSON API. Nothing in the I/O layer is mocked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tf2flax
+import tf_writers
+from servers import S3_ENV, MotoS3, RangeHTTPServer
+from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from tf2flax.storage import KvStore, _ByteBudget, kvstore_spec
+
+BUCKET = "tf2flax-ckpts"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_retries():
+    """Few, quick retries: a failing test must fail in seconds, not after tensorstore's 15 minutes."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TF2FLAX_RETRIES", "3")
+    mp.setenv("TF2FLAX_RETRY_DELAY", "0.05")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def big_ckpt(tmp_path_factory):
+    """TF-written (SaveV2) tensors of 0.1-2 MiB under 'model/', and a TF-written state file.
+
+    ``update_checkpoint_state`` records the prefix as an absolute local path, as TF1's Saver does:
+    resolving the directory by URL must fall back to the same file name beside the state file.
+    """
+    d = tmp_path_factory.mktemp("remote_big")
+    rng = np.random.default_rng(11)
+    tensors = {
+        "model/emb": rng.standard_normal((1024, 512)).astype(np.float32),
+        "model/proj": rng.standard_normal((256, 640)).astype(np.float32),
+        "model/w": rng.standard_normal((128, 256)).astype(np.float32),
+        "model/b": rng.standard_normal((256,)).astype(np.float32),
+    }
+    prefix = tf_writers.write_raw_bundle(d / "model.ckpt-5", tensors)
+    tf_writers.tf().compat.v1.train.update_checkpoint_state(str(d), prefix)
+    assert str(d) in (d / "checkpoint").read_text()
+    return d, tensors
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tf1_ckpt, tf2_ckpt, big_ckpt):
+    """One directory holding copies of the test checkpoints: tf1/, tf2/, big/."""
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(tf1_ckpt.directory, root / "tf1")
+    shutil.copytree(tf2_ckpt.directory, root / "tf2")
+    shutil.copytree(big_ckpt[0], root / "big")
+    return root
+
+
+@pytest.fixture(scope="module")
+def http(served):
+    with RangeHTTPServer(served) as server:
+        yield server
+
+
+@pytest.fixture()
+def http_log(http):
+    http.reset()
+    http.denied = ()
+    http.fail_next(0)
+    return http
+
+
+@pytest.fixture(scope="module")
+def s3(served):
+    mp = pytest.MonkeyPatch()
+    with MotoS3() as server:
+        for key, value in S3_ENV.items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "TF2FLAX_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+            mp.delenv(key, raising=False)
+        mp.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        for sub in ("tf1", "tf2", "big"):
+            server.upload_dir(BUCKET, served / sub, sub + "/")
+        client = server.client()
+        client.create_bucket(Bucket="tf2flax-private")
+        client.upload_file(str(served / "big" / "checkpoint"), "tf2flax-private", "run/checkpoint")
+        client.put_bucket_policy(Bucket="tf2flax-private", Policy=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:*", '
+            '"Resource": ["arn:aws:s3:::tf2flax-private", "arn:aws:s3:::tf2flax-private/*"]}]}'))
+        yield server
+    mp.undo()
+
+
+def _assert_same(ckpt, local_dir):
+    """``ckpt`` (remote) lists and reads exactly what the same checkpoint does from local files."""
+    local = tf2flax.open_checkpoint(local_dir)
+    assert ckpt.prefix == local.prefix
+    assert ckpt.list_variables() == local.list_variables()
+    for name in local.names:
+        a, b = ckpt.read(name), local.read(name)
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        if a.dtype == object:
+            assert a.tolist() == b.tolist(), name
+        else:
+            assert a.tobytes() == b.tobytes(), name
+
+
+# ---- kvstore_spec --------------------------------------------------------------------------------
+
+def test_kvstore_spec_schemes_and_s3_environment(monkeypatch):
+    for key in ("TF2FLAX_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION",
+                "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    assert kvstore_spec("gs://bucket-a/run/") == {"driver": "gcs", "bucket": "bucket-a", "path": "run/"}
+    assert kvstore_spec("http://127.0.0.1:8000/a/b/") == {"driver": "http", "base_url": "http://127.0.0.1:8000",
+                                                          "path": "/a/b/"}
+    assert kvstore_spec("file:///tmp/x/") == {"driver": "file", "path": "/tmp/x/"}
+    assert kvstore_spec("s3://bucket-a/run/") == {"driver": "s3", "bucket": "bucket-a", "path": "run/"}
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1/")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    spec = kvstore_spec("s3://bucket-a/run/")
+    assert spec["endpoint"] == "http://generic:1" and spec["aws_region"] == "eu-west-1"
+    assert "aws_credentials" not in spec  # the default chain: ~/.aws, instance role, ...
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-specific:2")
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    spec = kvstore_spec("s3://bucket-a/run/")
+    assert (spec["endpoint"], spec["aws_region"]) == ("http://s3-specific:2", "ap-south-1")
+    assert spec["aws_credentials"] == {"type": "environment"}
+    monkeypatch.setenv("TF2FLAX_S3_ENDPOINT", "http://ours:3")
+    monkeypatch.setenv("AWS_PROFILE", "work")
+    spec = kvstore_spec("s3://bucket-a/run/")
+    assert spec["endpoint"] == "http://ours:3" and "aws_credentials" not in spec
+
+    with pytest.raises(StorageError, match="s3://x/"):
+        kvstore_spec("s3://x/")  # not a valid bucket name
+
+
+# ---- S3 (moto) -----------------------------------------------------------------------------------
+
+def test_s3_directory_via_state_file_lists_and_reads_everything(s3, served):
+    ckpt = tf2flax.open_checkpoint(f"s3://{BUCKET}/tf2/")
+    assert ckpt.path == f"s3://{BUCKET}/tf2/ckpt-2"
+    _assert_same(ckpt, served / "tf2")
+
+
+def test_s3_tf1_partitioned_and_every_spelling_of_the_path(s3, served):
+    _assert_same(tf2flax.open_checkpoint(f"s3://{BUCKET}/tf1/"), served / "tf1")
+    prefix = tf2flax.open_checkpoint(served / "tf1").prefix
+    for path in (f"s3://{BUCKET}/tf1", f"s3://{BUCKET}/tf1/{prefix}", f"s3://{BUCKET}/tf1/{prefix}.index"):
+        assert tf2flax.open_checkpoint(path).path == f"s3://{BUCKET}/tf1/{prefix}", path
+    assert tf2flax.list_variables(f"s3://{BUCKET}/tf1") == tf2flax.list_variables(served / "tf1")
+
+
+def test_s3_state_file_with_absolute_local_path_falls_back_to_the_name_beside_it(s3, big_ckpt):
+    ckpt = tf2flax.open_checkpoint(f"s3://{BUCKET}/big/")
+    assert ckpt.path == f"s3://{BUCKET}/big/model.ckpt-5"
+    np.testing.assert_array_equal(ckpt.read("model/w"), big_ckpt[1]["model/w"])
+
+
+def test_s3_missing_checkpoint_bucket_and_denied_access_name_the_url(s3):
+    with pytest.raises(CheckpointNotFoundError, match=f"s3://{BUCKET}/nothing"):
+        tf2flax.open_checkpoint(f"s3://{BUCKET}/nothing/")
+    with pytest.raises(CheckpointNotFoundError, match=f"s3://{BUCKET}/tf2/ckpt-9"):
+        tf2flax.open_checkpoint(f"s3://{BUCKET}/tf2/ckpt-9")
+    with pytest.raises(CheckpointNotFoundError, match="s3://no-such-bucket-here/run"):
+        tf2flax.open_checkpoint("s3://no-such-bucket-here/run/")
+    with pytest.raises(StorageError, match=r"s3://tf2flax-private/run/checkpoint: access denied.*AWS_ACCESS_KEY_ID"):
+        tf2flax.open_checkpoint("s3://tf2flax-private/run/")
+
+
+def test_s3_read_of_a_truncated_object_is_corrupt_not_a_crash(s3, served):
+    client = s3.client()
+    for name in ("checkpoint", "model.ckpt-5.index"):
+        client.upload_file(str(served / "big" / name), BUCKET, f"cut/{name}")
+    data = (served / "big" / "model.ckpt-5.data-00000-of-00001").read_bytes()
+    client.put_object(Bucket=BUCKET, Key="cut/model.ckpt-5.data-00000-of-00001", Body=data[: len(data) // 2])
+    ckpt = tf2flax.open_checkpoint(f"s3://{BUCKET}/cut/")
+    info = max((ckpt.info(n) for n in ckpt.names), key=lambda i: i.stored.offset)
+    with pytest.raises(CorruptCheckpointError, match=r"s3://.*/cut/model.ckpt-5.data-00000-of-00001.*truncated"):
+        ckpt.read(info.name)
+
+
+def test_s3_init_params_sharded_over_8_devices(s3, big_ckpt):
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    assert jax.device_count() == 8
+    mesh = jax.make_mesh((4, 2), ("x", "y"))
+    tensors = big_ckpt[1]
+    specs = {"emb": P("x", "y"), "proj": P(None, "y"), "w": P("x"), "b": P()}
+    abstract = {"params": {k: jax.ShapeDtypeStruct(tensors[f"model/{k}"].shape, np.float32,
+                                                   sharding=NamedSharding(mesh, specs[k])) for k in specs}}
+    params = tf2flax.init_params(f"s3://{BUCKET}/big", {"model/": "params/"}, abstract)
+    for key, spec in specs.items():
+        array = params["params"][key]
+        assert array.sharding == NamedSharding(mesh, spec)
+        np.testing.assert_array_equal(np.asarray(array), tensors[f"model/{key}"])
+
+
+def test_s3_convert_to_orbax(s3, big_ckpt, tmp_path):
+    import orbax.checkpoint as ocp
+
+    result = tf2flax.convert(f"s3://{BUCKET}/big/", tmp_path / "out", mapping={"model/": "params/"})
+    assert result.tensors == 4
+    restored = ocp.StandardCheckpointer().restore(tmp_path / "out" / "state")
+    for key, value in big_ckpt[1].items():
+        np.testing.assert_array_equal(np.asarray(restored["params"][key.split("/")[1]]), value)
+
+
+def test_s3_cli_ls(s3, served):
+    out = subprocess.run([sys.executable, "-m", "tf2flax", "ls", f"s3://{BUCKET}/tf2/"],
+                         capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    for name, _ in tf2flax.list_variables(served / "tf2"):
+        if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
+            assert name.split("/")[0] in out.stdout
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------
+
+def test_http_directory_and_prefix(http_log, served):
+    _assert_same(tf2flax.open_checkpoint(http_log.url + "tf2/"), served / "tf2")
+    _assert_same(tf2flax.open_checkpoint(http_log.url + "tf1"), served / "tf1")
+    assert tf2flax.open_checkpoint(http_log.url + "big/model.ckpt-5.index").prefix == "model.ckpt-5"
+
+
+def test_http_region_read_transfers_the_region_not_the_file(http_log, big_ckpt):
+    ckpt = tf2flax.open_checkpoint(http_log.url + "big/model.ckpt-5")
+    data_file = ".data-00000-of-00001"
+    assert http_log.bytes_of(data_file) == 0  # opening reads the index only
+    emb = big_ckpt[1]["model/emb"]
+    region = (slice(256, 768), slice(None))  # rows 256..767: one contiguous 1 MiB run
+    np.testing.assert_array_equal(ckpt.read("model/emb", region), emb[region])
+    needed = emb[region].nbytes
+    assert http_log.bytes_of(data_file) == needed == ckpt.stats.bytes_read
+    file_size = (Path(big_ckpt[0]) / f"model.ckpt-5{data_file}").stat().st_size
+    assert needed < 0.4 * file_size
+    assert all(r.range for r in http_log.log if r.path.endswith(data_file))
+
+    http_log.reset()
+    before = ckpt.stats.bytes_read
+    block = (slice(100, 300), slice(128, 384))  # rows of 1 KiB runs: fetched as their bounding range
+    np.testing.assert_array_equal(ckpt.read("model/emb", block), emb[block])
+    sent = http_log.bytes_of(data_file)
+    assert sent == ckpt.stats.bytes_read - before
+    assert emb[block].nbytes <= sent <= 200 * 512 * 4  # at most the 200 whole rows, never the file
+
+
+def test_http_large_read_is_split_into_concurrent_ranges_within_the_budget(http_log, served, big_ckpt):
+    store = KvStore(http_log.url + "big/", chunk_bytes=64 << 10, inflight_bytes=256 << 10)
+    name = "model.ckpt-5.data-00000-of-00001"
+    data = (served / "big" / name).read_bytes()
+    length = len(data) - 1007
+    assert length > 2_000_000
+    out = bytearray(length)
+    store.read_into(name, 1000, memoryview(out))
+    assert bytes(out) == data[1000:1000 + length]
+    requests = [r for r in http_log.log if r.path.endswith(name)]
+    assert len(requests) == math.ceil(length / (64 << 10))
+    assert {r.status for r in requests} == {206}
+    assert http_log.max_concurrent <= 4  # 256 KiB in flight / 64 KiB ranges
+    assert store._budget.used == 0
+
+    # Threads share the budget: many concurrent readers never exceed it, and all get their bytes.
+    http_log.reset()
+    shared = _ByteBudget(192 << 10)
+    store._budget = shared
+    errors = []
+
+    def reader(i):
+        try:
+            buf = bytearray(500_000)
+            store.read_into(name, i * 100_000, memoryview(buf))
+            assert bytes(buf) == data[i * 100_000:i * 100_000 + 500_000]
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert http_log.max_concurrent <= 3 and shared.used == 0
+
+
+def test_http_error_in_a_chunked_read_returns_the_budget(http_log, served):
+    store = KvStore(http_log.url + "big/", chunk_bytes=64 << 10, inflight_bytes=256 << 10)
+    name = "model.ckpt-5.data-00000-of-00001"
+    size = (served / "big" / name).stat().st_size
+    with pytest.raises(CorruptCheckpointError, match="truncated"):
+        store.read_into(name, size - 100_000, memoryview(bytearray(300_000)))
+    assert store._budget.used == 0
+
+
+def test_http_transient_errors_are_retried(http_log, big_ckpt):
+    ckpt = tf2flax.open_checkpoint(http_log.url + "big/")
+    http_log.reset()
+    http_log.fail_next(2)  # 503 twice, then served (TF2FLAX_RETRIES=3 attempts)
+    np.testing.assert_array_equal(ckpt.read("model/b"), big_ckpt[1]["model/b"])
+    assert [r.status for r in http_log.log] == [503, 503, 206]
+
+    http_log.fail_next(5)
+    with pytest.raises(StorageError, match=r"http://127\.0\.0\.1:\d+/big/model\.ckpt-5\.data-00000-of-00001: read failed"):
+        ckpt.read("model/w")
+
+
+def test_http_missing_and_denied_name_the_url(http_log):
+    with pytest.raises(CheckpointNotFoundError, match=f"{http_log.url}tf2/ckpt-7"):
+        tf2flax.open_checkpoint(http_log.url + "tf2/ckpt-7")
+    with pytest.raises(CheckpointNotFoundError, match=f"{http_log.url}nowhere"):
+        tf2flax.open_checkpoint(http_log.url + "nowhere/")
+    http_log.denied = ("big/",)
+    with pytest.raises(StorageError, match=f"{http_log.url}big/checkpoint: access denied"):
+        tf2flax.open_checkpoint(http_log.url + "big/")
+
+
+def test_http_server_that_ignores_range_gives_a_clear_error(served):
+    with RangeHTTPServer(served, honour_range=False) as server:
+        ckpt = tf2flax.open_checkpoint(server.url + "big/")  # index and state file: whole reads
+        with pytest.raises(StorageError, match="ignores HTTP Range requests"):
+            ckpt.read("model/w")
+
+
+def test_unreachable_server_fails_after_retries_naming_the_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(StorageError, match=rf"http://127\.0\.0\.1:{port}/run/checkpoint: read failed"):
+        tf2flax.open_checkpoint(f"http://127.0.0.1:{port}/run/")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_http_two_processes_each_fetch_only_their_half(served, big_ckpt, tmp_path):
+    """Real multi-process JAX, each process reading through its own HTTP server: per-process bytes."""
+    worker = Path(__file__).with_name("remote_worker.py")
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    data_file = ".data-00000-of-00001"
+    data_size = (served / "big" / f"model.ckpt-5{data_file}").stat().st_size
+    with RangeHTTPServer(served) as s0, RangeHTTPServer(served) as s1:
+        servers = [s0, s1]
+        procs = [subprocess.Popen(
+            [sys.executable, str(worker), str(i), str(port), servers[i].url + "big/", str(served / "big"),
+             str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+        for p, out in zip(procs, outputs):
+            assert p.returncode == 0, out
+        for i, server in enumerate(servers):
+            needed = int((tmp_path / f"bytes_read_{i}").read_text())
+            sent = server.bytes_of(data_file)
+            assert sent == needed, (i, sent, needed)
+            assert 0.4 * data_size <= sent <= 0.6 * data_size, (i, sent, data_size)
+
+
+# ---- GCS (the JSON API on the local HTTP server) -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory, served):
+    """A fake GCS at TENSORSTORE_GCS_HTTP_URL. tensorstore reads that variable once per process."""
+    if os.environ.get("TENSORSTORE_GCS_HTTP_URL"):
+        pytest.skip("TENSORSTORE_GCS_HTTP_URL is set outside the tests")
+    root = tmp_path_factory.mktemp("gcs")
+    shutil.copytree(served / "tf2", root / "tf2flax-gcs" / "run")
+    mp = pytest.MonkeyPatch()
+    with RangeHTTPServer(root, gcs=True) as server:
+        mp.setenv("TENSORSTORE_GCS_HTTP_URL", server.url.rstrip("/"))
+        mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "test-token")
+        yield server
+    mp.undo()
+
+
+def test_gs_url_reads_through_the_gcs_driver(gcs, served):
+    ckpt = tf2flax.open_checkpoint("gs://tf2flax-gcs/run/")
+    assert ckpt.path == "gs://tf2flax-gcs/run/ckpt-2"
+    gcs.reset()
+    _assert_same(ckpt, served / "tf2")
+    assert gcs.log and all("/storage/v1/b/tf2flax-gcs/o/" in r.path for r in gcs.log)
+    with pytest.raises(CheckpointNotFoundError, match="gs://tf2flax-gcs/elsewhere"):
+        tf2flax.open_checkpoint("gs://tf2flax-gcs/elsewhere/")
+
+
+# ---- file:// -------------------------------------------------------------------------------------
+
+def test_file_url_reads_through_tensorstore(served):
+    ckpt = tf2flax.open_checkpoint((served / "tf2").as_uri() + "/")
+    assert isinstance(ckpt.store, KvStore)
+    _assert_same(ckpt, served / "tf2")
+    with pytest.raises(CheckpointNotFoundError, match="file://"):
+        tf2flax.open_checkpoint((served / "nothing").as_uri() + "/")
