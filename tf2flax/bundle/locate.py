@@ -45,7 +45,10 @@ def _from_directory(store: Store, directory: str) -> tuple[Store, str]:
         latest = paths[0]
         if _is_absolute(latest):
             base = posixpath.basename(latest) if is_url(latest) else os.path.basename(latest)
-            candidates = [open_store(latest), (store, base)]
+            # A local path in a state file read from a URL was written on another machine (TF1's
+            # Saver records absolute paths): this machine's file of that name is not the checkpoint.
+            elsewhere = [] if is_url(directory) and not is_url(latest) else [open_store(latest)]
+            candidates = elsewhere + [(store, base)]
         else:
             candidates = [(store, latest)]
         for candidate_store, prefix in candidates:
