@@ -228,20 +228,30 @@ def test_bit_flips_in_partitioned_variable_data(tf1_ckpt, tmp_path):
         path.write_bytes(data)
 
 
-def test_region_read_of_corrupt_dense_tensor_is_detected(small, tmp_path):
-    """With verify_checksums=True (the default) a region read must not return corrupted values.
+def test_region_reads_and_checksums(small, tmp_path):
+    """A flipped byte: whole reads always catch it; region reads catch it with verify_regions=True.
 
-    (Raising CorruptCheckpointError or returning the true values are both fine.)
+    By default a region read fetches only its bytes, which no checksum covers (documented); a
+    region that is the whole tensor is a whole read and is verified.
     """
     prefix = copy_prefix(small["prefix"], tmp_path)
     start, _ = small["spans"]["a_f32"]
     Path(prefix + ".data-00000-of-00001").write_bytes(flip(small["data"], start, 0))  # element [0, 0]
     ckpt = tf2flax.open_checkpoint(prefix)
-    try:
-        got = ckpt.read("a_f32", (slice(0, 1), slice(0, 2)))
-    except CorruptCheckpointError:
-        return
-    assert_tensor_equal(got, small["values"]["a_f32"][0:1, 0:2], "region of a corrupted tensor")
+    with pytest.raises(CorruptCheckpointError, match="a_f32"):
+        ckpt.read("a_f32")
+    with pytest.raises(CorruptCheckpointError, match="a_f32"):
+        ckpt.read("a_f32", (slice(None), slice(None)))
+    before = ckpt.stats.bytes_read
+    ckpt.read("a_f32", (slice(0, 1), slice(0, 2)))
+    assert ckpt.stats.bytes_read - before < small["values"]["a_f32"].nbytes
+    strict = tf2flax.open_checkpoint(prefix, verify_regions=True)
+    with pytest.raises(CorruptCheckpointError, match="a_f32"):
+        strict.read("a_f32", (slice(0, 1), slice(0, 2)))
+    untouched = tf2flax.open_checkpoint(prefix, verify_regions=True)
+    last_row = small["values"]["a_f32"].shape[0] - 1
+    with pytest.raises(CorruptCheckpointError):  # the whole stored tensor is checked, not only the region
+        untouched.read("a_f32", (slice(last_row, last_row + 1),))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -350,15 +350,20 @@ class PlanEntry:
             array = self.source.read(normalize_index(None, self.source.shape))
             for t in self.transforms:
                 array = t.apply(array)
-            return np.ascontiguousarray(array[index])
+            return _contiguous(array[index])
         array = self.source.read(src_index)
         for t in self.transforms:
             array = t.apply(array)
-        return np.ascontiguousarray(array)
+        return _contiguous(array)
 
     def describe(self) -> str:
         steps = "".join(f" -> {_describe_transform(t)}" for t in self.transforms)
         return f"{self.target} <- {self.source.describe()}{steps}"
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order, keeping its rank (``np.ascontiguousarray`` makes 0-d arrays 1-d)."""
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _describe_transform(t: Transform) -> str:

@@ -166,11 +166,12 @@ class Checkpoint:
         x = ckpt.read("dense/kernel")
     """
 
-    def __init__(self, store: Store, prefix: str, verify_checksums: bool = True):
+    def __init__(self, store: Store, prefix: str, verify_checksums: bool = True, verify_regions: bool = False):
         self.store = store
         self.prefix = prefix
         self.path = store.describe(prefix)
         self.verify_checksums = verify_checksums
+        self.verify_regions = verify_checksums and verify_regions
         self.stats = ReadStats()
         self._min_run = _MIN_RUN_BYTES["local" if type(store).__name__ == "LocalStore" else "remote"]
         self._shard_sizes: dict[int, int | None] = {}
@@ -185,10 +186,17 @@ class Checkpoint:
                 "checkpoint with a current TensorFlow.") from None
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
-        self._infos = self._build(entries, where)
-        self.names = sorted(self._infos)
+        self._where = where
+        self._raw, self._slice_entries = self._split(entries, where)
+        self._infos: dict[str, TensorInfo] = {}
+        self.names = sorted(self._raw)
 
-    def _build(self, entries: list[tuple[bytes, bytes]], where: str) -> dict[str, TensorInfo]:
+    def _split(self, entries: list[tuple[bytes, bytes]], where: str) -> tuple[dict[str, bytes], dict[bytes, bytes]]:
+        """Check the header; return ({tensor name: entry bytes}, {slice key: entry bytes}).
+
+        Entries are decoded on first use (``info``), so opening a checkpoint of 100k tensors
+        costs one pass over its index.
+        """
         if not entries or entries[0][0] != b"":
             raise CorruptCheckpointError(f"{where}: the index has no header entry")
         header = BundleHeaderProto()
@@ -209,8 +217,8 @@ class Checkpoint:
             raise CorruptCheckpointError(f"{where}: header says {header.num_shards} data shards")
         self.num_shards = header.num_shards
         self.big_endian = header.endianness == 1
-        slice_entries: dict[bytes, Any] = {}
-        named: dict[str, Any] = {}
+        slice_entries: dict[bytes, bytes] = {}
+        named: dict[str, bytes] = {}
         for key, value in entries[1:]:
             if key[:1] == b"\x00":
                 slice_entries[key] = value
@@ -220,45 +228,43 @@ class Checkpoint:
             except UnicodeDecodeError:
                 raise CorruptCheckpointError(f"{where}: tensor key {key[:60]!r} is not UTF-8") from None
             named[name] = value
-        infos: dict[str, TensorInfo] = {}
-        for name, value in named.items():
-            here = f"{where}: tensor {name!r}"
-            entry = _entry(value, here)
-            # Unreadable dtypes (DT_VARIANT, say) are listed; reading them raises.
-            dtype = numpy_dtype(entry.dtype, here) if is_supported(entry.dtype) else np.dtype(object)
-            if not entry.slices:
-                stored = _stored(entry, here, self.num_shards)
-                infos[name] = TensorInfo(name, dtype, entry.dtype, stored.shape, stored)
-                continue
-            shape = _shape(entry, here)
-            slices = []
-            for proto in entry.slices:
-                extents = tuple((e.start, e.length if e.HasField("length") else -1) for e in proto.extent)
-                region = _slice_region(extents, shape, here)
-                key = encode_slice_key(name, extents)
-                if key not in slice_entries:
-                    raise CorruptCheckpointError(f"{here}: slice {extents} has no stored data entry")
-                part = _stored(_entry(slice_entries.pop(key), f"{here} slice {extents}"), f"{here} slice {extents}",
-                               self.num_shards)
-                if part.shape != index_shape(region) or part.dtype_enum != entry.dtype:
-                    raise CorruptCheckpointError(
-                        f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
-                        f"{list(index_shape(region))}")
-                slices.append((region, part))
-            if not _covers(shape, [r for r, _ in slices]):
-                raise CorruptCheckpointError(f"{here}: its slices do not cover the whole tensor (does not have "
-                                             "sufficient slices)")
-            infos[name] = TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
         for key in slice_entries:
             try:
                 decode_slice_key(key)
             except DecodeError:
                 raise CorruptCheckpointError(f"{where}: malformed slice key {key[:60]!r}") from None
-        return infos
+        return named, slice_entries
+
+    def _decode_info(self, name: str) -> TensorInfo:
+        here = f"{self._where}: tensor {name!r}"
+        entry = _entry(self._raw[name], here)
+        # Unreadable dtypes (DT_VARIANT, say) are listed; reading them raises.
+        dtype = numpy_dtype(entry.dtype, here) if is_supported(entry.dtype) else np.dtype(object)
+        if not entry.slices:
+            stored = _stored(entry, here, self.num_shards)
+            return TensorInfo(name, dtype, entry.dtype, stored.shape, stored)
+        shape = _shape(entry, here)
+        slices = []
+        for proto in entry.slices:
+            extents = tuple((e.start, e.length if e.HasField("length") else -1) for e in proto.extent)
+            region = _slice_region(extents, shape, here)
+            value = self._slice_entries.get(encode_slice_key(name, extents))
+            if value is None:
+                raise CorruptCheckpointError(f"{here}: slice {extents} has no stored data entry")
+            part = _stored(_entry(value, f"{here} slice {extents}"), f"{here} slice {extents}", self.num_shards)
+            if part.shape != index_shape(region) or part.dtype_enum != entry.dtype:
+                raise CorruptCheckpointError(
+                    f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
+                    f"{list(index_shape(region))}")
+            slices.append((region, part))
+        if not _covers(shape, [r for r, _ in slices]):
+            raise CorruptCheckpointError(f"{here}: its slices do not cover the whole tensor (does not have "
+                                         "sufficient slices)")
+        return TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
 
     # ---- listing -------------------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
-        return name in self._infos
+        return name in self._raw
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -271,16 +277,18 @@ class Checkpoint:
 
     def info(self, name: str) -> TensorInfo:
         """Metadata of tensor ``name``; TensorNotFoundError (with close names) if absent."""
-        try:
-            return self._infos[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise TensorNotFoundError(f"{self.path}: no tensor named {name!r}{hint}") from None
+        info = self._infos.get(name)
+        if info is None:
+            if name not in self._raw:
+                close = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise TensorNotFoundError(f"{self.path}: no tensor named {name!r}{hint}")
+            info = self._infos[name] = self._decode_info(name)
+        return info
 
     def list_variables(self) -> list[tuple[str, list[int]]]:
         """[(name, shape)] sorted by name, as ``tf.train.list_variables`` gives them."""
-        return [(n, list(self._infos[n].shape)) for n in self.names]
+        return [(n, list(self.info(n).shape)) for n in self.names]
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.info(name).shape
@@ -293,7 +301,7 @@ class Checkpoint:
         """The TF2 object graph, or None for name-based (TF1) checkpoints."""
         if self._object_graph is False:
             graph = None
-            if OBJECT_GRAPH_KEY in self._infos:
+            if OBJECT_GRAPH_KEY in self._raw:
                 try:
                     graph = ObjectGraph.parse(self.read(OBJECT_GRAPH_KEY).item())
                 except ValueError as e:
@@ -305,8 +313,10 @@ class Checkpoint:
     def read(self, name: str, index: Any = None) -> np.ndarray:
         """Tensor ``name``, or the region ``index`` (a tuple of slices/ints) of it.
 
-        Whole reads of dense tensors verify the CRC32C (unless ``verify_checksums=False``);
-        region reads fetch only the bytes of the region and check their bounds.
+        Whole reads verify each stored tensor's CRC32C (unless ``verify_checksums=False``). A
+        region read fetches only the bytes of the region, which no checksum covers, unless the
+        checkpoint was opened with ``verify_regions=True``: then each stored tensor or slice the
+        region touches is read whole and verified.
         """
         info = self.info(name)
         if not is_supported(info.dtype_enum):
@@ -343,18 +353,20 @@ class Checkpoint:
 
     def _decode(self, stored: StoredTensor, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         dtype = numpy_dtype(stored.dtype_enum)
-        if self.big_endian and dtype.itemsize > 1 and dtype.kind in "iufc":
-            dtype = dtype.newbyteorder(">")
-        array = raw.view(dtype).reshape(shape)
         if is_sub_byte(stored.dtype_enum):
-            array = raw.view(np.int8 if numpy_dtype(stored.dtype_enum).name.startswith("int") else np.uint8)
-            array = array.astype(numpy_dtype(stored.dtype_enum)).reshape(shape)
-        return array.astype(array.dtype.newbyteorder("=")) if self.big_endian else array
+            return raw.view(np.int8 if dtype.name.startswith("int") else np.uint8).astype(dtype).reshape(shape)
+        unit = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize  # complex: two floats
+        if self.big_endian and unit > 1:
+            raw = raw.view(f">u{unit}").astype(f"<u{unit}").view(np.uint8)
+        return raw.view(dtype).reshape(shape)
 
     def _read_dense(self, stored: StoredTensor, region: Index, what: str) -> np.ndarray:
         shape = stored.shape
         item = stored_itemsize(stored.dtype_enum)
-        if region == normalize_index(None, shape):
+        whole = normalize_index(None, shape)
+        if self.verify_regions and region != whole:
+            return np.ascontiguousarray(self._read_dense(stored, whole, what)[region])
+        if region == whole:
             raw = np.empty(stored.size, np.uint8)
             if stored.size:
                 self._fetch(stored, 0, memoryview(raw), what)
@@ -434,10 +446,12 @@ class Checkpoint:
             raise CorruptCheckpointError(
                 f"{file}: {what}: string lengths add up to {pos + 4 + sum(lengths)} bytes, the entry has {len(data)}")
         if self.verify_checksums:
-            crc = _length_crc(lengths)
-            (stored_length_crc,) = struct.unpack_from("<I", data, pos)
+            # Big-endian writers checksum (and store) the lengths in big-endian byte order.
+            order = ">" if self.big_endian else "<"
+            crc = _length_crc(lengths, order)
+            (stored_length_crc,) = struct.unpack_from(order + "I", data, pos)
             crc = crc32c(data[pos + 4:], crc32c(data[pos:pos + 4], crc))
-            if mask_crc(_length_crc(lengths)) != stored_length_crc or mask_crc(crc) != stored.crc32c:
+            if mask_crc(_length_crc(lengths, order)) != stored_length_crc or mask_crc(crc) != stored.crc32c:
                 raise CorruptCheckpointError(f"{file}: {what} fails its CRC32C check (data corrupted)")
         out = np.empty(count, dtype=object)
         pos += 4
@@ -447,10 +461,11 @@ class Checkpoint:
         return out.reshape(stored.shape)
 
 
-def _length_crc(lengths: list[int]) -> int:
+def _length_crc(lengths: list[int], order: str = "<") -> int:
+    """CRC32C of string lengths fed as uint32 (uint64 above 2**32-1) in byte ``order``."""
     crc = 0
     for n in lengths:
-        crc = crc32c(struct.pack("<I", n) if n <= 0xFFFFFFFF else struct.pack("<Q", n), crc)
+        crc = crc32c(struct.pack(order + ("I" if n <= 0xFFFFFFFF else "Q"), n), crc)
     return crc
 
 
@@ -461,8 +476,11 @@ def _int_axes(index: Any, rank: int) -> set[int]:
     return {i for i, s in enumerate(items[:rank]) if isinstance(s, (int, np.integer))}
 
 
-def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False) -> Checkpoint:
     """Open a checkpoint: a directory (through its ``checkpoint`` file), a prefix, or a URL.
+
+    ``verify_checksums``: check each tensor's CRC32C on whole reads (TensorFlow does this too).
+    ``verify_regions``: also verify region reads, by reading each stored tensor they touch whole.
 
     Example::
 
@@ -470,4 +488,4 @@ def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True) -> C
         ckpt.read("bert/pooler/dense/bias")
     """
     store, prefix = locate_checkpoint(path)
-    return Checkpoint(store, prefix, verify_checksums=verify_checksums)
+    return Checkpoint(store, prefix, verify_checksums=verify_checksums, verify_regions=verify_regions)

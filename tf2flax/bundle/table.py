@@ -53,19 +53,25 @@ def _block_entries(block: memoryview) -> list[tuple[bytes, bytes]]:
     limit = len(block) - 4 - 4 * num_restarts
     if num_restarts == 0 or limit < 0:
         raise DecodeError(f"block has an impossible restart count {num_restarts}")
+    data = bytes(block[:limit])
     out: list[tuple[bytes, bytes]] = []
     key = b""
     pos = 0
     while pos < limit:
-        shared, pos = read_varint(block, pos, 5)
-        non_shared, pos = read_varint(block, pos, 5)
-        value_len, pos = read_varint(block, pos, 5)
-        if shared > len(key) or pos + non_shared + value_len > limit:
+        # Three varints; one byte each in nearly every entry, so that case is inlined.
+        if data[pos] < 128 and pos + 2 < limit and data[pos + 1] < 128 and data[pos + 2] < 128:
+            shared, non_shared, value_len = data[pos], data[pos + 1], data[pos + 2]
+            pos += 3
+        else:
+            shared, pos = read_varint(data, pos, 5)
+            non_shared, pos = read_varint(data, pos, 5)
+            value_len, pos = read_varint(data, pos, 5)
+        end = pos + non_shared + value_len
+        if shared > len(key) or end > limit:
             raise DecodeError(f"block entry at byte {pos} overruns its block")
-        key = key[:shared] + bytes(block[pos:pos + non_shared])
-        pos += non_shared
-        out.append((key, bytes(block[pos:pos + value_len])))
-        pos += value_len
+        key = key[:shared] + data[pos:pos + non_shared]
+        out.append((key, data[pos + non_shared:end]))
+        pos = end
     return out
 
 
