@@ -431,8 +431,6 @@ def _finish(pending: tuple[Any, int, str], bar: ByteProgress) -> None:
 
 def _read(path: str, entry: PlanEntry) -> np.ndarray:
     array = entry.read()
-    if entry.shape == () and array.shape == (1,):  # np.ascontiguousarray makes scalars 1-D
-        array = array.reshape(())
     if array.shape != entry.shape or array.dtype != entry.dtype:
         raise MappingError(f"{entry.describe()}: read {list(array.shape)} {array.dtype}, the plan says "
                            f"{list(entry.shape)} {np.dtype(entry.dtype).name}")

@@ -288,7 +288,12 @@ class Checkpoint:
 
     def list_variables(self) -> list[tuple[str, list[int]]]:
         """[(name, shape)] sorted by name, as ``tf.train.list_variables`` gives them."""
-        return [(n, list(self.info(n).shape)) for n in self.names]
+        out = []
+        for n in self.names:
+            info = self._infos.get(n)
+            shape = list(info.shape) if info else [d.size for d in _entry(self._raw[n], f"{self._where}: {n!r}").shape.dim]
+            out.append((n, shape))
+        return out
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.info(name).shape
