@@ -1,6 +1,6 @@
 """The assignment-map engine: TensorFlow's ``init_from_checkpoint`` semantics for Flax targets.
 
-See ``docs/mapping.md`` for the syntax. The pipeline: checkpoint names (TF1 names; TF2 keys, object
+See the README's Mapping section for the syntax. The pipeline: checkpoint names (TF1 names; TF2 keys, object
 paths, model paths and ``full_name``) -> preset renames -> user ``rules`` -> the assignment map, read
 with TensorFlow's rules (or, without a map, every renamed name that is a target path) -> per-target
 transforms and a final cast -> a validated :class:`~tf2flax.plan.Plan` and its report.
