@@ -60,6 +60,16 @@ def _regions(entry: PlanEntry, sharding: jax.sharding.Sharding) -> list[Index]:
     return list({_key(r): r for r in indices}.values())
 
 
+def _nbytes(entry: PlanEntry, regions: list[Index]) -> int:
+    return sum(math.prod(index_shape(r)) for r in regions) * entry.dtype.itemsize
+
+
+def planned_bytes(plan: Plan, shardings: Mapping[str, jax.sharding.Sharding]) -> int:
+    """Bytes of target data this process will hold: what ``on_progress`` counts up to."""
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return sum(_nbytes(e, _regions(e, shardings.get(t) or default)) for t, e in plan.entries.items())
+
+
 def _read_whole(entry: PlanEntry, regions: list[Index]) -> dict[Index, np.ndarray]:
     whole = entry.read(None)
     return {_key(r): whole[r] for r in regions}
@@ -133,7 +143,7 @@ def materialize(
             for target, entry in plan.entries.items():
                 sharding = shardings.get(target) or default
                 regions = _regions(entry, sharding)
-                nbytes = sum(math.prod(index_shape(r)) for r in regions) * entry.dtype.itemsize
+                nbytes = _nbytes(entry, regions)
                 while pending and in_flight + nbytes > bytes_in_flight:
                     finish()
                 pending.append((target, entry, sharding, _submit(pool, entry, regions), nbytes))

@@ -18,8 +18,9 @@ from jax.sharding import Mesh
 
 from .bundle import Checkpoint, open_checkpoint
 from .mapping import build_plan, check_strict
-from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize
+from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
 from .plan import Plan, Report
+from .progress import ByteProgress
 from .sharding import ShardingRules, check_sharding, resolve_shardings
 from .targets import flatten_targets, unflatten_targets
 
@@ -69,6 +70,7 @@ def init_params(
     mesh: Mesh | None = None,
     sharding_rules: ShardingRules | None = None,
     bytes_in_flight: int = DEFAULT_BYTES_IN_FLIGHT,
+    progress: bool = True,
 ) -> Any:
     """``params`` with the leaves ``mapping`` names loaded from ``ckpt``, placed with their shardings.
 
@@ -80,7 +82,7 @@ def init_params(
 
     ``dry_run=True`` returns the validated :class:`Plan` and reads nothing; ``report=True``
     prints the matched/unused/unset report to stderr; ``return_report=True`` returns
-    ``(params, LoadResult)``.
+    ``(params, LoadResult)``. ``progress`` shows a bytes/ETA bar when stderr is a terminal.
 
     Example::
 
@@ -100,7 +102,9 @@ def init_params(
     if dry_run:
         return plan
     before = ckpt.stats.bytes_read
-    values, stats = materialize(plan, placement, bytes_in_flight=bytes_in_flight)
+    with ByteProgress(planned_bytes(plan, placement), progress, description="loading") as bar:
+        values, stats = materialize(plan, placement, bytes_in_flight=bytes_in_flight,
+                                    on_progress=lambda target, nbytes: bar.advance(nbytes, description=target))
     stats.bytes_read = ckpt.stats.bytes_read - before
     result = unflatten_targets(params, values)
     return (result, LoadResult(plan, stats)) if return_report else result
