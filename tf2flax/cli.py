@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Sequence
 
 from .errors import Tf2FlaxError
+from .progress import human_bytes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("tf2flax: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tf2flax ls ... | head`: the reader left, nothing more to say
+        sys.stderr.close()
+        return 0
     except (Tf2FlaxError, OSError) as e:
         if args.debug:
             raise
@@ -134,14 +138,6 @@ def _ls(args: argparse.Namespace) -> int:
         return 0
     _print_table(rows, total)
     return 0
-
-
-def human_bytes(n: int) -> str:
-    """``1234567`` -> ``'1.2 MB'`` (decimal units)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
-    return f"{n} B"
 
 
 def _print_table(rows: list[dict], total: dict) -> None:

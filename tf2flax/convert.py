@@ -49,7 +49,7 @@ from .bundle import Checkpoint, open_checkpoint
 from .errors import MappingError, OutputExistsError, UnsupportedFormatError
 from .naming import DefaultName, default_names
 from .plan import Cast, Plan, PlanEntry, TensorSource
-from .progress import ByteProgress
+from .progress import ByteProgress, human_bytes
 from .storage import is_url
 
 # Leaves that are both a leaf and the scope of other leaves (TF1 'w' and its slot 'w/Adam') keep
@@ -89,9 +89,9 @@ class ConvertResult:
     def summary(self) -> str:
         """One line: tensors, GB, seconds, GB/s (and where)."""
         if self.out is None:
-            return f"dry run: {len(self.plan.entries)} tensors, {_total_bytes(self.plan) / 1e9:.2f} GB to write"
+            return f"dry run: {len(self.plan.entries)} tensors, {human_bytes(_total_bytes(self.plan))} to write"
         rate = self.bytes / 1e9 / self.seconds if self.seconds > 0 else 0.0
-        return (f"converted {self.tensors} tensors, {self.bytes / 1e9:.2f} GB in {self.seconds:.1f} s "
+        return (f"converted {self.tensors} tensors, {human_bytes(self.bytes)} in {self.seconds:.1f} s "
                 f"({rate:.2f} GB/s) -> {self.out}")
 
     def describe(self) -> str:

@@ -40,3 +40,11 @@ class ByteProgress:
         """Count ``nbytes`` more as done (and optionally change the label)."""
         if self._bar is not None:
             self._bar.update(self._task, advance=nbytes, description=description)
+
+
+def human_bytes(n: int) -> str:
+    """``1234567`` -> ``'1.2 MB'`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
