@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -92,19 +93,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body is not None:
             self.wfile.write(body)
         elif file is not None and length:
-            with open(file, "rb") as f:
-                f.seek(start)
-                remaining = length
-                while remaining:
-                    chunk = f.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    self.wfile.write(chunk)
-                    remaining -= len(chunk)
+            with open(file, "rb") as f:  # headers are flushed: the body goes straight to the socket
+                self.connection.sendfile(f, start, length)
 
     def _serve(self, head: bool) -> None:
         self.server.enter()
         try:
+            if self.server.latency:
+                time.sleep(self.server.latency)  # a far-away server's time to first byte
             self._answer(head)
         finally:
             self.server.leave()
@@ -160,6 +156,7 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.gcs = gcs
+        self.latency = 0.0
         self.honour_range = honour_range
         self.denied: tuple[str, ...] = ()
         self.log: list[Request] = []
@@ -192,13 +189,15 @@ class _Server(http.server.ThreadingHTTPServer):
 class RangeHTTPServer:
     """Serve ``root`` on ``http://127.0.0.1:PORT/`` honouring ``Range``; counts requests and bytes.
 
-    ``denied`` is a tuple of path prefixes (relative to ``root``) answered with 403 Forbidden.
-    With ``gcs=True`` it answers Google Cloud Storage's JSON API instead (point tensorstore at it
+    ``denied`` is a tuple of path prefixes (relative to ``root``) answered with 403 Forbidden;
+    ``latency`` (seconds) delays every answer, as a distant server would. With ``gcs=True`` it answers Google Cloud Storage's JSON API instead (point tensorstore at it
     with ``TENSORSTORE_GCS_HTTP_URL``): ``gs://BUCKET/OBJECT`` is the file ``root/BUCKET/OBJECT``.
     """
 
-    def __init__(self, root: str | os.PathLike, honour_range: bool = True, gcs: bool = False):
+    def __init__(self, root: str | os.PathLike, honour_range: bool = True, gcs: bool = False,
+                 latency: float = 0.0):
         self._server = _Server(Path(root).resolve(), honour_range, gcs)
+        self._server.latency = latency
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/"
         self._thread = threading.Thread(target=self._server.serve_forever, name="range-http", daemon=True)
@@ -320,3 +319,29 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy a checkpoint directory (for tests that edit the copy, e.g. its state file)."""
     shutil.copytree(src, dst)
     return Path(dst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until stdin closes: ``servers.py http ROOT [LATENCY_S]`` or ``servers.py s3``.
+
+    Prints ``READY <url>`` once listening.
+
+    For benchmarks, which run the servers in another process so that they do not compete with the
+    reader for the GIL.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[0] == "http":
+        server = RangeHTTPServer(args[1], latency=float(args[2]) if len(args) > 2 else 0.0)
+    else:
+        server = MotoS3()
+    print("READY", server.url if args[0] == "http" else server.endpoint, flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -118,8 +118,10 @@ class LocalStore:
 # Remote storage through tensorstore
 # ----------------------------------------------------------------------------------------------
 
-#: Large reads are split into byte ranges of this size, fetched concurrently.
-CHUNK_BYTES = 16 << 20
+#: Large reads are split into byte ranges of this size, fetched concurrently. Larger ranges cost
+#: more per byte in tensorstore's Python binding (0.4 GB/s at 32 MiB against 2.6 at 8 MiB, file://
+#: one at a time, see benchmarks/remote_throughput.py); cloud stores want several MiB per request.
+CHUNK_BYTES = 8 << 20
 #: Bytes of remote reads in flight at once, across all threads and stores of the process.
 INFLIGHT_BYTES = 256 << 20
 #: Attempts per request on transient errors (tensorstore's exponential backoff from 0.5 s to 16 s).
