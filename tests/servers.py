@@ -240,6 +240,10 @@ class RangeHTTPServer:
         return sum(r.body_bytes for r in self.log if urllib.parse.urlsplit(r.path).path.endswith(suffix))
 
     def reset(self) -> None:
+        """Forget the log, once the answers still being sent (their bytes already logged) are done."""
+        deadline = time.monotonic() + 5
+        while self._server.active and time.monotonic() < deadline:
+            time.sleep(0.001)
         with self._server._lock:
             self._server.log.clear()
             self._server.max_active = self._server.active

@@ -94,6 +94,7 @@ def s3(served):
         mp.setenv("AWS_ENDPOINT_URL", server.endpoint)
         for sub in ("tf1", "tf2", "big"):
             server.upload_dir(BUCKET, served / sub, sub + "/")
+        server.upload_dir("tf2flax-root", served / "tf2")  # a checkpoint at a bucket's root
         client = server.client()
         client.create_bucket(Bucket="tf2flax-private")
         client.upload_file(str(served / "big" / "checkpoint"), "tf2flax-private", "run/checkpoint")
@@ -165,6 +166,13 @@ def test_s3_tf1_partitioned_and_every_spelling_of_the_path(s3, served):
     for path in (f"s3://{BUCKET}/tf1", f"s3://{BUCKET}/tf1/{prefix}", f"s3://{BUCKET}/tf1/{prefix}.index"):
         assert tf2flax.open_checkpoint(path).path == f"s3://{BUCKET}/tf1/{prefix}", path
     assert tf2flax.list_variables(f"s3://{BUCKET}/tf1") == tf2flax.list_variables(served / "tf1")
+
+
+def test_s3_bucket_root_is_a_directory(s3, served):
+    for url in ("s3://tf2flax-root", "s3://tf2flax-root/"):
+        ckpt = tf2flax.open_checkpoint(url)
+        assert ckpt.path == "s3://tf2flax-root/ckpt-2", url
+    assert ckpt.list_variables() == tf2flax.list_variables(served / "tf2")
 
 
 def test_s3_state_file_with_absolute_local_path_falls_back_to_the_name_beside_it(s3, big_ckpt):
