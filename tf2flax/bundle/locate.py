@@ -77,8 +77,8 @@ def _is_absolute(path: str) -> bool:
 
 
 def _is_directory(path: str) -> bool:
-    if is_url(path):
-        return path.endswith("/")
+    if is_url(path):  # a bucket or server root (`gs://bucket`, `http://host:8000`) is a directory too
+        return path.endswith("/") or "/" not in path.split("://", 1)[1]
     return os.path.isdir(path)
 
 
