@@ -284,6 +284,7 @@ def test_http_large_read_is_split_into_concurrent_ranges_within_the_budget(http_
     assert {r.status for r in requests} == {206}
     assert http_log.max_concurrent <= 4  # 256 KiB in flight / 64 KiB ranges
     assert store._budget.used == 0
+    assert store.read(name, 10, 200_010) == data[10:200_010]  # read() above chunk_bytes: the same path
 
     # Threads share the budget: many concurrent readers never exceed it, and all get their bytes.
     http_log.reset()
@@ -408,6 +409,12 @@ def test_gs_url_reads_through_the_gcs_driver(gcs, served):
     assert gcs.log and all("/storage/v1/b/tf2flax-gcs/o/" in r.path for r in gcs.log)
     with pytest.raises(CheckpointNotFoundError, match="gs://tf2flax-gcs/elsewhere"):
         tf2flax.open_checkpoint("gs://tf2flax-gcs/elsewhere/")
+    gcs.denied = ("tf2flax-gcs/",)
+    try:
+        with pytest.raises(StorageError, match=r"gs://tf2flax-gcs/run/checkpoint: access denied.*GOOGLE_APPLICATION"):
+            tf2flax.open_checkpoint("gs://tf2flax-gcs/run/")
+    finally:
+        gcs.denied = ()
 
 
 # ---- file:// -------------------------------------------------------------------------------------
