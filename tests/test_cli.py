@@ -99,6 +99,10 @@ def test_dry_run_prints_plan_and_report_and_writes_nothing(keras3_ckpt, tmp_path
     assert lines[-1].startswith("dry run: 8 tensors")
     assert os.listdir(tmp_path) == []
 
+    full = cli("convert", keras3_ckpt.prefix, tmp_path / "out", "--dry-run", "--names", "full", "--preset", "keras")
+    assert full.returncode == 0, full.stderr
+    assert "sequential/bn/scale <- sequential/bn/gamma  [8] float32" in full.stdout.splitlines()
+
 
 def _bad_map(tmp_path: Path) -> Path:
     path = tmp_path / "bad.json"

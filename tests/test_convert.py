@@ -124,6 +124,21 @@ def test_keras_model_side_names_and_optimizer(keras3_ckpt, tmp_path):
     assert_restores_to(tmp_path / "all", expected, tmp_path)
 
 
+def test_full_names_give_keras_layer_paths(keras3_ckpt, tmp_path):
+    ckpt = tf2flax.open_checkpoint(keras3_ckpt.prefix)
+    graph = ckpt.object_graph.by_key()
+    ref = tf_values(keras3_ckpt.prefix)
+    result = quiet_convert(ckpt, tmp_path / "full", names="full")
+    expected = {graph[k].full_name: v for k, v in ref.items()
+                if k in graph and not graph[k].is_optimizer and graph[k].model_path != "save_counter"}
+    assert "sequential/d1/kernel" in expected  # the Keras layer path, not model/_functional/_operations/1/_kernel
+    assert set(result.plan.entries) == set(expected)
+    assert_restores_to(tmp_path / "full", expected, tmp_path)
+    with pytest.raises(MappingError, match="unknown names 'layer'"):
+        tf2flax.convert(ckpt, tmp_path / "never", names="layer")
+    assert not (tmp_path / "never").exists()
+
+
 def test_map_preset_transforms_and_dtype(keras3_ckpt, tmp_path):
     ref = tf2flax.open_checkpoint(keras3_ckpt.prefix)
     full = {v.full_name: v.key for v in ref.object_graph.variables}

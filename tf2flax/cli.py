@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
     conv.add_argument("--include-optimizer", action="store_true",
                       help="keep optimizer state, the object graph, save_counter and global_step")
+    conv.add_argument("--names", choices=("object", "full"), default="object",
+                      help="default names of TF2 variables: object paths, or full names (Keras 3: layer paths)")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
     conv.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -99,7 +101,7 @@ def _convert(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvertWarning)
         result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
-                         dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
+                         names=args.names, dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning):
             print(f"tf2flax: warning: {w.message}", file=sys.stderr)

@@ -47,7 +47,7 @@ import numpy as np
 
 from .bundle import Checkpoint, open_checkpoint
 from .errors import MappingError, OutputExistsError, UnsupportedFormatError
-from .naming import DefaultName, default_names
+from .naming import NAME_KINDS, DefaultName, default_names
 from .plan import Cast, Plan, PlanEntry, TensorSource
 from .progress import ByteProgress, human_bytes
 from .storage import is_url
@@ -104,14 +104,15 @@ class ConvertResult:
 
 def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, mapping: Any = None,
             rules: Any = None, preset: str | None = None, transforms: Mapping[Any, Any] | None = None,
-            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, dry_run: bool = False,
-            force: bool = False, progress: bool = False) -> ConvertResult:
+            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, names: str = "object",
+            dry_run: bool = False, force: bool = False, progress: bool = False) -> ConvertResult:
     """Convert TensorFlow checkpoint ``ckpt`` into the Orbax checkpoint ``out`` (a new local directory).
 
     ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``: as for :func:`tf2flax.init_params`
     (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
     tensors (not integers, bools, complex) to it, e.g. ``"bfloat16"``. ``include_optimizer``: keep optimizer
-    state and bookkeeping. ``dry_run``: plan and report only, write nothing. ``force``: replace an
+    state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
+    paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`). ``dry_run``: plan and report only, write nothing. ``force``: replace an
     existing ``out`` (only once the new one is complete). ``progress``: a progress bar on a terminal.
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
@@ -122,14 +123,16 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     """
     began = time.perf_counter()
     out_path = _check_out(out, force)
+    if names not in NAME_KINDS:
+        raise MappingError(f"unknown names {names!r}: expected one of {', '.join(NAME_KINDS)}")
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
     cast_to = _float_dtype(dtype)
-    names = default_names(ckpt, include_optimizer)
-    left_out = [(n.name, n.left_out) for n in names if n.left_out]
+    named = default_names(ckpt, include_optimizer, names)
+    left_out = [(n.name, n.left_out) for n in named if n.left_out]
     if mapping is None and rules is None and preset is None and not transforms:
-        plan = _default_plan(ckpt, names, cast_to)
+        plan = _default_plan(ckpt, named, cast_to)
     else:
-        plan = _mapped_plan(ckpt, names, mapping, rules, preset, transforms, cast_to, part_axis)
+        plan = _mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis)
     plan, unwritable = _drop_unwritable(plan)
     left_out += unwritable
     _check_tree(list(plan.entries))

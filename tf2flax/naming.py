@@ -2,7 +2,9 @@
 
 - TF1 (name-based) checkpoints: the tensor's name.
 - TF2 (object-based) checkpoints: the variable's object path, the model-side one for variables an
-  optimizer also tracks (``model/dense/kernel``, not ``optimizer/_trainable_variables/0``).
+  optimizer also tracks (``model/dense/kernel``, not ``optimizer/_trainable_variables/0``); or, with
+  ``names="full"``, its ``full_name`` where that is unique (Keras 3: the layer path ``mha/query/kernel``
+  rather than the object path ``model/_operations/1/_query_dense/_kernel``).
 
 Left out unless ``include_optimizer``: the object graph, ``save_counter``, ``global_step`` and
 optimizer state (TF2 slot and optimizer variables; TF1 slots such as ``<var>/Adam``, ``<var>/Adam_1``,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 from typing import Any
 
 from .bundle.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
@@ -45,28 +48,44 @@ class DefaultName:
     aliases: tuple[str, ...] = ()
 
 
-def default_names(ckpt: Any, include_optimizer: bool = False) -> list[DefaultName]:
+NAME_KINDS = ("object", "full")
+
+
+def default_names(ckpt: Any, include_optimizer: bool = False, names: str = "object") -> list[DefaultName]:
     """The default name of every tensor of ``ckpt``, in the checkpoint's (sorted) order.
+
+    ``names``: ``"object"`` (TF2 variables by model-side object path) or ``"full"`` (by ``full_name``
+    where no other variable has the same one, else by object path). TF1 tensors keep their names.
 
     Example::
 
-        names = default_names(tf2flax.open_checkpoint(path))
+        names = default_names(tf2flax.open_checkpoint(path), names="full")
         kept = [n.name for n in names if n.left_out is None]
     """
+    if names not in NAME_KINDS:
+        raise ValueError(f"unknown name kind {names!r}: expected one of {', '.join(NAME_KINDS)}")
     graph = ckpt.object_graph
     by_key = graph.by_key() if graph is not None else {}
+    unique_full = _unique_full_names(by_key.values()) if names == "full" else set()
     out = []
     for key in ckpt.names:
         var = by_key.get(key)
         if var is not None:
-            name, optimizer = var.model_path, var.is_optimizer
-            aliases = tuple(dict.fromkeys(n for n in (var.full_name, var.object_path, key) if n and n != name))
+            name = var.full_name if var.full_name in unique_full else var.model_path
+            optimizer = var.is_optimizer
+            aliases = tuple(dict.fromkeys(n for n in (var.full_name, var.model_path, var.object_path, key)
+                                          if n and n != name))
         else:
             name = key[: -len(VALUE_SUFFIX)] if graph is not None and key.endswith(VALUE_SUFFIX) else key
             optimizer, aliases = False, ()
         reason = left_out_reason(key, name, optimizer)
         out.append(DefaultName(key, name, None if include_optimizer else reason, aliases))
     return out
+
+
+def _unique_full_names(variables: Any) -> set[str]:
+    counts = Counter(v.full_name for v in variables if v.full_name)
+    return {name for name, n in counts.items() if n == 1}
 
 
 def left_out_reason(key: str, name: str, optimizer: bool = False) -> str | None:
