@@ -12,16 +12,19 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tf2flax
+import tf_writers
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -165,3 +168,30 @@ def test_make_bert_checkpoint_reproduces_the_shipped_one(tmp_path):
         # Bitwise with the same TensorFlow build; CPU kernels may round differently elsewhere.
         np.testing.assert_allclose(new.read(name), shipped.read(name), rtol=1e-5, atol=1e-6, err_msg=name)
     assert sum(p.stat().st_size for p in out.iterdir()) < 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------
+# The README's main command
+# ------------------------------------------------------------------------------------------------
+def test_readme_main_command_converts_the_shipped_checkpoint(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"<!-- main-command -->\n```bash\n(.+)\n```", readme).group(1)
+    install, run = command.split(" && ")
+    assert install == "pip install -e ."
+    argv = shlex.split(run)
+    assert argv[:5] == ["python", "-m", "tf2flax", "convert", "examples/bert_tiny"]
+    out = tmp_path / "bert_tiny_orbax"
+    argv = [sys.executable, *argv[1:5], str(out), *argv[6:]]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"converted \d+ tensors, .* -> " + re.escape(str(out)), done.stdout.strip())
+
+    expected = {name: value for name, value in tf_writers.tf_read_all(str(BERT_TINY / "model.ckpt-3")).items()
+                if not re.search(r"adam_[mv]$|global_step$", name)}
+    restored = ocp.v1.load(out)
+    got = {"/".join(str(k.key) for k in path): np.asarray(v)
+           for path, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+    assert sorted(got) == sorted(expected) and len(got) > 40
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
