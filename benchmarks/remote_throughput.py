@@ -42,7 +42,6 @@ sys.path.insert(0, str(REPO / "tests"))
 import servers  # noqa: E402  (the test servers)
 import tf_writers  # noqa: E402  (the TF-backed writers shared with the test suite)
 
-import tf2flax  # noqa: E402
 from tf2flax.bundle.reader import Checkpoint  # noqa: E402
 from tf2flax.storage import KvStore, LocalStore  # noqa: E402
 
