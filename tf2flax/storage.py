@@ -17,7 +17,7 @@ import collections
 import os
 import re
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 
@@ -181,7 +181,7 @@ def _budget() -> _ByteBudget:
         return _shared_budget
 
 
-def _context():
+def _context() -> Any:
     """One tensorstore Context per retry setting: its request-concurrency limits are shared."""
     import tensorstore as ts
 
@@ -261,7 +261,7 @@ class KvStore:
         return self._shown + name
 
     # ---- requests ----------------------------------------------------------------------------
-    def _start(self, name: str, byte_range: slice | None = None):
+    def _start(self, name: str, byte_range: slice | None = None) -> Any:
         try:
             if byte_range is None:
                 return self._kv.read(name)
@@ -269,7 +269,7 @@ class KvStore:
         except Exception as e:  # a malformed key or range is refused before any I/O
             raise StorageError(f"{self.describe(name)}: read failed: {_short(str(e))}") from None
 
-    def _value(self, future, name: str, byte_range: slice | None = None) -> bytes:
+    def _value(self, future: Any, name: str, byte_range: slice | None = None) -> bytes:
         try:
             result = future.result()
         except Exception as e:

@@ -31,7 +31,7 @@ def read_varint(data: bytes | memoryview, pos: int, max_bytes: int = 10) -> tupl
     raise DecodeError(f"truncated or overlong varint at byte {pos}")
 
 
-def crc32c(data, value: int = 0) -> int:
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     """CRC-32C of ``data`` (any buffer), continuing from ``value``; releases the GIL."""
     return _crc32c.crc32c(data, value)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -84,7 +85,7 @@ class ObjectGraph:
         return cls(tuple(variables))
 
 
-def _all_paths(graph) -> tuple[dict[int, list[str]], dict[int, list[bool]]]:
+def _all_paths(graph: Any) -> tuple[dict[int, list[str]], dict[int, list[bool]]]:
     """Every simple path from the root to each node, breadth-first, and whether it crosses an optimizer."""
     nodes = graph.nodes
     optimizers = {i for i, n in enumerate(nodes) if n.slot_variables}
