@@ -16,6 +16,7 @@ import pytest
 
 import tf2flax
 import tf_writers
+from tf2flax.errors import RegionError, TensorNotFoundError
 from tf_writers import assert_tensor_equal, tensor_mismatch
 
 ALL_CKPTS = ["tf1_ckpt", "tf2_ckpt", "zoo_ckpt", "keras3_ckpt", "many_ckpt"]
@@ -231,6 +232,34 @@ def test_region_reads_across_slice_boundaries(tf1_ckpt, reference):
     for name, regions in BOUNDARY_REGIONS.items():
         for region in regions:
             assert_tensor_equal(ckpt.read(name, region), ref[name][region], f"{name}{region}")
+
+
+def test_get_slice_indexes_lazily_like_numpy(tf1_ckpt, reference):
+    ckpt = tf2flax.open_checkpoint(tf1_ckpt.prefix)
+    ref = reference(tf1_ckpt.prefix)["part/depth"]           # (3, 4, 11), 5 slices on the last axis
+    view = ckpt.get_slice("part/depth")
+    before = ckpt.stats.bytes_read
+    assert view.shape == (3, 4, 11) and view.dtype == ref.dtype and ckpt.stats.bytes_read == before
+    for index in [(..., 4), (1, ...), (..., slice(2, 9)), (0, ..., slice(3, 5)), ..., (2, 1, ..., 10), (-1, -2)]:
+        assert_tensor_equal(view[index], ref[index], f"part/depth[{index}]")
+    assert "part/depth" in repr(view) and "[3, 4, 11]" in repr(view)
+    with pytest.raises(TensorNotFoundError, match="part/dept"):
+        ckpt.get_slice("part/dept")
+
+
+@pytest.mark.parametrize("index, message", [
+    ((slice(None), 4), r"index 4 is out of range for dimension 1 of size 4"),
+    ((0, 0, 0, 0), r"has 4 dimensions, the tensor has 3"),
+    ((slice(None, None, 2),), r"only step-1 slices"),
+    ((..., ...), r"more than one '\.\.\.'"),
+    ((np.array([0, 2]),), r"only integers, step-1 slices and '\.\.\.'"),
+])
+def test_bad_regions_name_the_tensor(tf1_ckpt, index, message):
+    ckpt = tf2flax.open_checkpoint(tf1_ckpt.prefix)
+    with pytest.raises(RegionError, match=message) as caught:
+        ckpt.read("part/depth", index)
+    assert isinstance(caught.value, IndexError)
+    assert str(caught.value).startswith(f"{ckpt.path}: tensor 'part/depth' of shape [3, 4, 11]: ")
 
 
 def test_region_read_of_partitioned_variable_reads_fewer_bytes(tf1_ckpt):

@@ -37,6 +37,11 @@ class UnsupportedFormatError(Tf2FlaxError, ValueError):
     """A valid file in a format or with a feature tf2flax does not read (V1 checkpoints, DT_VARIANT)."""
 
 
+class RegionError(Tf2FlaxError, IndexError):
+    """A region asked of a tensor does not fit it: out of range, too many dimensions, or not a box
+    (steps other than 1, arrays of indices)."""
+
+
 class MappingError(Tf2FlaxError, ValueError):
     """An assignment map, rule, preset or transform does not fit the checkpoint or the target tree."""
 

@@ -19,33 +19,44 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .errors import MappingError
+from .errors import MappingError, RegionError
 
 Index = tuple[slice, ...]
 
 
-def normalize_index(index: Sequence[slice] | None, shape: Sequence[int]) -> Index:
-    """Turn ``index`` into one concrete ``slice(start, stop)`` per dimension (step 1 only)."""
+def normalize_index(index: Any, shape: Sequence[int]) -> Index:
+    """Turn ``index`` (ints, step-1 slices, one ``...``) into one ``slice(start, stop)`` per dimension.
+
+    Example::
+
+        normalize_index((..., 1), (4, 3))     # (slice(0, 4), slice(1, 2))
+    """
     shape = tuple(int(d) for d in shape)
     if index is None:
         return tuple(slice(0, d) for d in shape)
     if not isinstance(index, tuple):
-        index = tuple(index) if isinstance(index, (list,)) else (index,)
+        index = tuple(index) if isinstance(index, list) else (index,)
+    dots = [i for i, s in enumerate(index) if s is Ellipsis]
+    if len(dots) > 1:
+        raise RegionError(f"index {index!r} has more than one '...'")
+    if dots:
+        at = dots[0]
+        index = index[:at] + (slice(None),) * max(0, len(shape) - len(index) + 1) + index[at + 1:]
     if len(index) > len(shape):
-        raise IndexError(f"index {index!r} has {len(index)} dimensions, the tensor has {len(shape)}")
+        raise RegionError(f"index {index!r} has {len(index)} dimensions, the tensor has {len(shape)}")
     out = []
     for i, d in enumerate(shape):
         s = index[i] if i < len(index) else slice(None)
         if isinstance(s, (int, np.integer)):
             k = int(s) + d if s < 0 else int(s)
             if not 0 <= k < d:
-                raise IndexError(f"index {int(s)} is out of range for dimension {i} of size {d}")
+                raise RegionError(f"index {int(s)} is out of range for dimension {i} of size {d}")
             s = slice(k, k + 1)
         if not isinstance(s, slice):
-            raise IndexError(f"only slices and integers are supported, got {s!r}")
+            raise RegionError(f"only integers, step-1 slices and '...' select a region, got {s!r}")
         start, stop, step = s.indices(d)
         if step != 1:
-            raise IndexError(f"only step-1 slices are supported, got {s!r}")
+            raise RegionError(f"only step-1 slices select a region, got {s!r}")
         out.append(slice(start, max(start, stop)))
     return tuple(out)
 

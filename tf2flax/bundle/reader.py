@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedFormatError
+from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError, UnsupportedFormatError
 from ..plan import Index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, mask_crc, read_varint
@@ -315,8 +315,20 @@ class Checkpoint:
         return self._object_graph  # type: ignore[return-value]
 
     # ---- reading -------------------------------------------------------------------------
+    def get_slice(self, name: str) -> TensorSlice:
+        """A lazy view of tensor ``name``: indexing it reads only the region asked for.
+
+        Example::
+
+            emb = ckpt.get_slice("bert/embeddings/word_embeddings")
+            emb.shape, emb.dtype          # from the index, nothing read
+            rows = emb[1000:2000]         # reads those rows' bytes only
+        """
+        self.info(name)
+        return TensorSlice(self, name)
+
     def read(self, name: str, index: Any = None) -> np.ndarray:
-        """Tensor ``name``, or the region ``index`` (a tuple of slices/ints) of it.
+        """Tensor ``name``, or the region ``index`` (ints, step-1 slices, ``...``) of it.
 
         Whole reads verify each stored tensor's CRC32C (unless ``verify_checksums=False``). A
         region read fetches only the bytes of the region, which no checksum covers, unless the
@@ -326,7 +338,10 @@ class Checkpoint:
         info = self.info(name)
         if not is_supported(info.dtype_enum):
             numpy_dtype(info.dtype_enum, f"{self.path}: tensor {name!r}")
-        region = normalize_index(index, info.shape)
+        try:
+            region = normalize_index(index, info.shape)
+        except RegionError as e:
+            raise RegionError(f"{self.path}: tensor {name!r} of shape {list(info.shape)}: {e}") from None
         squeeze = _int_axes(index, len(info.shape))
         if info.dtype_enum == DT_STRING:
             out = self._read_strings(info, region)
@@ -466,6 +481,28 @@ class Checkpoint:
         return out.reshape(stored.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorSlice:
+    """One tensor of a checkpoint, read on indexing (``view[2:5, ...]``) or whole (``view[...]``)."""
+
+    checkpoint: Checkpoint
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.checkpoint.shape(self.name)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.checkpoint.dtype(self.name)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.checkpoint.read(self.name, index)
+
+    def __repr__(self) -> str:
+        return f"TensorSlice({self.name!r}, shape={list(self.shape)}, dtype={self.dtype.name})"
+
+
 def _length_crc(lengths: list[int], order: str = "<") -> int:
     """CRC32C of string lengths fed as uint32 (uint64 above 2**32-1) in byte ``order``."""
     crc = 0
@@ -475,10 +512,19 @@ def _length_crc(lengths: list[int], order: str = "<") -> int:
 
 
 def _int_axes(index: Any, rank: int) -> set[int]:
+    """The dimensions an (already validated) index selects with an integer: they are dropped."""
     if index is None:
         return set()
-    items = index if isinstance(index, tuple) else (index,)
-    return {i for i, s in enumerate(items[:rank]) if isinstance(s, (int, np.integer))}
+    items = index if isinstance(index, tuple) else tuple(index) if isinstance(index, list) else (index,)
+    dots = [i for i, s in enumerate(items) if s is Ellipsis]
+    if dots:
+        at = dots[0]
+        after = items[at + 1:]
+        positions = [*range(at), *range(rank - len(after), rank)]
+        items = items[:at] + after
+    else:
+        positions = list(range(len(items)))
+    return {p for p, s in zip(positions, items) if isinstance(s, (int, np.integer))}
 
 
 def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False) -> Checkpoint:
