@@ -7,7 +7,7 @@ process of its own (so that neither's memory shows in the other's peak) and prin
 - tf+orbax: ``tf.train.load_checkpoint`` reads every tensor, then ``ocp.StandardCheckpointer().save``
   writes the whole tree (the usual glue).
 
-Peak memory is the child's ``ru_maxrss`` (everything: interpreter, imports, data); "after imports" is
+Peak memory is the child's high-water RSS (``VmHWM``, see ``memory.py``) (everything: interpreter, imports, data); "after imports" is
 its RSS before any tensor is read. Both outputs are then restored with ``ocp.v1.load`` in a third
 process and compared tensor by tensor. The goal for tf2flax: peak <= 0.5 x checkpoint size + 0.5 GB.
 
@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from memory import peak_rss, rss
 
 N_VARS = 16
 
@@ -46,11 +47,6 @@ def write_checkpoint(directory: Path, size_gb: float) -> str:
     return tf.train.Checkpoint(**variables).write(str(prefix))
 
 
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child(method: str, prefix: str, out: str) -> None:
     """Run one method and print ``{"seconds", "peak", "after_imports"}`` as JSON on stdout."""
     if method == "tf2flax":
@@ -59,7 +55,7 @@ def child(method: str, prefix: str, out: str) -> None:
 
         import tf2flax
 
-        imported = _rss_now()
+        imported = rss()
         began = time.perf_counter()
         tf2flax.convert(prefix, out)
     else:
@@ -68,7 +64,7 @@ def child(method: str, prefix: str, out: str) -> None:
         import orbax.checkpoint as ocp
         import tensorflow as tf
 
-        imported = _rss_now()
+        imported = rss()
         began = time.perf_counter()
         reader = tf.train.load_checkpoint(prefix)
         tree: dict = {}
@@ -84,7 +80,7 @@ def child(method: str, prefix: str, out: str) -> None:
         checkpointer.save(out, tree)
         checkpointer.wait_until_finished()
     seconds = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"seconds": seconds, "peak": peak, "after_imports": imported}))
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from memory import peak_rss, rss
 
 N_VARS = 16
 
@@ -60,7 +61,7 @@ def worker(method: str, process_id: int, port: int, prefix: str, out: str) -> No
     names = [n for n in ckpt.names if n.startswith("layer_")]
     mesh = jax.make_mesh((4, 2), ("x", "y"))
     sharding = NamedSharding(mesh, P("x", "y"))
-    baseline = _rss()
+    baseline = rss()
     began = time.perf_counter()
     if method == "tf2flax":
         abstract = {n.split("/")[0]: jax.ShapeDtypeStruct(ckpt.shape(n), np.float32, sharding=sharding) for n in names}
@@ -75,14 +76,9 @@ def worker(method: str, process_id: int, port: int, prefix: str, out: str) -> No
         del full
     jax.block_until_ready(params)
     seconds = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     Path(out).write_text(json.dumps({"growth": peak - baseline, "bytes_read": bytes_read, "seconds": seconds}))
     jax.distributed.shutdown()
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _free_port() -> int:
