@@ -103,6 +103,14 @@ def test_dry_run_prints_plan_and_report_and_writes_nothing(keras3_ckpt, tmp_path
     assert full.returncode == 0, full.stderr
     assert "sequential/bn/scale <- sequential/bn/gamma  [8] float32" in full.stdout.splitlines()
 
+    map_file = tmp_path / "full.yaml"
+    map_file.write_text("names: full\npreset: keras\n")
+    from_file = cli("convert", keras3_ckpt.prefix, tmp_path / "out", "--dry-run", "--map", map_file)
+    assert from_file.stdout == full.stdout
+    overridden = cli("convert", keras3_ckpt.prefix, tmp_path / "out", "--dry-run", "--map", map_file, "--names", "object")
+    assert "model/_functional/_operations/2/scale <- " in overridden.stdout
+    assert os.listdir(tmp_path) == ["full.yaml"]
+
 
 def _bad_map(tmp_path: Path) -> Path:
     path = tmp_path / "bad.json"

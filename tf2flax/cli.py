@@ -36,12 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Convert a TensorFlow checkpoint to an Orbax checkpoint, streamed.")
     conv.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
     conv.add_argument("out", metavar="OUT", help="the Orbax checkpoint directory to create")
-    conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis")
+    conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis, names")
     conv.add_argument("--preset", metavar="NAME", help="renames for a framework's naming (e.g. keras)")
     conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
     conv.add_argument("--include-optimizer", action="store_true",
                       help="keep optimizer state, the object graph, save_counter and global_step")
-    conv.add_argument("--names", choices=("object", "full"), default="object",
+    conv.add_argument("--names", choices=("object", "full"),
                       help="default names of TF2 variables: object paths, or full names (Keras 3: layer paths)")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
@@ -98,10 +98,12 @@ def _convert(args: argparse.Namespace) -> int:
     options: dict[str, Any] = load_map_file(args.map) if args.map else {}
     if args.preset:
         options["preset"] = args.preset
+    if args.names:
+        options["names"] = args.names
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvertWarning)
         result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
-                         names=args.names, dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
+                         dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning):
             print(f"tf2flax: warning: {w.message}", file=sys.stderr)

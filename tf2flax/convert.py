@@ -58,7 +58,7 @@ VALUE_KEY = "__value__"
 # Bytes per Orbax partial save: enough groups for a smooth progress bar, few enough that Orbax's
 # finalize (which merges metadata once per group) stays fast.
 GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 32
-_MAP_FILE_KEYS = ("map", "rules", "preset", "transforms", "part_axis")
+_MAP_FILE_KEYS = ("map", "rules", "preset", "transforms", "part_axis", "names")
 _TRANSFORM_OPS = ("transpose", "reshape", "cast")
 
 
