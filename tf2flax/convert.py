@@ -49,7 +49,7 @@ from .bundle import Checkpoint, open_checkpoint
 from .errors import MappingError, OutputExistsError, UnsupportedFormatError
 from .naming import NAME_KINDS, DefaultName, default_names
 from .plan import Cast, Plan, PlanEntry, TensorSource
-from .progress import ByteProgress, human_bytes
+from .progress import ByteProgress, human_bytes, human_rate
 from .storage import is_url
 
 # Leaves that are both a leaf and the scope of other leaves (TF1 'w' and its slot 'w/Adam') keep
@@ -87,12 +87,11 @@ class ConvertResult:
         return self.plan.report
 
     def summary(self) -> str:
-        """One line: tensors, GB, seconds, GB/s (and where)."""
+        """One line: tensors, bytes, seconds, throughput (and where)."""
         if self.out is None:
             return f"dry run: {len(self.plan.entries)} tensors, {human_bytes(_total_bytes(self.plan))} to write"
-        rate = self.bytes / 1e9 / self.seconds if self.seconds > 0 else 0.0
         return (f"converted {self.tensors} tensors, {human_bytes(self.bytes)} in {self.seconds:.1f} s "
-                f"({rate:.2f} GB/s) -> {self.out}")
+                f"({human_rate(self.bytes, self.seconds)}) -> {self.out}")
 
     def describe(self) -> str:
         """The plan (one line per leaf, with shape and dtype), the report, and what was left out."""

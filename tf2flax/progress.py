@@ -42,9 +42,14 @@ class ByteProgress:
             self._bar.update(self._task, advance=nbytes, description=description)
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     """``1234567`` -> ``'1.2 MB'`` (decimal units)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
-    return f"{n} B"
+    return f"{n:.0f} B"
+
+
+def human_rate(nbytes: int, seconds: float) -> str:
+    """``(2_000_000_000, 1.6)`` -> ``'1.2 GB/s'``; ``'-'`` for no time at all."""
+    return f"{human_bytes(nbytes / seconds)}/s" if seconds > 0 else "-"
