@@ -7,8 +7,8 @@ process of its own (so that neither's memory shows in the other's peak) and prin
 - tf+orbax: ``tf.train.load_checkpoint`` reads every tensor, then ``ocp.StandardCheckpointer().save``
   writes the whole tree (the usual glue).
 
-Peak memory is the child's high-water RSS (``VmHWM``, see ``memory.py``) (everything: interpreter, imports, data); "after imports" is
-its RSS before any tensor is read. Both outputs are then restored with ``ocp.v1.load`` in a third
+Peak memory is the child's high-water RSS (``VmHWM``, see ``memory.py``: everything, interpreter,
+imports and data); "after imports" is its RSS before any tensor is read. Both outputs are then restored with ``ocp.v1.load`` in a third
 process and compared tensor by tensor. The goal for tf2flax: peak <= 0.5 x checkpoint size + 0.5 GB.
 
 Usage: python benchmarks/convert_memory.py [--size-gb 1.0] [--dir /tmp/tf2flax-bench-convert]

@@ -47,7 +47,7 @@ import numpy as np
 
 from .bundle import Checkpoint, open_checkpoint
 from .errors import MappingError, OutputExistsError, UnsupportedFormatError
-from .naming import NAME_KINDS, DefaultName, default_names
+from .naming import DefaultName, default_names
 from .plan import Cast, Plan, PlanEntry, TensorSource
 from .progress import ByteProgress, human_bytes, human_rate
 from .storage import is_url
@@ -111,8 +111,9 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
     tensors (not integers, bools, complex) to it, e.g. ``"bfloat16"``. ``include_optimizer``: keep optimizer
     state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
-    paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`). ``dry_run``: plan and report only, write nothing. ``force``: replace an
-    existing ``out`` (only once the new one is complete). ``progress``: a progress bar on a terminal.
+    paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`).
+    ``dry_run``: plan and report only, write nothing. ``force``: replace an existing ``out`` (only once
+    the new one is complete). ``progress``: a progress bar on a terminal.
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
     Example::
@@ -122,8 +123,6 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     """
     began = time.perf_counter()
     out_path = _check_out(out, force)
-    if names not in NAME_KINDS:
-        raise MappingError(f"unknown names {names!r}: expected one of {', '.join(NAME_KINDS)}")
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
     cast_to = _float_dtype(dtype)
     named = default_names(ckpt, include_optimizer, names)

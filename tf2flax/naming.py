@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 from .bundle.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
+from .errors import MappingError
 
 # TF1 optimizer slots are named '<var>/<OptimizerName>[_<n>]' (tf.compat.v1.train optimizers) or
 # '<var>/adam_m|adam_v' (BERT's AdamWeightDecay, LAMB); Adam's step powers are 'beta1_power[_n]'.
@@ -63,7 +64,7 @@ def default_names(ckpt: Any, include_optimizer: bool = False, names: str = "obje
         kept = [n.name for n in names if n.left_out is None]
     """
     if names not in NAME_KINDS:
-        raise ValueError(f"unknown name kind {names!r}: expected one of {', '.join(NAME_KINDS)}")
+        raise MappingError(f"unknown names {names!r}: expected one of {', '.join(NAME_KINDS)}")
     graph = ckpt.object_graph
     by_key = graph.by_key() if graph is not None else {}
     unique_full = _unique_full_names(by_key.values()) if names == "full" else set()

@@ -24,6 +24,26 @@ from .errors import MappingError, RegionError
 Index = tuple[slice, ...]
 
 
+def expand_index(index: Any, rank: int) -> tuple:
+    """``index`` as a tuple with its one ``...`` (if any) replaced by whole slices; ``()`` for None.
+
+    Example::
+
+        expand_index((..., 1), 3)     # (slice(None), slice(None), 1)
+    """
+    if index is None:
+        return ()
+    if not isinstance(index, tuple):
+        index = tuple(index) if isinstance(index, list) else (index,)
+    dots = [i for i, s in enumerate(index) if s is Ellipsis]
+    if len(dots) > 1:
+        raise RegionError(f"index {index!r} has more than one '...'")
+    if not dots:
+        return index
+    at = dots[0]
+    return index[:at] + (slice(None),) * max(0, rank - len(index) + 1) + index[at + 1:]
+
+
 def normalize_index(index: Any, shape: Sequence[int]) -> Index:
     """Turn ``index`` (ints, step-1 slices, one ``...``) into one ``slice(start, stop)`` per dimension.
 
@@ -32,16 +52,7 @@ def normalize_index(index: Any, shape: Sequence[int]) -> Index:
         normalize_index((..., 1), (4, 3))     # (slice(0, 4), slice(1, 2))
     """
     shape = tuple(int(d) for d in shape)
-    if index is None:
-        return tuple(slice(0, d) for d in shape)
-    if not isinstance(index, tuple):
-        index = tuple(index) if isinstance(index, list) else (index,)
-    dots = [i for i, s in enumerate(index) if s is Ellipsis]
-    if len(dots) > 1:
-        raise RegionError(f"index {index!r} has more than one '...'")
-    if dots:
-        at = dots[0]
-        index = index[:at] + (slice(None),) * max(0, len(shape) - len(index) + 1) + index[at + 1:]
+    index = expand_index(index, len(shape))
     if len(index) > len(shape):
         raise RegionError(f"index {index!r} has {len(index)} dimensions, the tensor has {len(shape)}")
     out = []

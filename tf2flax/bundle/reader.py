@@ -25,7 +25,7 @@ import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError, UnsupportedFormatError
-from ..plan import Index, index_shape, normalize_index
+from ..plan import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
@@ -339,10 +339,11 @@ class Checkpoint:
         if not is_supported(info.dtype_enum):
             numpy_dtype(info.dtype_enum, f"{self.path}: tensor {name!r}")
         try:
+            index = expand_index(index, len(info.shape))
             region = normalize_index(index, info.shape)
         except RegionError as e:
             raise RegionError(f"{self.path}: tensor {name!r} of shape {list(info.shape)}: {e}") from None
-        squeeze = _int_axes(index, len(info.shape))
+        squeeze = {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
         if info.dtype_enum == DT_STRING:
             out = self._read_strings(info, region)
         elif info.stored is not None:
@@ -509,22 +510,6 @@ def _length_crc(lengths: list[int], order: str = "<") -> int:
     for n in lengths:
         crc = crc32c(struct.pack(order + ("I" if n <= 0xFFFFFFFF else "Q"), n), crc)
     return crc
-
-
-def _int_axes(index: Any, rank: int) -> set[int]:
-    """The dimensions an (already validated) index selects with an integer: they are dropped."""
-    if index is None:
-        return set()
-    items = index if isinstance(index, tuple) else tuple(index) if isinstance(index, list) else (index,)
-    dots = [i for i, s in enumerate(items) if s is Ellipsis]
-    if dots:
-        at = dots[0]
-        after = items[at + 1:]
-        positions = [*range(at), *range(rank - len(after), rank)]
-        items = items[:at] + after
-    else:
-        positions = list(range(len(items)))
-    return {p for p, s in zip(positions, items) if isinstance(s, (int, np.integer))}
 
 
 def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False) -> Checkpoint:
