@@ -583,3 +583,12 @@ def test_big_endian_checkpoint(tmp_path):
             if why:
                 failures.append(f"{name}[1:]: {why}")
     assert not failures, "\n".join(failures)
+
+
+def test_checkpoint_is_a_context_manager_that_closes_its_files(tf2_ckpt):
+    path = tf2_ckpt.directory / tf2_ckpt.prefix
+    name = next(n for n in tf2_ckpt.expected)
+    with tf2flax.open_checkpoint(path) as ckpt:
+        assert_tensor_equal(ckpt.read(name), tf2_ckpt.expected[name])
+        assert ckpt.store._fds, "a read opens the data file"
+    assert not ckpt.store._fds, "leaving the block closes every descriptor"

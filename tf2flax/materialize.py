@@ -23,7 +23,8 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from .plan import Index, Plan, PlanEntry, index_shape, normalize_index
+from .plan import Plan, PlanEntry
+from .regions import Index, index_shape, normalize_index
 from .progress import human_bytes, human_rate
 
 DEFAULT_BYTES_IN_FLIGHT = 64 << 20

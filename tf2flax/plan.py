@@ -19,63 +19,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .errors import MappingError, RegionError
-
-Index = tuple[slice, ...]
-
-
-def expand_index(index: Any, rank: int) -> tuple:
-    """``index`` as a tuple with its one ``...`` (if any) replaced by whole slices; ``()`` for None.
-
-    Example::
-
-        expand_index((..., 1), 3)     # (slice(None), slice(None), 1)
-    """
-    if index is None:
-        return ()
-    if not isinstance(index, tuple):
-        index = tuple(index) if isinstance(index, list) else (index,)
-    dots = [i for i, s in enumerate(index) if s is Ellipsis]
-    if len(dots) > 1:
-        raise RegionError(f"index {index!r} has more than one '...'")
-    if not dots:
-        return index
-    at = dots[0]
-    return index[:at] + (slice(None),) * max(0, rank - len(index) + 1) + index[at + 1:]
-
-
-def normalize_index(index: Any, shape: Sequence[int]) -> Index:
-    """Turn ``index`` (ints, step-1 slices, one ``...``) into one ``slice(start, stop)`` per dimension.
-
-    Example::
-
-        normalize_index((..., 1), (4, 3))     # (slice(0, 4), slice(1, 2))
-    """
-    shape = tuple(int(d) for d in shape)
-    index = expand_index(index, len(shape))
-    if len(index) > len(shape):
-        raise RegionError(f"index {index!r} has {len(index)} dimensions, the tensor has {len(shape)}")
-    out = []
-    for i, d in enumerate(shape):
-        s = index[i] if i < len(index) else slice(None)
-        if isinstance(s, (int, np.integer)):
-            k = int(s) + d if s < 0 else int(s)
-            if not 0 <= k < d:
-                raise RegionError(f"index {int(s)} is out of range for dimension {i} of size {d}")
-            s = slice(k, k + 1)
-        if not isinstance(s, slice):
-            raise RegionError(f"only integers, step-1 slices and '...' select a region, got {s!r}")
-        start, stop, step = s.indices(d)
-        if step != 1:
-            raise RegionError(f"only step-1 slices select a region, got {s!r}")
-        out.append(slice(start, max(start, stop)))
-    return tuple(out)
-
-
-def index_shape(index: Index) -> tuple[int, ...]:
-    """The shape of the region ``index`` (concrete slices) selects."""
-    return tuple(s.stop - s.start for s in index)
-
+from .errors import MappingError
+from .regions import Index, index_shape, normalize_index
 
 class Source(Protocol):
     """A lazy tensor: its shape and dtype are known without reading; ``read`` reads a region."""

@@ -25,7 +25,7 @@ import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError, UnsupportedFormatError
-from ..plan import Index, expand_index, index_shape, normalize_index
+from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
@@ -275,6 +275,18 @@ class Checkpoint:
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r}, {len(self.names)} tensors)"
 
+    def close(self) -> None:
+        """Release the open data files (local checkpoints keep one descriptor per shard)."""
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def info(self, name: str) -> TensorInfo:
         """Metadata of tensor ``name``; TensorNotFoundError (with close names) if absent."""
         info = self._infos.get(name)
@@ -520,8 +532,8 @@ def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, veri
 
     Example::
 
-        ckpt = tf2flax.open_checkpoint("/runs/bert")   # latest checkpoint in the directory
-        ckpt.read("bert/pooler/dense/bias")
+        with tf2flax.open_checkpoint("/runs/bert") as ckpt:   # latest checkpoint in the directory
+            ckpt.read("bert/pooler/dense/bias")
     """
     store, prefix = locate_checkpoint(path)
     return Checkpoint(store, prefix, verify_checksums=verify_checksums, verify_regions=verify_regions)
