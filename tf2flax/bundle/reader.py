@@ -29,11 +29,11 @@ from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
-from .locate import locate_checkpoint
+from .locate import locate
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
-from .table import SnappyBlockError, parse_table
+from .table import parse_table
 
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
@@ -173,6 +173,7 @@ class Checkpoint:
         self.verify_checksums = verify_checksums
         self.verify_regions = verify_checksums and verify_regions
         self.stats = ReadStats()
+        self.opened = f"V2 checkpoint: {self.path}"
         self._min_run = _MIN_RUN_BYTES["local" if type(store).__name__ == "LocalStore" else "remote"]
         self._shard_sizes: dict[int, int | None] = {}
         self._object_graph: ObjectGraph | None | bool = False
@@ -180,10 +181,6 @@ class Checkpoint:
         where = store.describe(index_name)
         try:
             entries = parse_table(store.read(index_name), verify_checksums=True)
-        except SnappyBlockError as e:
-            raise UnsupportedFormatError(
-                f"{where}: {e}; snappy-compressed index blocks come from TensorFlow < 1.2. Re-save the "
-                "checkpoint with a current TensorFlow.") from None
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
         self._where = where
@@ -205,7 +202,8 @@ class Checkpoint:
         except ProtoDecodeError:
             raise CorruptCheckpointError(f"{where}: header does not decode as a BundleHeaderProto") from None
         if entries[0][1][:1] == b"\x0a":
-            raise UnsupportedFormatError(f"{where}: this looks like a V1 checkpoint, which tf2flax does not read")
+            raise CorruptCheckpointError(f"{where}: holds a V1 checkpoint table, not a V2 index; open the V1 file "
+                                         "by its own name")
         version = header.version
         if version.producer < 0 or version.min_consumer > 1 or 1 in version.bad_consumers:
             raise UnsupportedFormatError(
@@ -527,6 +525,10 @@ def _length_crc(lengths: list[int], order: str = "<") -> int:
 def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False) -> Checkpoint:
     """Open a checkpoint: a directory (through its ``checkpoint`` file), a prefix, or a URL.
 
+    A SavedModel or TF Hub module directory opens its ``variables/variables``; V1 checkpoints (one
+    file, or ``name-?????-of-N`` shards) open as a :class:`~tf2flax.bundle.v1.V1Checkpoint`, which
+    offers the same interface. ``ckpt.opened`` says what was opened.
+
     ``verify_checksums``: check each tensor's CRC32C on whole reads (TensorFlow does this too).
     ``verify_regions``: also verify region reads, by reading each stored tensor they touch whole.
 
@@ -535,5 +537,13 @@ def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, veri
         with tf2flax.open_checkpoint("/runs/bert") as ckpt:   # latest checkpoint in the directory
             ckpt.read("bert/pooler/dense/bias")
     """
-    store, prefix = locate_checkpoint(path)
-    return Checkpoint(store, prefix, verify_checksums=verify_checksums, verify_regions=verify_regions)
+    where = locate(path)
+    if where.format == "v1":
+        from .v1 import V1Checkpoint
+
+        ckpt: Checkpoint = V1Checkpoint(where.store, where.prefix, where.files, verify_checksums=verify_checksums,
+                                        verify_regions=verify_regions)
+    else:
+        ckpt = Checkpoint(where.store, where.prefix, verify_checksums=verify_checksums, verify_regions=verify_regions)
+    ckpt.opened = where.describe()
+    return ckpt
