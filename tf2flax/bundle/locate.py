@@ -218,7 +218,7 @@ def locate(path: str | os.PathLike) -> Location:
 
     Example::
 
-        locate("gs://bucket/hub_module/").describe()   # 'TF Hub module variables: gs://bucket/hub_module/variables/variables'
+        locate("gs://bucket/hub/").describe()   # 'TF Hub module variables: gs://bucket/hub/variables/variables'
     """
     path = os.fspath(path)
     if _is_directory(path):

@@ -2,8 +2,8 @@
 
 Field numbers follow TensorFlow's ``tensor_bundle.proto``, ``tensor_shape.proto``,
 ``tensor_slice.proto``, ``versions.proto``, ``trackable_object_graph.proto``,
-``checkpoint_state.proto``, ``tensor.proto`` and ``saved_tensor_slice.proto`` (V1 checkpoints); only the fields a reader needs are declared (unknown fields are
-skipped by the protobuf runtime).
+``checkpoint_state.proto``, ``tensor.proto`` and ``saved_tensor_slice.proto`` (V1 checkpoints);
+only the fields a reader needs are declared (unknown fields are skipped by the protobuf runtime).
 
 Example::
 

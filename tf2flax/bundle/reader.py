@@ -24,7 +24,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError, UnsupportedFormatError
+from ..errors import (CheckpointNotFoundError, CorruptCheckpointError, RegionError, TensorNotFoundError,
+                      UnsupportedFormatError)
 from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, mask_crc, read_varint
@@ -546,4 +547,10 @@ def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, veri
     else:
         ckpt = Checkpoint(where.store, where.prefix, verify_checksums=verify_checksums, verify_regions=verify_regions)
     ckpt.opened = where.describe()
+    if where.container and all(n == OBJECT_GRAPH_KEY for n in ckpt.names):
+        ckpt.close()
+        raise CheckpointNotFoundError(
+            f"{ckpt.path}: a {where.container} with no variables (its checkpoint holds only the object "
+            "graph): its weights, if any, are constants in the graph, which tf2flax does not "
+            "read; tf2flax reads the variables checkpoint (variables/variables) of a SavedModel")
     return ckpt

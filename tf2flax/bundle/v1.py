@@ -68,8 +68,8 @@ class V1Checkpoint(Checkpoint):
     """An open V1 checkpoint, with :class:`Checkpoint`'s interface. Use ``open_checkpoint`` to make one.
 
     ``prefix`` is the checkpoint's name (a file, or ``name-?????-of-N``); ``files`` its table files in
-    shard order; a tensor's ``shards`` are indices into ``files``, and each stored slice's ``offset``
-    and ``size`` are those of the table block holding it.
+    shard order; a tensor's ``shards`` are indices into ``files``. Each stored slice's ``offset`` is
+    that of the table block holding it, its ``size`` the bytes it decodes to (strings: the block's size).
 
     Example::
 
@@ -170,7 +170,8 @@ class V1Checkpoint(Checkpoint):
                 raise CorruptCheckpointError(
                     f"{here}: slice {list(extents)} declares {math.prod(shape)} elements, more than its "
                     f"{size}-byte block can hold")
-            parts.append((region, StoredTensor(tensor.dtype_enum, shape, shard, offset, size, 0)))
+            nbytes = size if tensor.dtype_enum == DT_STRING or dtype == object else math.prod(shape) * dtype.itemsize
+            parts.append((region, StoredTensor(tensor.dtype_enum, shape, shard, offset, nbytes, 0)))
             self._extents[(name, shard, _flat(region))] = extents
         total = sum(math.prod(p.shape) for _, p in parts)
         if total != math.prod(tensor.shape) or not _covers(tensor.shape, [r for r, _ in parts]):
