@@ -37,7 +37,7 @@ from .protos import CheckpointState
 from .table import FOOTER_SIZE, is_table_footer
 
 STATE_FILE = "checkpoint"
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb")
+SAVED_MODEL_FILES = ("tfhub_module.pb", "saved_model.pb", "saved_model.pbtxt")  # a Hub module has both
 _SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _V1_SHARD = re.compile(r"-(\d{5}|\?{5})-of-(\d{5})$")
 _ZIP, _HDF5 = b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"
