@@ -147,15 +147,16 @@ def _from_state_file(store: Store, directory: str) -> Location:
         candidates = [(store, latest)]
     else:
         base = posixpath.basename(latest) if is_url(latest) else os.path.basename(latest)
-        here = _checkpoint_at(store, base)
-        if here is not None:
-            if not _same_place(store, latest):
-                warnings.warn(f"{store.describe(STATE_FILE)} names {latest!r}; reading the copy in the directory you "
-                              f"named, {store.describe(base)}", LocationWarning, stacklevel=4)
-            return here
         # A local path in a state file read from a URL was written on another machine (TF1's Saver
         # records absolute paths): this machine's file of that name is not the checkpoint.
-        candidates = [] if is_url(directory) and not is_url(latest) else [open_store(latest)]
+        foreign = is_url(directory) and not is_url(latest)
+        here = _checkpoint_at(store, base)
+        if here is not None:
+            if not foreign and not _same_place(store, latest):
+                warnings.warn(f"{store.describe(STATE_FILE)} names {latest!r}; reading the copy in the directory you "
+                              f"named, {store.describe(base)}", LocationWarning, stacklevel=5)
+            return here
+        candidates = [] if foreign else [open_store(latest)]
         candidates.append((store, base))
     for candidate_store, prefix in candidates:
         found = _checkpoint_at(candidate_store, prefix)
