@@ -104,7 +104,7 @@ def _one_line_warning(show: Any) -> Any:
 def _convert(args: argparse.Namespace) -> int:
     import jax
 
-    from .convert import ConvertWarning, convert, load_map_file
+    from .conversion import ConvertWarning, convert, load_map_file
 
     if "JAX_PLATFORMS" not in os.environ:  # converting needs no accelerator: leave GPUs/TPUs alone
         jax.config.update("jax_platforms", "cpu")
