@@ -36,6 +36,8 @@ from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import parse_table
 
+# numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
+_MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
@@ -146,15 +148,32 @@ def _slice_region(extents: Sequence[tuple[int, int]], shape: tuple[int, ...], wh
     return tuple(region)
 
 
-def _covers(shape: tuple[int, ...], regions: list[Index]) -> bool:
-    """Whether ``regions`` together cover every element of ``shape`` (on the grid of their edges)."""
+def _slices_problem(shape: tuple[int, ...], regions: list[Index]) -> str | None:
+    """Why ``regions`` do not tile ``shape`` exactly (a gap or an overlap, as TensorFlow refuses), or None.
+
+    Disjoint boxes whose volumes add up to the tensor's cover it. Overlaps are looked for with a
+    sweep along the axis with the most distinct starts, so the work grows with the pairs of slices
+    that share a range on that axis (none for the usual one-axis partitioning), not with a grid.
+    """
     if math.prod(shape) == 0:
-        return True
-    edges = [sorted({0, d, *(r[i].start for r in regions), *(r[i].stop for r in regions)}) for i, d in enumerate(shape)]
-    covered = np.zeros([len(e) - 1 for e in edges], dtype=bool)
-    for r in regions:
-        covered[tuple(slice(e.index(s.start), e.index(s.stop)) for e, s in zip(edges, r))] = True
-    return bool(covered.all())
+        return None
+    boxes = [r for r in regions if all(s.stop > s.start for s in r)]
+    if sum(math.prod(s.stop - s.start for s in r) for r in boxes) != math.prod(shape):
+        return "its slices do not cover the whole tensor (does not have sufficient slices)"
+    if not shape:  # a scalar: exactly one slice, as the volumes add up
+        return None
+    starts = np.array([[s.start for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
+    stops = np.array([[s.stop for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
+    axis = max(range(len(shape)), key=lambda i: len(np.unique(starts[:, i])), default=0)
+    order = np.argsort(starts[:, axis], kind="stable")
+    starts, stops = starts[order], stops[order]
+    # Boxes after i that start before box i ends on `axis`: i's only candidates for an overlap.
+    ends = np.searchsorted(starts[:, axis], stops[:, axis], side="left")
+    for i in np.nonzero(ends > np.arange(len(boxes)) + 1)[0]:
+        later = slice(i + 1, ends[i])
+        if np.any(np.all((starts[later] < stops[i]) & (starts[i] < stops[later]), axis=1)):
+            return "its slices overlap (TensorFlow refuses overlapping slices)"
+    return None
 
 
 class Checkpoint:
@@ -256,9 +275,9 @@ class Checkpoint:
                     f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
                     f"{list(index_shape(region))}")
             slices.append((region, part))
-        if not _covers(shape, [r for r, _ in slices]):
-            raise CorruptCheckpointError(f"{here}: its slices do not cover the whole tensor (does not have "
-                                         "sufficient slices)")
+        problem = _slices_problem(shape, [r for r, _ in slices])
+        if problem:
+            raise CorruptCheckpointError(f"{here}: {problem}")
         return TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
 
     # ---- listing -------------------------------------------------------------------------
@@ -349,6 +368,7 @@ class Checkpoint:
         info = self.info(name)
         if not is_supported(info.dtype_enum):
             numpy_dtype(info.dtype_enum, f"{self.path}: tensor {name!r}")
+        self._check_readable(info)
         try:
             index = expand_index(index, len(info.shape))
             region = normalize_index(index, info.shape)
@@ -366,8 +386,20 @@ class Checkpoint:
     def _data_file(self, shard_id: int) -> str:
         return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
 
-    def _fetch(self, stored: StoredTensor, start: int, out: memoryview, what: str) -> None:
-        """Read ``len(out)`` bytes at ``start`` within a stored tensor, with bounds checks."""
+    def _check_readable(self, info: TensorInfo) -> None:
+        """Refuse, before allocating anything, a tensor numpy cannot hold or whose bytes lie past its files."""
+        here = f"{self.path}: tensor {info.name!r}"
+        if len(info.shape) > _MAX_RANK:
+            raise UnsupportedFormatError(f"{here} has rank {len(info.shape)}; numpy arrays have at most {_MAX_RANK} "
+                                         "dimensions")
+        if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
+            raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
+                                         "byte size overflows 64 bits)")
+        for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
+            self._check_extent(stored, f"tensor {info.name!r}")
+
+    def _check_extent(self, stored: StoredTensor, what: str) -> str:
+        """The data file holding ``stored``; CorruptCheckpointError if its bytes lie past the file's end."""
         file = self._data_file(stored.shard_id)
         if stored.shard_id not in self._shard_sizes:
             self._shard_sizes[stored.shard_id] = self.store.size(file)
@@ -376,6 +408,11 @@ class Checkpoint:
             raise CorruptCheckpointError(
                 f"{self.store.describe(file)}: {what} needs bytes {stored.offset}..{stored.offset + stored.size}, "
                 f"but the file has {size} bytes (truncated?)")
+        return file
+
+    def _fetch(self, stored: StoredTensor, start: int, out: memoryview, what: str) -> None:
+        """Read ``len(out)`` bytes at ``start`` within a stored tensor, with bounds checks."""
+        file = self._check_extent(stored, what)
         began = time.perf_counter()
         try:
             self.store.read_into(file, stored.offset + start, out)
