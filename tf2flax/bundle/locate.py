@@ -19,7 +19,7 @@ import re
 from google.protobuf import text_format
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
-from ..storage import LocalStore, Store, is_url, open_store
+from ..storage import LocalStore, Store, is_url, open_store, redact_url
 from .protos import CheckpointState
 
 STATE_FILE = "checkpoint"
@@ -59,7 +59,7 @@ def _from_directory(store: Store, directory: str) -> tuple[Store, str]:
             if candidate_store.exists(v1_file):
                 _reject_v1(candidate_store, v1_file)
         raise CheckpointNotFoundError(
-            f"{store.describe(STATE_FILE)} points to {latest!r}, but neither it nor "
+            f"{store.describe(STATE_FILE)} points to {redact_url(repr(latest))}, but neither it nor "
             f"{store.describe(candidates[-1][1])} has an .index file")
     if isinstance(store, LocalStore):
         indexes = sorted(f[: -len(".index")] for f in os.listdir(store.location) if f.endswith(".index"))
@@ -67,9 +67,10 @@ def _from_directory(store: Store, directory: str) -> tuple[Store, str]:
             return store, indexes[0]
         if indexes:
             raise CheckpointNotFoundError(
-                f"{directory}: no 'checkpoint' state file and several checkpoints ({', '.join(indexes[:5])}); "
-                "pass a prefix such as " + os.path.join(directory, indexes[-1]))
-    raise CheckpointNotFoundError(f"{directory}: no 'checkpoint' state file and no checkpoint in this directory")
+                f"{redact_url(directory)}: no 'checkpoint' state file and several checkpoints "
+                f"({', '.join(indexes[:5])}); pass a prefix such as {redact_url(os.path.join(directory, indexes[-1]))}")
+    raise CheckpointNotFoundError(
+        f"{redact_url(directory)}: no 'checkpoint' state file and no checkpoint in this directory")
 
 
 def _is_absolute(path: str) -> bool:
@@ -95,7 +96,8 @@ def locate_checkpoint(path: str | os.PathLike) -> tuple[Store, str]:
         return _from_directory(open_store(path + "/" + STATE_FILE)[0], path)
     if store.exists(prefix):
         _reject_v1(store, prefix)
-    raise CheckpointNotFoundError(f"{path}: no checkpoint here (expected {path}.index, or a directory)")
+    shown = redact_url(path)
+    raise CheckpointNotFoundError(f"{shown}: no checkpoint here (expected {shown}.index, or a directory)")
 
 
 def _reject_v1(store: Store, name: str) -> None:
