@@ -13,12 +13,28 @@ import os
 
 import numpy as np
 
+from typing import Any
+
 from . import errors
 from .bundle import Checkpoint, open_checkpoint
-from .convert import ConvertResult, convert
-from .restore import LoadResult, init_params, plan_params
 
 __version__ = "0.1.0"
+
+# jax, flax, orbax and tensorstore load on first use of what needs them: `import tf2flax`, the
+# reader, `list_variables` and `python -m tf2flax ls` of a local checkpoint stay light.
+_LAZY = {"convert": "convert", "ConvertResult": "convert", "init_params": "restore", "LoadResult": "restore",
+         "plan_params": "restore"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tf2flax' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
