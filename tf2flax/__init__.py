@@ -43,8 +43,9 @@ def list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
 
 
 def load_variable(path: str | os.PathLike, name: str) -> np.ndarray:
-    """Drop-in for ``tf.train.load_variable``: one tensor as a numpy array."""
-    return open_checkpoint(path).read(name)
+    """Drop-in for ``tf.train.load_variable``: one tensor as a numpy array of its own (writable)."""
+    with open_checkpoint(path, mmap=False) as ckpt:
+        return ckpt.read(name)
 
 
 __all__ = ["Checkpoint", "ConvertResult", "LoadResult", "convert", "errors", "init_params", "list_variables",

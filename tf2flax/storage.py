@@ -139,6 +139,24 @@ class LocalStore:
                 f"{self.describe(name)}: file ends at byte {len(mapped)}, expected at least {stop} bytes (truncated?)")
         return memoryview(mapped)[start:stop]
 
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Drop the pages of bytes ``[start, stop)`` of ``name`` from this process's resident memory.
+
+        The mapping is shared and read-only, so this loses nothing: the page cache keeps the
+        bytes, and a view that is read again maps them back. Loads call it once they have copied
+        a tensor out, so resident memory holds what was loaded, not the file besides.
+        """
+        with self._lock:
+            mapped = self._maps.get(name)
+        if mapped is None or stop <= start:
+            return
+        lo = start - start % mmap.PAGESIZE
+        hi = min(len(mapped), stop)
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (ValueError, OSError):  # closed meanwhile, or a kernel without madvise: nothing to drop
+            pass
+
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():

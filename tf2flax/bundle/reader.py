@@ -284,6 +284,22 @@ class Checkpoint:
         if close is not None:
             close()
 
+    def release(self, name: str) -> None:
+        """Let go of the resident pages of tensor ``name`` in the mapped data files (nothing is lost:
+        views of it read them back from the page cache). A no-op where nothing is mapped.
+
+        Example::
+
+            params = copy_to_devices(ckpt.read("bert/embeddings/word_embeddings"))
+            ckpt.release("bert/embeddings/word_embeddings")
+        """
+        release = getattr(self.store, "release", None)
+        info = self._infos.get(name)
+        if release is None or self._view is None or info is None:
+            return
+        for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
+            release(self._data_file(stored.shard_id), stored.offset, stored.offset + stored.size)
+
     def __enter__(self) -> Checkpoint:
         return self
 
