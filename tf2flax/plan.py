@@ -321,8 +321,11 @@ class PlanEntry:
         """True when every transform maps regions, so a device's block reads only its bytes."""
         return all(t.region_aware for t in self.transforms)
 
-    def read(self, index: Sequence[slice] | None = None) -> np.ndarray:
-        """The target region ``index`` (whole target if None), reading as little as it can."""
+    def read(self, index: Sequence[slice] | None = None, contiguous: bool = True) -> np.ndarray:
+        """The target region ``index`` (whole target if None), reading as little as it can.
+
+        ``contiguous=False`` may return a strided view (of a mapped file, say) instead of a C-order copy.
+        """
         index = normalize_index(index, self.shape)
         src_index = index
         for t in reversed(self.transforms):
@@ -337,7 +340,7 @@ class PlanEntry:
         array = self.source.read(src_index)
         for t in self.transforms:
             array = t.apply(array)
-        return _contiguous(array)
+        return _contiguous(array) if contiguous else array
 
     def describe(self) -> str:
         steps = "".join(f" -> {_describe_transform(t)}" for t in self.transforms)
