@@ -137,6 +137,53 @@ class ConcatSource:
         return f"concat[axis={self.axis}]({', '.join(p.describe() for p in self.parts)})"
 
 
+@dataclasses.dataclass(frozen=True)
+class StackSource:
+    """Per-layer sources stacked along a new ``axis`` (``{i}`` in an assignment map key).
+
+    A region maps to per-layer sub-regions: reading layers ``a..b-1`` reads only those layers, and
+    only the part of each that the region covers.
+    """
+
+    layers: tuple[Source, ...]
+    axis: int
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise MappingError("a stack needs at least one layer")
+        first = self.layers[0]
+        for i, layer in enumerate(self.layers[1:], 1):
+            if tuple(layer.shape) != tuple(first.shape) or np.dtype(layer.dtype) != np.dtype(first.dtype):
+                raise MappingError(
+                    f"cannot stack layer {i} ({layer.describe()}: {list(layer.shape)} "
+                    f"{np.dtype(layer.dtype).name}) with layer 0 ({first.describe()}: {list(first.shape)} "
+                    f"{np.dtype(first.dtype).name}): every layer must have the same shape and dtype")
+        if not 0 <= self.axis <= len(first.shape):
+            raise MappingError(f"stack axis {self.axis} is out of range for layers of shape {list(first.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.layers[0].shape)
+        shape.insert(self.axis, len(self.layers))
+        return tuple(shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.layers[0].dtype
+
+    def read(self, index: Index) -> np.ndarray:
+        want = index[self.axis]
+        sub = index[: self.axis] + index[self.axis + 1:]
+        blocks = [self.layers[i].read(sub) for i in range(want.start, want.stop)]
+        if not blocks:
+            return np.empty(index_shape(index), self.dtype)
+        return np.stack(blocks, axis=self.axis)
+
+    def describe(self) -> str:
+        last = f" .. {self.layers[-1].describe()}" if len(self.layers) > 1 else ""
+        return f"stack[axis={self.axis}]({self.layers[0].describe()}{last})"
+
+
 class Transform(Protocol):
     """A step from a source array to a target array."""
 

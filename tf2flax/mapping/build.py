@@ -25,6 +25,7 @@ from .hints import dtype_name, shape_hint
 from .names import CheckpointNames, PartAxis, axis_for
 from .presets import Preset, get_preset
 from .rules import RulesSpec, compile_rules
+from .stacking import StackAxis, Stacking, check_stack_axis
 from .transforms import TransformSpecs, parse_spec
 
 
@@ -47,13 +48,15 @@ class MappingReport(Report):
 
 def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, rules: RulesSpec | None = None,
                preset: str | Preset | None = None, transforms: Mapping[Any, Any] | None = None,
-               part_axis: PartAxis = None) -> Plan:
+               part_axis: PartAxis = None, stack_axis: StackAxis = None) -> Plan:
     """The validated plan that loads ``ckpt`` into ``targets`` as ``mapping`` says; reads no tensor data.
 
     ``mapping``: TensorFlow's assignment map (dict or list of pairs), or None to match every target
     path that is a (renamed) checkpoint name. ``rules``/``preset`` rename checkpoint names first.
     ``transforms``: ``{target path or regex: spec}``. ``part_axis``: the axis of ``<var>/part_<n>``
     concatenations and splits (an int, or ``{var: axis}``), inferred from the shapes by default.
+    ``stack_axis``: the new axis of ``{i}`` stacks (an int, or ``{target regex: int}``; the preset's,
+    else 0).
 
     Example::
 
@@ -76,7 +79,10 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
 
     errors: list[str] = []
     notes: list[str] = []
-    loads = auto_assign(names, tvars, errors) if mapping is None else assign(mapping, names, tvars, errors, notes)
+    check_stack_axis(stack_axis)
+    stacking = Stacking(stack_axis)
+    loads = (auto_assign(names, tvars, errors) if mapping is None
+             else assign(mapping, names, tvars, errors, notes, stacking))
     entries: dict[str, tuple[PlanEntry, Load]] = {}
     for load in loads:
         try:

@@ -127,6 +127,7 @@ class CheckpointNames:
                         ids.append(tid)
             self.tensors.append(Tensor(key, label, skipped or dropped))
         self._parts = self._part_groups()
+        self._sorted: list[str] | None = None
 
     def _part_groups(self) -> dict[str, list[str]]:
         found: dict[str, dict[int, str]] = {}
@@ -141,8 +142,10 @@ class CheckpointNames:
         return groups
 
     def names(self) -> list[str]:
-        """Every addressable name (for suggestions)."""
-        return sorted([*self._index, *self._parts])
+        """Every addressable name, sorted (for suggestions and ``{i}`` matching)."""
+        if self._sorted is None:
+            self._sorted = sorted([*self._index, *self._parts])
+        return self._sorted
 
     def resolve(self, name: str) -> Resolved | None:
         """The tensor ``name`` stands for, None if no tensor has that name; ambiguity is an error."""
