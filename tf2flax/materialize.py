@@ -35,7 +35,8 @@ DEFAULT_WORKERS = 8
 class LoadStats:
     """What a load read: bytes from storage, tensors placed, regions read, wall seconds.
 
-    ``full_reads`` counts tensors read whole because a transform could not map regions.
+    ``full_reads`` counts tensors read whole because a transform could not map the regions this
+    process holds (a callable, or a reshape whose regions are not one source box).
     """
 
     bytes_read: int = 0
@@ -98,10 +99,10 @@ def _submit(pool: concurrent.futures.Executor, entry: PlanEntry, regions: list[I
     read as that box in one request; otherwise one task per region. Entries whose transforms
     cannot map regions are read whole once.
     """
-    if not entry.region_aware:
+    if not entry.reads_regions(regions):
         return pool.submit(_read_whole, entry, regions).result
     hull = _hull(regions) if regions and regions[0] else None
-    if hull is not None:
+    if hull is not None and entry.reads_regions([hull]):
         return pool.submit(_read_hull, entry, hull, regions).result
     futures = {_key(r): pool.submit(entry.read, r) for r in regions}
     return lambda: {r: f.result() for r, f in futures.items()}
@@ -129,13 +130,13 @@ def materialize(
 
     def finish() -> None:
         nonlocal in_flight
-        target, entry, sharding, wait, nbytes = pending.popleft()
+        target, entry, sharding, wait, nbytes, whole = pending.popleft()
         blocks = wait()
         out[target] = jax.make_array_from_callback(
             entry.shape, sharding, lambda idx: blocks[_key(normalize_index(idx, entry.shape))])
         stats.tensors += 1
         stats.regions += len(blocks)
-        stats.full_reads += not entry.region_aware
+        stats.full_reads += whole
         in_flight -= nbytes
         if on_progress:
             on_progress(target, nbytes)
@@ -148,7 +149,8 @@ def materialize(
                 nbytes = _nbytes(entry, regions)
                 while pending and in_flight + nbytes > bytes_in_flight:
                     finish()
-                pending.append((target, entry, sharding, _submit(pool, entry, regions), nbytes))
+                pending.append((target, entry, sharding, _submit(pool, entry, regions), nbytes,
+                                not entry.reads_regions(regions)))
                 in_flight += nbytes
             while pending:
                 finish()

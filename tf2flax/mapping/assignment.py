@@ -26,8 +26,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import MappingError
 from ..plan import StackSource
@@ -147,14 +148,23 @@ class _Context:
     stacking: Stacking
 
 
-def auto_assign(names: CheckpointNames, tvars: TargetVars, errors: list[str]) -> list[Load]:
-    """Loads for every target variable whose name is a checkpoint name (no map given)."""
+def auto_assign(names: CheckpointNames, tvars: TargetVars, errors: list[str],
+                stacking: Stacking | None = None) -> list[Load]:
+    """Loads for every target variable whose name is a checkpoint name (no map given), or the name
+    a stacking rule (``{i}`` in a rule's pattern) gathered layers under."""
+    ctx = _Context(names, tvars, errors, [], stacking or Stacking())
     loads = []
     for var in tvars.variables():
         found = _try_resolve(var, names, errors)
         if found is not None:
             leaves, partition = tvars.lookup(var)
             loads.append(Load(found, leaves, partition, var, "matched by name"))
+            continue
+        if names.stacked(var):
+            try:
+                loads.append(_named_load(var, var, ctx, f"stacked layers for {var!r}", "matched by name"))
+            except MappingError as e:
+                errors.append(str(e))
             continue
         for part in tvars.partition(var):  # parts saved as tensors of their own
             found = _try_resolve(part, names, errors)
@@ -178,18 +188,26 @@ def _entry(key: str, target: Any, ctx: _Context) -> list[Load]:
     if isinstance(target, (list, tuple)):
         return [_list_load(key, target, ctx.names, ctx.tvars, origin)]
     path = ctx.tvars.path_of(target)
-    found = ctx.tvars.lookup(path)
-    if found is not None:
-        leaves, partition = found
-        return [Load(_resolve(key, ctx.names, origin), leaves, partition, path, origin)]
+    if ctx.tvars.lookup(path) is not None:
+        return [_named_load(key, path, ctx, origin, origin)]
     loads = []
     for var, name in _scope_names(key, path, ctx, origin):
-        leaves, partition = ctx.tvars.lookup(var)
         try:
-            loads.append(Load(_resolve(name, ctx.names, f"{origin} (for {var!r})"), leaves, partition, var, origin))
+            loads.append(_named_load(name, var, ctx, f"{origin} (for {var!r})", origin))
         except MappingError as e:
             ctx.errors.append(str(e))
     return loads
+
+
+def _named_load(name: str, var: str, ctx: _Context, where: str, origin: str) -> Load:
+    """The load of checkpoint name ``name`` into ``var``: one tensor, or the layers a stacking rule
+    gathered under ``name``."""
+    if ctx.names.resolve(name) is None:
+        layers = ctx.names.stacked(name)
+        if layers:
+            return _stacked_load(layers, name, var, ctx, where, origin)
+    leaves, partition = ctx.tvars.lookup(var)
+    return Load(_resolve(name, ctx.names, where), leaves, partition, var, origin)
 
 
 def _layer_entry(key: str, target: Any, ctx: _Context, origin: str) -> list[Load]:
@@ -217,28 +235,36 @@ def _layer_entry(key: str, target: Any, ctx: _Context, origin: str) -> list[Load
 
 
 def _stack_load(pattern: str, var: str, ctx: _Context, origin: str) -> Load:
-    """Layers ``pattern`` (one ``{i}``) matches, stacked into target ``var`` (one leaf)."""
-    if var not in ctx.tvars.targets:
-        raise MappingError(f"{origin}: stacked layers go into one leaf; {var!r} is a partitioned variable "
-                           f"({', '.join(ctx.tvars.partition(var))})")
-    shape = tuple(ctx.tvars.targets[var].shape)
+    """Layers ``pattern`` (one ``{i}``) matches, stacked into target ``var``."""
     where = f"{origin} (for {var!r})"
-    axis = ctx.stacking.axis_for(var, len(shape))
     found = layer_matches(pattern, ctx.names.names(), where)
     if not found:
         raise MappingError(f"{where}: no checkpoint name matches {pattern!r}."
                            f"{ctx.names.suggest(pattern.replace(LAYER, '0'))}")
-    check_indices(found, shape[axis], pattern, var, axis, shape, where)
+    layers = {i: functools.partial(_resolve, pattern.replace(LAYER, text), ctx.names, where)
+              for i, text in found.items()}
+    return _stacked_load(layers, pattern, var, ctx, where, origin)
+
+
+def _stacked_load(layers: Mapping[int, Callable[[], Resolved]], label: str, var: str, ctx: _Context, where: str,
+                  origin: str) -> Load:
+    """``layers`` (index -> its tensor) stacked into target ``var`` (one leaf) along its stack axis."""
+    if var not in ctx.tvars.targets:
+        raise MappingError(f"{where}: stacked layers go into one leaf; {var!r} is a partitioned variable "
+                           f"({', '.join(ctx.tvars.partition(var))})")
+    shape = tuple(ctx.tvars.targets[var].shape)
+    axis = ctx.stacking.axis_for(var, len(shape))
+    check_indices(layers, shape[axis], label, var, axis, shape, where)
     layer_shape = shape[:axis] + shape[axis + 1:]
-    layers, keys = [], []
+    sources, keys = [], []
     for i in range(shape[axis]):
-        resolved = _resolve(pattern.replace(LAYER, found[i]), ctx.names, where)
+        resolved = layers[i]()
         source = resolved.source
         if ctx.stacking.fit is not None:
             source = ctx.stacking.fit(source, layer_shape, resolved.name)
-        layers.append(source)
+        sources.append(source)
         keys += resolved.keys
-    return Load(Resolved(pattern, StackSource(tuple(layers), axis), tuple(keys)), (var,), None, var, origin)
+    return Load(Resolved(label, StackSource(tuple(sources), axis), tuple(keys)), (var,), None, var, origin)
 
 
 def _list_load(key: str, target: list | tuple, names: CheckpointNames, tvars: TargetVars, origin: str) -> Load:
