@@ -49,3 +49,44 @@ def write_tf1_variables(directory: str | os.PathLike, values: dict[str, np.ndarr
 def seeded(shape: tuple[int, ...], seed: int, dtype: type = np.float32) -> np.ndarray:
     """Distinct, reproducible values of ``shape``."""
     return (np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+def t5_values(version: str, layers: int = 2, d_model: int = 8, kv: int = 16, d_ff: int = 12, vocab: int = 20,
+              heads: int = 2, buckets: int = 4) -> dict[str, np.ndarray]:
+    """A Mesh-TensorFlow T5 checkpoint's tensors, named as Mesh-TF names them (bfloat16 parameters,
+    float32 Adafactor slots, an int64 ``global_step``).
+
+    ``version="1.0"``: T5.1.0 (``layer_norm``, ``DenseReluDense/wi``, logits tied to the embedding,
+    one relative position bias per tower). ``"1.1"``: T5.1.1 (``rms_norm``, ``wi_0``/``wi_1``, separate
+    ``decoder/logits``) with a relative position bias in every block.
+    """
+    import ml_dtypes
+
+    t11 = version == "1.1"
+    norm = "rms_norm" if t11 else "layer_norm"
+    final = "rms_norm" if t11 else "final_layer_norm"
+    values: dict[str, np.ndarray] = {"shared/embedding": (vocab, d_model)}
+    for tower, attentions in (("encoder", ["SelfAttention"]), ("decoder", ["SelfAttention", "EncDecAttention"])):
+        for b in range(layers):
+            block = f"{tower}/block_{b:03d}"
+            for sub, kind in enumerate(attentions):
+                p = f"{block}/layer_{sub:03d}"
+                values.update({f"{p}/{kind}/{m}": (d_model, kv) for m in "qkv"})
+                values[f"{p}/{kind}/o"] = (kv, d_model)
+                values[f"{p}/{norm}/scale"] = (d_model,)
+            if b == 0 or t11:
+                values[f"{block}/layer_000/SelfAttention/relative_attention_bias"] = (heads, buckets)
+            p = f"{block}/layer_{len(attentions):03d}"
+            for wi in (["wi_0", "wi_1"] if t11 else ["wi"]):
+                values[f"{p}/DenseReluDense/{wi}/kernel"] = (d_model, d_ff)
+            values[f"{p}/DenseReluDense/wo/kernel"] = (d_ff, d_model)
+            values[f"{p}/{norm}/scale"] = (d_model,)
+        values[f"{tower}/{final}/scale"] = (d_model,)
+    if t11:
+        values["decoder/logits/kernel"] = (d_model, vocab)
+    out = {name: seeded(shape, i).astype(ml_dtypes.bfloat16) for i, (name, shape) in enumerate(sorted(values.items()))}
+    out["encoder/block_000/layer_000/SelfAttention/q_slot_vr"] = seeded((d_model,), 100)
+    out["encoder/block_000/layer_000/SelfAttention/q_slot_vc"] = seeded((kv,), 101)
+    out[f"encoder/{final}/scale_slot_v"] = seeded((d_model,), 102)
+    out["global_step"] = np.array(1000, np.int64)
+    return out
