@@ -61,7 +61,7 @@ def _leaf(path: str) -> str:
 
 
 def _tf1(m: re.Match) -> str:
-    return _leaf(re.sub(r"^layer_(\d+)/", r"layer/\1/", m.group(1)))
+    return _leaf(re.sub(r"^encoder/layer_(\d+)/", r"encoder/layer/\1/", m.group(1)))
 
 
 def _garden(m: re.Match) -> str:
