@@ -15,7 +15,7 @@ import numpy as np
 
 from . import errors
 from .bundle import Checkpoint, open_checkpoint
-from .convert import ConvertResult, convert
+from .conversion import ConvertResult, convert
 from .restore import LoadResult, init_params, plan_params
 
 __version__ = "0.1.0"

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     import jax
 
-    from .convert import ConvertWarning, convert, load_map_file
+    from .conversion import ConvertWarning, convert, load_map_file
 
     if "JAX_PLATFORMS" not in os.environ:  # converting needs no accelerator: leave GPUs/TPUs alone
         jax.config.update("jax_platforms", "cpu")

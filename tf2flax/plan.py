@@ -512,9 +512,18 @@ class Report:
     unused: list[str] = dataclasses.field(default_factory=list)
     unset: list[str] = dataclasses.field(default_factory=list)
 
-    def summary(self) -> str:
+    def lines(self) -> list[str]:
+        """Every match as ``target <- source -> transform ...``, in target order."""
+        return [f"{target} <- {source}" for target, source in self.matched.items()]
+
+    def summary(self, max_matched: int = 20) -> str:
+        """Counts, then the first ``max_matched`` matches (all with ``None``), unused and unset names."""
         lines = [f"matched {len(self.matched)} target(s), {len(self.unused)} checkpoint tensor(s) unused, "
                  f"{len(self.unset)} target(s) unset"]
+        shown = self.lines()[:max_matched] if max_matched is not None else self.lines()
+        lines += [f"  {line}" for line in shown]
+        if len(shown) < len(self.matched):
+            lines.append(f"  ... and {len(self.matched) - len(shown)} more match(es) (report.lines() has all)")
         lines += [f"  unused: {n}" for n in self.unused]
         lines += [f"  unset:  {n}" for n in self.unset]
         return "\n".join(lines)
