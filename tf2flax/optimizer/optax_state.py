@@ -308,20 +308,25 @@ class _Builder:
             leaves = {f: _join(path, f, param) for f in fields if param in members[f]}
             if leaves:
                 self._param(node, param, leaves)
+        placeholders = self._fill_placeholders(node, path)
         for f in fields:
-            self.unset |= {_join(path, f, p) for p in members[f]} - set(self.entries) - self._placeholders(node, path)
+            self.unset |= {_join(path, f, p) for p in members[f]} - set(self.entries) - placeholders
         if self.errors:
             head = self.errors[0] if len(self.errors) == 1 else (
                 f"{len(self.errors)} problems:\n- " + "\n- ".join(self.errors))
             raise MappingError(head)
 
-    def _placeholders(self, node: Any, path: str) -> set[str]:
-        """Adafactor's (1,)-shaped stand-ins: v for factored parameters, v_row/v_col for the others."""
+    def _fill_placeholders(self, node: Any, path: str) -> set[str]:
+        """Adafactor's (1,)-shaped stand-ins (v for factored parameters, v_row/v_col for the others), set to
+        zeros and placed like the count, so that an abstract state (``jax.eval_shape``) comes out whole."""
         if not isinstance(node, optax.FactoredState):
             return set()
         out = set()
         for f in ("v_row", "v_col", "v"):
             out |= {_join(path, f, p) for p, leaf in flatten_targets(getattr(node, f)).items() if leaf.shape == (1,)}
+        for p in out - set(self.entries):
+            leaf = self.targets[p]
+            self._value(p, ValueSource(np.zeros(leaf.shape, np.dtype(leaf.dtype)), "placeholder zeros"))
         return out
 
     def _count(self, path: str, step: int | None, source: str) -> None:
@@ -332,10 +337,15 @@ class _Builder:
             self.unset.add(path)
             return
         value = np.asarray(step, dtype=np.dtype(leaf.dtype))
-        self.entries[path] = PlanEntry(path, ValueSource(value, f"step {step} ({source})"))
-        sharding = leaf.sharding or (NamedSharding(self.mesh, PartitionSpec()) if self.mesh else None)
-        if sharding is not None:
-            self.placement[path] = sharding
+        self._value(path, ValueSource(value, f"step {step} ({source})"))
+
+    def _value(self, path: str, source: ValueSource) -> None:
+        """A leaf set from a known value, replicated over the parameters' mesh unless it carries a sharding
+        over several devices (``tx.init`` outside ``jit`` puts scalars on one device)."""
+        self.entries[path] = PlanEntry(path, source)
+        own = self.targets[path].sharding
+        if self.mesh is not None and (own is None or len(own.device_set) == 1):
+            self.placement[path] = NamedSharding(self.mesh, PartitionSpec())
 
     def _param(self, node: Any, param: str, leaves: dict[str, str]) -> None:
         entry = self.plan.entries[param]
