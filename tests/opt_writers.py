@@ -197,6 +197,20 @@ def eager_v1_adam(directory: Path, b1: float = 0.9, b2: float = 0.999, eps: floa
 
 def keras3_adam(directory: Path, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7) -> TrainedRun:
     """A Keras 3 model trained with ``keras.optimizers.Adam``; slots ``<opt>/<var>_momentum``/``_velocity``."""
+    import keras
+
+    return _keras3(directory, keras.optimizers.Adam(LR, beta_1=b1, beta_2=b2, epsilon=eps))
+
+
+def keras3_sgd(directory: Path, momentum: float = 0.9) -> TrainedRun:
+    """A Keras 3 model trained with ``keras.optimizers.SGD(momentum=...)``; slots ``<opt>/<var>_momentum``
+    (slots ``m``: Keras's velocity, ``-lr`` x optax's trace)."""
+    import keras
+
+    return _keras3(directory, keras.optimizers.SGD(LR, momentum=momentum))
+
+
+def _keras3(directory: Path, opt) -> TrainedRun:
     T = tf()
     import keras
 
@@ -205,7 +219,6 @@ def keras3_adam(directory: Path, b1: float = 0.9, b2: float = 0.999, eps: float 
     for layer in model.layers:
         layer.kernel.assign(_init(f"{layer.name}/kernel"))
         layer.bias.assign(_init(f"{layer.name}/bias"))
-    opt = keras.optimizers.Adam(LR, beta_1=b1, beta_2=b2, epsilon=eps)
     by_name = {f"{layer.name}/{w}": getattr(layer, w) for layer in model.layers for w in ("kernel", "bias")}
 
     def step() -> dict:
@@ -221,7 +234,9 @@ def keras3_adam(directory: Path, b1: float = 0.9, b2: float = 0.999, eps: float 
     slots = {}
     for n, var in by_name.items():
         i = opt._get_variable_index(var)
-        slots[f"{n}/m"], slots[f"{n}/v"] = opt._momentums[i].numpy(), opt._velocities[i].numpy()
+        slots[f"{n}/m"] = (opt._momentums if hasattr(opt, "_momentums") else opt.momentums)[i].numpy()
+        if hasattr(opt, "_velocities"):
+            slots[f"{n}/v"] = opt._velocities[i].numpy()
     params = {n: np.asarray(x.numpy()) for n, x in by_name.items()}
     g = step()
     return TrainedRun(prefix, params, slots, STEPS, {n: np.asarray(x) for n, x in g.items()},

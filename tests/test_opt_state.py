@@ -76,8 +76,12 @@ FAMILIES = {
                   {"mu": "{}/m", "nu": "{}/v"}),
     "keras3": (lambda d: W.keras3_adam(d, B1, B2), "keras3", lambda r: optax.adam(W.LR, B1, B2, eps_hat(1e-7, r.step)), {},
                {"mu": "{}/m", "nu": "{}/v"}),
+    "keras3_sgd": (W.keras3_sgd, "keras3", lambda r: optax.sgd(W.LR, momentum=0.9), {}, {"trace": "{}/m"}),
     "mtf_adafactor": (W.mtf_adafactor, "tf1", lambda r: optax.adafactor(W.LR, min_dim_size_to_factor=3), {}, None),
 }
+
+
+KINDS = {"tf1_momentum": optax.TraceState, "keras3_sgd": optax.TraceState, "mtf_adafactor": optax.FactoredState}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +105,8 @@ def _load(run, family, **options):
 def _expected_slots(run, family) -> dict[str, dict[str, np.ndarray]]:
     """{field: {param name: TF's slot}} for the state's slot fields."""
     names = FAMILIES[family][4]
+    if family == "keras3_sgd":   # Keras keeps -lr x the trace
+        return {"trace": {p: run.slots[f"{p}/m"] * np.float32(-1 / W.LR) for p in W.SHAPES}}
     if names is not None:
         return {field: {p: run.slots[pattern.format(p)] for p in W.SHAPES} for field, pattern in names.items()}
     out: dict = {"v_row": {}, "v_col": {}, "v": {}}
@@ -119,8 +125,8 @@ def _expected_slots(run, family) -> dict[str, dict[str, np.ndarray]]:
 def test_moments_equal_tf_slots_and_count_equals_step(runs, family):
     run = runs[family]
     _, _, state, report = _load(run, family)
-    assert report.family == family
-    kind = {"tf1_momentum": optax.TraceState, "mtf_adafactor": optax.FactoredState}.get(family, optax.ScaleByAdamState)
+    assert report.family == {"keras3_sgd": "keras3"}.get(family, family)
+    kind = KINDS.get(family, optax.ScaleByAdamState)
     (node,) = _find(state, kind)
     for field, expected in _expected_slots(run, family).items():
         got = flat(getattr(node, field))
@@ -157,7 +163,7 @@ def test_sharded_on_8_devices(runs, family):
     state, report = tf2flax.init_opt_state(run.prefix, MAPS[FAMILIES[family][1]], params,
                                            jax.eval_shape(tx.init, params), mesh=mesh, sharding_rules=RULES, return_report=True, progress=False,
                                            **FAMILIES[family][3])
-    kind = {"tf1_momentum": optax.TraceState, "mtf_adafactor": optax.FactoredState}.get(family, optax.ScaleByAdamState)
+    kind = KINDS.get(family, optax.ScaleByAdamState)
     (node,) = _find(state, kind)
     sharded = {p: x.sharding for p, x in flat_arrays(params).items()}
     for field, expected in _expected_slots(run, family).items():
