@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,15 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __getattr__(name: str) -> Any:
+    """``init_opt_state``/``OptStateReport`` on first use: optax is imported only by those who need it."""
+    if name in ("init_opt_state", "OptStateReport"):
+        from . import optimizer
+
+        return getattr(optimizer, name)
+    raise AttributeError(f"module 'tf2flax' has no attribute {name!r}")
+
+
 def list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
     """Drop-in for ``tf.train.list_variables``: [(name, shape)] sorted by name."""
     return open_checkpoint(path).list_variables()
@@ -48,5 +58,5 @@ def load_variable(path: str | os.PathLike, name: str) -> np.ndarray:
         return ckpt.read(name)
 
 
-__all__ = ["Checkpoint", "ConvertResult", "LoadResult", "convert", "errors", "init_params", "list_variables",
-           "load_variable", "open_checkpoint", "plan_params"]
+__all__ = ["Checkpoint", "ConvertResult", "LoadResult", "OptStateReport", "convert", "errors", "init_opt_state",
+           "init_params", "list_variables", "load_variable", "open_checkpoint", "plan_params"]
