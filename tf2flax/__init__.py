@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # jax, flax, orbax and tensorstore load on first use of what needs them: `import tf2flax`, the
 # reader, `list_variables` and `python -m tf2flax ls` of a local checkpoint stay light.
 _LAZY = {"convert": "conversion", "ConvertResult": "conversion", "init_params": "restore", "LoadResult": "restore",
-         "plan_params": "restore"}
+         "plan_params": "restore", "init_opt_state": "optimizer", "OptStateReport": "optimizer"}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,15 +36,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
-
-
-def __getattr__(name: str) -> Any:
-    """``init_opt_state``/``OptStateReport`` on first use: optax is imported only by those who need it."""
-    if name in ("init_opt_state", "OptStateReport"):
-        from . import optimizer
-
-        return getattr(optimizer, name)
-    raise AttributeError(f"module 'tf2flax' has no attribute {name!r}")
 
 
 def list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
