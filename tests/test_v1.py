@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import tf2flax
 import tf_writers
 from tf2flax.bundle.locate import LocationWarning
-from tf2flax.convert import ConvertWarning
+from tf2flax.conversion import ConvertWarning
 from tf2flax.bundle.protos import SavedTensorSlices
 from tf2flax.bundle.slice_key import encode_slice_key
 from tf2flax.bundle.v1 import V1Checkpoint
