@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from .errors import Tf2FlaxError
 from .progress import human_bytes
+from .storage import redact_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Tf2FlaxError, OSError) as e:
         if args.debug:
             raise
-        print(f"tf2flax: error: {e}", file=sys.stderr)
+        print(f"tf2flax: error: {redact_url(str(e), limit=2000)}", file=sys.stderr)
         return 2
 
 
@@ -120,7 +121,7 @@ def _convert(args: argparse.Namespace) -> int:
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning):
-            print(f"tf2flax: warning: {w.message}", file=sys.stderr)
+            print(f"tf2flax: warning: {redact_url(str(w.message), limit=2000)}", file=sys.stderr)
     if args.dry_run:
         print(result.describe())
     if not args.quiet or args.dry_run:

@@ -32,7 +32,7 @@ import warnings
 from google.protobuf import text_format
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
-from ..storage import LocalStore, Store, is_url, open_store
+from ..storage import LocalStore, Store, is_url, open_store, redact_url
 from .protos import CheckpointState
 from .table import FOOTER_SIZE, is_table_footer
 
@@ -153,7 +153,7 @@ def _from_state_file(store: Store, directory: str) -> Location:
         here = _checkpoint_at(store, base)
         if here is not None:
             if not foreign and not _same_place(store, latest):
-                warnings.warn(f"{store.describe(STATE_FILE)} names {latest!r}; reading the copy in the directory you "
+                warnings.warn(f"{store.describe(STATE_FILE)} names {redact_url(repr(latest))}; reading the copy in the directory you "
                               f"named, {store.describe(base)}", LocationWarning, stacklevel=5)
             return here
         candidates = [] if foreign else [open_store(latest)]
@@ -163,7 +163,7 @@ def _from_state_file(store: Store, directory: str) -> Location:
         if found is not None:
             return found
     raise CheckpointNotFoundError(
-        f"{store.describe(STATE_FILE)} points to {latest!r}, but neither it nor "
+        f"{store.describe(STATE_FILE)} points to {redact_url(repr(latest))}, but neither it nor "
         f"{store.describe(candidates[-1][1])} has an .index file")
 
 
@@ -195,9 +195,10 @@ def _from_directory(store: Store, directory: str) -> Location:
             return Location(store, indexes[0])
         if indexes:
             raise CheckpointNotFoundError(
-                f"{directory}: no 'checkpoint' state file and several checkpoints ({', '.join(indexes[:5])}); "
-                "pass a prefix such as " + os.path.join(directory, indexes[-1]))
-    raise CheckpointNotFoundError(f"{directory}: no 'checkpoint' state file and no checkpoint in this directory")
+                f"{redact_url(directory)}: no 'checkpoint' state file and several checkpoints "
+                f"({', '.join(indexes[:5])}); pass a prefix such as {redact_url(os.path.join(directory, indexes[-1]))}")
+    raise CheckpointNotFoundError(
+        f"{redact_url(directory)}: no 'checkpoint' state file and no checkpoint in this directory")
 
 
 def _is_absolute(path: str) -> bool:
@@ -238,7 +239,8 @@ def locate(path: str | os.PathLike) -> Location:
             return _from_directory(directory, path)
     if store.exists(prefix):
         _refuse(store, prefix)
-    raise CheckpointNotFoundError(f"{path}: no checkpoint here (expected {path}.index, or a directory)")
+    shown = redact_url(path)
+    raise CheckpointNotFoundError(f"{shown}: no checkpoint here (expected {shown}.index, or a directory)")
 
 
 def locate_checkpoint(path: str | os.PathLike) -> tuple[Store, str]:

@@ -28,6 +28,9 @@ _NO_COMPRESSION, _SNAPPY = 0, 1
 # Snappy expands at most ~22x (a 3-byte copy of 64 bytes); a block claiming more is corrupt, and
 # refusing it before decompressing bounds the memory a small hostile file can cost.
 _MAX_SNAPPY_EXPANSION = 32
+# TensorFlow writes a full key every 16 entries (``block_restart_interval``), so a key is at most the
+# bytes stored since its restart point and a block's keys add up to at most 16x the block.
+_RESTART_INTERVAL = 16
 
 
 def _block_handle(data: bytes | memoryview, pos: int) -> tuple[int, int, int]:
@@ -90,6 +93,7 @@ def _block_entries(block: memoryview) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     key = b""
     pos = 0
+    budget = _RESTART_INTERVAL * limit
     while pos < limit:
         # Three varints; one byte each in nearly every entry, so that case is inlined.
         if data[pos] < 128 and pos + 2 < limit and data[pos + 1] < 128 and data[pos + 2] < 128:
@@ -103,6 +107,10 @@ def _block_entries(block: memoryview) -> list[tuple[bytes, bytes]]:
         if shared > len(key) or end > limit:
             raise DecodeError(f"block entry at byte {pos} overruns its block")
         key = key[:shared] + data[pos:pos + non_shared]
+        budget -= len(key)
+        if budget < 0:
+            raise DecodeError(f"block's keys expand to more than {_RESTART_INTERVAL}x its {limit} bytes "
+                              "(prefix-compressed keys that no table writer produces)")
         out.append((key, data[pos + non_shared:end]))
         pos = end
     return out
