@@ -67,8 +67,15 @@ class Location:
         if self.container:
             return f"{self.container} variables: {where}"
         if self.format == "v1":
+            where = describe_v1(self.store, self.prefix, self.files)
             return f"V1 checkpoint: {where}" + (f" ({len(self.files)} files)" if len(self.files) > 1 else "")
         return f"V2 checkpoint: {where}"
+
+
+def describe_v1(store: Store, prefix: str, files: tuple[str, ...]) -> str:
+    """A V1 checkpoint's name for messages: its pattern (``model-?????-of-00002``), or for URLs, where
+    ``?`` starts a query string, its first file."""
+    return store.describe(files[0] if "?" in prefix and is_url(store.location) else prefix)
 
 
 def _parse_state(store: Store) -> list[str]:
