@@ -30,7 +30,7 @@ from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
-from .locate import locate
+from .locate import ends_like_a_table, locate
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
@@ -38,6 +38,8 @@ from .table import parse_table
 
 # numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
 _MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
+# An index larger than this (or of unknown size: a URL) has its footer checked before it is read whole.
+_SNIFF_ABOVE = 1 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
@@ -203,6 +205,9 @@ class Checkpoint:
         index_name = prefix + ".index"
         where = store.describe(index_name)
         try:
+            size = store.size(index_name)
+            if (size is None or size > _SNIFF_ABOVE) and not ends_like_a_table(store, index_name):
+                raise DecodeError("it does not end in a table footer")  # read no more of a large foreign file
             entries = parse_table(store.read(index_name), verify_checksums=True)
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
