@@ -38,7 +38,7 @@ from .table import parse_table
 
 # numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
 _MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
-# An index larger than this (or of unknown size: a URL) has its footer checked before it is read whole.
+# A local index larger than this has its footer checked before it is read whole.
 _SNIFF_ABOVE = 1 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
@@ -205,8 +205,8 @@ class Checkpoint:
         index_name = prefix + ".index"
         where = store.describe(index_name)
         try:
-            size = store.size(index_name)
-            if (size is None or size > _SNIFF_ABOVE) and not ends_like_a_table(store, index_name):
+            size = store.size(index_name)  # known for local files; remote ones are read as they come
+            if size is not None and size > _SNIFF_ABOVE and not ends_like_a_table(store, index_name):
                 raise DecodeError("it does not end in a table footer")  # read no more of a large foreign file
             entries = parse_table(store.read(index_name), verify_checksums=True)
         except DecodeError as e:
