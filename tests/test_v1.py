@@ -7,7 +7,10 @@ slices. Damaged V1 files are fuzzed like the V2 table parser: only tf2flax error
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -138,6 +141,11 @@ def test_copied_run_reads_its_own_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tf2flax.open_checkpoint(run2 / "model")  # named directly: no state file, no warning
+    done = subprocess.run([sys.executable, "-m", "tf2flax", "ls", str(run2)], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith(f"V1 checkpoint: {run2}/model\n")
+    assert done.stderr == (f"tf2flax: warning: {run2}/checkpoint names '{run1}/model'; reading the copy in the "
+                           f"directory you named, {run2}/model\n")
 
 
 def test_state_file_alone_follows_its_absolute_path(tmp_path):
