@@ -209,8 +209,12 @@ class V1Checkpoint(Checkpoint):
         except RegionError as e:
             raise RegionError(f"{self.path}: tensor {name!r} of shape {list(info.shape)}: {e}") from None
         squeeze = {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
-        out = np.empty(index_shape(region), info.dtype)
         parts = info.slices or ((normalize_index(None, info.shape), info.stored),)
+        if info.stored is not None:  # saved whole: the decoded slice is the tensor
+            values = self._slice_values(info, parts[0][0], info.stored)
+            out = values if region == parts[0][0] else np.ascontiguousarray(values[region])
+            return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
+        out = np.empty(index_shape(region), info.dtype)
         for part_region, stored in parts if out.size else ():
             lo = [max(a.start, b.start) for a, b in zip(region, part_region)]
             hi = [min(a.stop, b.stop) for a, b in zip(region, part_region)]
