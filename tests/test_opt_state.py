@@ -211,6 +211,19 @@ def test_wrappers_chain_inject_hyperparams_multisteps(runs):
     assert report.count_source.startswith("beta1_power")   # b1 found in inject_hyperparams
 
 
+@pytest.mark.parametrize("family", ["tf1_adam", "keras3"])
+def test_epsilon_hat_as_an_inject_hyperparams_schedule(runs, family):
+    """The docs' recipe: eps = eps_tf / sqrt(1 - b2^(count + 1)) follows TF's epsilon hat at every step."""
+    run = runs[family]
+    params = nest(run.params)
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=W.LR, b1=B1, b2=B2,
+                                              eps=lambda count: 1e-7 / jnp.sqrt(1 - B2 ** (count + 1)))
+    state = tf2flax.init_opt_state(run.prefix, MAPS[FAMILIES[family][1]], params, tx.init(params), progress=False)
+    new = flat(_step(tx, params, state, nest(run.grads)))
+    for p, want in run.next_params.items():
+        np.testing.assert_allclose(new[p], want, rtol=1e-6, atol=1e-7, err_msg=f"{family} {p}")
+
+
 def test_count_from_beta1_power_needs_b1(runs):
     run = runs["tf2_slots"]                                  # no step counter: only beta1_power
     params = nest(run.params)

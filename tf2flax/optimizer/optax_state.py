@@ -40,8 +40,11 @@ from ..targets import TargetLeaf, flatten_targets, unflatten_targets
 from .slots import Slots, find_slots, strip_value_suffix
 
 _SLOT_STATES = (optax.ScaleByAdamState, optax.TraceState, optax.FactoredState)
+# a callable hyperparameter of inject_hyperparams keeps its own step count (optax has no public name for it)
+_WRAPPED_SCHEDULE = getattr(getattr(optax.schedules, "_inject", None), "WrappedScheduleState", None)
 _COUNTERS = {optax.ScaleByScheduleState: "count", optax.InjectHyperparamsState: "count",
-             optax.InjectStatefulHyperparamsState: "count", optax.MultiStepsState: "gradient_step"}
+             optax.InjectStatefulHyperparamsState: "count", optax.MultiStepsState: "gradient_step",
+             **({_WRAPPED_SCHEDULE: "count"} if _WRAPPED_SCHEDULE else {})}
 _NODES = (*_SLOT_STATES, *_COUNTERS)
 _STATE_NAMES = {optax.ScaleByAdamState: "ScaleByAdamState (adam, adamw)",
                 optax.TraceState: "TraceState (sgd with momentum)",
@@ -156,7 +159,7 @@ def init_opt_state(
     ``ScaleByAdamState`` (``count``, ``mu``, ``nu``), ``TraceState`` and ``FactoredState`` in the
     state, also inside ``chain``/``inject_hyperparams``/``MultiSteps``, whose counters
     (``InjectHyperparamsState.count``, ``MultiStepsState.gradient_step``, ``ScaleByScheduleState.count``)
-    get the step count too.
+    and the counts of ``inject_hyperparams``' schedules get the step count too.
 
     ``family`` picks a slot family when a checkpoint has several; ``count`` overrides the step count,
     which is otherwise the iteration counter, or for TF1 Adam ``beta1_power`` = b1^(count+1) when
