@@ -10,6 +10,7 @@ own ``tf.compat.v1`` optimizer under eager, which saves slots the same way.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -308,3 +309,34 @@ def test_readme_example_runs_as_written(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == expected
+
+
+T5 = Path("/work/shared/realworld/t5x_mtf_tiny_t5")
+
+
+def test_real_t5_adafactor_slots_dry_run():
+    """The real Mesh-TF T5 checkpoint (its slot data is not shipped: a dry run). With T5X's names,
+    optax.adafactor's defaults keep a full ``v`` for every parameter, as Mesh-TF did: each ``v`` comes
+    from the ``_slot_v`` T5X's importer puts there."""
+    expected = json.loads((T5 / "t5x_importer_expected.json").read_text())
+    params = {"target": {}}
+    mapping = []
+    for path, info in expected["params_only"].items():
+        node = params["target"]
+        *scopes, leaf = path.split("/")
+        for scope in scopes:
+            node = node.setdefault(scope, {})
+        node[leaf] = jax.ShapeDtypeStruct(tuple(info["shape"]), jnp.dtype(info["dtype"]))
+        mapping.append((info["tf_name"], f"target/{path}"))
+    state = jax.eval_shape(optax.adafactor(1e-3).init, params)
+    report = tf2flax.init_opt_state(T5 / "model.ckpt-0", mapping, params, state, dry_run=True, strict=True,
+                                    progress=False)
+    assert report.family == "mtf_adafactor" and report.count == 0 and report.count_source == "global_step"
+    want = {f"0/v/target/{k[len('state/param_states/'):-len('/v')]}": v["tf_name"]
+            for k, v in expected["full_state"].items() if k.endswith("/v") and v.get("tf_name")}
+    got = {leaf: slot for slots in report.params.values() for leaf, slot in slots.items()}
+    assert got == want and len(got) == 52
+    with pytest.raises(MappingError, match=r"factored \(v_row/v_col\) but the optax state's is unfactored|"
+                                           r"unfactored \(full v\) but the optax state's is factored"):
+        small = jax.eval_shape(optax.adafactor(1e-3, min_dim_size_to_factor=32).init, params)
+        tf2flax.init_opt_state(T5 / "model.ckpt-0", mapping, params, small, dry_run=True, progress=False)

@@ -143,6 +143,7 @@ def init_opt_state(
     b1: float | None = None,
     learning_rate: float | None = None,
     strict: bool = False,
+    dry_run: bool = False,
     report: bool = False,
     return_report: bool = False,
     shardings: Any = None,
@@ -165,7 +166,8 @@ def init_opt_state(
     which is otherwise the iteration counter, or for TF1 Adam ``beta1_power`` = b1^(count+1) when
     ``b1`` is given (or found in ``inject_hyperparams``). ``learning_rate`` converts Keras SGD's
     momentum (which holds ``-lr * trace``) when the checkpoint stores no learning rate.
-    ``strict=True`` fails on unused slots or unset state leaves. ``return_report=True`` returns
+    ``strict=True`` fails on unused slots or unset state leaves. ``dry_run=True`` validates everything
+    and returns the :class:`OptStateReport` without reading any slot. ``return_report=True`` returns
     ``(opt_state, OptStateReport)``; ``report=True`` prints its summary to stderr.
 
     Example::
@@ -202,6 +204,8 @@ def init_opt_state(
             check_sharding(path, entry.shape, builder.placement[path])
     if report:
         print(rep.summary(), file=sys.stderr)
+    if dry_run:
+        return rep
     before = ckpt.stats.bytes_read
     with ByteProgress(planned_bytes(state_plan, builder.placement), progress, description="optimizer state") as bar:
         values, rep.stats = materialize(state_plan, builder.placement, bytes_in_flight=bytes_in_flight,
