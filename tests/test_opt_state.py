@@ -340,3 +340,26 @@ def test_real_t5_adafactor_slots_dry_run():
                                            r"unfactored \(full v\) but the optax state's is factored"):
         small = jax.eval_shape(optax.adafactor(1e-3, min_dim_size_to_factor=32).init, params)
         tf2flax.init_opt_state(T5 / "model.ckpt-0", mapping, params, small, dry_run=True, progress=False)
+
+
+def test_stacked_layers_and_partitioned_variable_slots(tmp_path):
+    """Slots follow ``{i}`` stacking and a partitioned (sliced) variable, sharded on 8 devices."""
+    run = W.tf1_adam_layers(tmp_path)
+    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    params = {"params": {"layers": {"kernel": jnp.zeros((2, 4, 4))}, "emb": jnp.zeros((8, 4))}}
+    mapping = {"layer_{i}/": "params/layers/", "emb": "params/emb"}
+    rules = [(r"layers/kernel$", P(None, None, "model")), (r"emb$", P("data", "model"))]
+    params = tf2flax.init_params(run.prefix, mapping, params, mesh=mesh, sharding_rules=rules, progress=False)
+    tx = optax.adam(W.LR)
+    state, report = tf2flax.init_opt_state(run.prefix, mapping, params, jax.eval_shape(tx.init, params), mesh=mesh,
+                                           sharding_rules=rules, return_report=True, strict=True, progress=False)
+    node = state[0]
+    np.testing.assert_array_equal(node.mu["params"]["layers"]["kernel"],
+                                  np.stack([run.slots["layer_0/kernel/m"], run.slots["layer_1/kernel/m"]]))
+    np.testing.assert_array_equal(node.nu["params"]["layers"]["kernel"],
+                                  np.stack([run.slots["layer_0/kernel/v"], run.slots["layer_1/kernel/v"]]))
+    np.testing.assert_array_equal(node.mu["params"]["emb"], run.slots["emb/m"])
+    assert node.mu["params"]["emb"].sharding.is_equivalent_to(params["params"]["emb"].sharding, 2)
+    assert node.nu["params"]["layers"]["kernel"].sharding.is_equivalent_to(params["params"]["layers"]["kernel"].sharding, 3)
+    assert int(node.count) == run.step
+    assert report.params["params/layers/kernel"]["0/mu/params/layers/kernel"].startswith("stack[axis=0](layer_0/kernel/Adam")

@@ -138,6 +138,7 @@ def init_opt_state(
     preset: Any = None,
     transforms: Mapping[Any, Any] | None = None,
     part_axis: int | Mapping[str, int] | None = None,
+    stack_axis: int | Mapping[str, int] | None = None,
     family: str | None = None,
     count: int | None = None,
     b1: float | None = None,
@@ -154,7 +155,7 @@ def init_opt_state(
 ) -> Any:
     """``opt_state`` with its moments and step count loaded from the optimizer slots of ``ckpt``.
 
-    ``mapping`` and ``rules``/``preset``/``transforms``/``part_axis`` are those of the ``init_params``
+    ``mapping`` and ``rules``/``preset``/``transforms``/``part_axis``/``stack_axis`` are those of the ``init_params``
     call that loaded ``params``; so are ``shardings``/``mesh``/``sharding_rules``, which place each
     moment like its parameter (otherwise a leaf keeps the sharding it carries). Filled: every
     ``ScaleByAdamState`` (``count``, ``mu``, ``nu``), ``TraceState`` and ``FactoredState`` in the
@@ -178,7 +179,7 @@ def init_opt_state(
     ckpt = as_checkpoint(ckpt)
     param_targets = flatten_targets(params)
     plan = build_plan(ckpt, mapping, param_targets, rules=rules, preset=preset, transforms=transforms,
-                      part_axis=part_axis)
+                      part_axis=part_axis, stack_axis=stack_axis)
     slots = find_slots(ckpt, family)
     nodes = _find_nodes(opt_state)
     slot_nodes = [(p, n) for p, n in nodes if isinstance(n, _SLOT_STATES)]
@@ -417,21 +418,19 @@ class _Builder:
         self.params.setdefault(param, {})[path] = source.describe()
 
     def _factored(self, param: str, entry: PlanEntry, leaves: dict[str, str]) -> None:
-        """Adafactor's second moment: ``v`` (full shape), or ``v_row``/``v_col`` (one axis reduced each)."""
+        """Adafactor's second moment: ``v`` (full shape, follows the parameter like any moment), or
+        ``v_row``/``v_col`` (one axis reduced each; parameters read whole from one tensor only)."""
         shapes = {f: self.targets[p].shape for f, p in leaves.items()}
-        key = entry.source.name if isinstance(entry.source, TensorSource) else None
-        have = self.slots.by_param.get(key, {}) if key else {}
-        factored_state = shapes.get("v") == (1,) and shapes.get("v_row") != (1,)
-        factored_ckpt = "vr" in have or "vc" in have
-        if not (isinstance(entry.source, TensorSource)
-                and all(isinstance(t, Cast) for t in entry.transforms)):
-            self.errors.append(f"parameter {param!r}: Adafactor slots are loaded only for parameters read "
-                               f"whole from one tensor, without transforms (it comes from {entry.describe()})")
-            return
+        keys: list[str] = []
+        _rebase(entry.source, lambda k: keys.append(k) or k, set())
+        have = {role for k in keys for role in self.slots.by_param.get(k, {})} & {"vr", "vc", "v"}
         if not have:
-            self.errors.append(f"parameter {param!r} is loaded from {strip_value_suffix(key)!r}, which has no "
-                               f"Adafactor slots ({key}_slot_vr/_slot_vc or _slot_v) in the checkpoint")
+            self.errors.append(f"parameter {param!r} is loaded from {', '.join(map(strip_value_suffix, keys))}, "
+                               "which has no Adafactor slots (<var>_slot_vr/_slot_vc or <var>_slot_v) in the "
+                               "checkpoint")
             return
+        factored_state = shapes.get("v") == (1,) and shapes.get("v_row") != (1,)
+        factored_ckpt = bool(have & {"vr", "vc"})
         if factored_state != factored_ckpt:
             kind = lambda f: "factored (v_row/v_col)" if f else "unfactored (full v)"  # noqa: E731
             self.errors.append(
@@ -440,29 +439,27 @@ class _Builder:
                 "min_dim_size_to_factor= to the TF optimizer's")
             return
         if not factored_ckpt:
-            self._direct(param, leaves["v"], have["v"])
+            self._moment(param, entry, "v", leaves["v"], None)
             return
-        by_removed = _mtf_removed(entry.shape, have, self.ckpt)
+        if not (isinstance(entry.source, TensorSource) and all(isinstance(t, Cast) for t in entry.transforms)):
+            self.errors.append(f"parameter {param!r}: factored Adafactor slots are loaded only for parameters read "
+                               f"whole from one tensor, without transforms (it comes from {entry.describe()})")
+            return
+        slots = self.slots.by_param[entry.source.name]
+        by_removed = _mtf_removed(entry.shape, slots, self.ckpt)
         for field, opt_axis in (("v_row", _optax_axes(entry.shape)[1]), ("v_col", _optax_axes(entry.shape)[0])):
             slot = by_removed.get(opt_axis)
             if slot is None:
                 self.errors.append(f"parameter {param!r} of shape {list(entry.shape)}: optax reduces axis "
                                    f"{opt_axis} for {field}, Mesh-TF's slots reduce axes {sorted(by_removed)}")
                 continue
-            self._direct(param, leaves[field], slot)
+            self.used.add(slot)
+            self._finish(param, leaves[field], TensorSource(self.ckpt, slot), ())
             sharding = self.param_placement.get(param)
             if isinstance(sharding, NamedSharding) and leaves[field] in self.entries:
                 spec = tuple(sharding.spec) + (None,) * (len(entry.shape) - len(sharding.spec))
                 self.placement[leaves[field]] = NamedSharding(
                     sharding.mesh, PartitionSpec(*(s for i, s in enumerate(spec) if i != opt_axis)))
-
-    def _direct(self, param: str, path: str, slot: str) -> None:
-        self.used.add(slot)
-        self._finish(param, path, TensorSource(self.ckpt, slot), ())
-        if path in self.entries and self.targets[path].shape == self.plan.entries[param].shape \
-                and param in self.param_placement:
-            self.placement[path] = self.param_placement[param]
-
 
 def _optax_axes(shape: tuple[int, ...]) -> tuple[int, int]:
     """(d1, d0): optax's two largest axes (d0 the largest; ties go to the later axis)."""
