@@ -264,12 +264,12 @@ def _count(ckpt: Any, slots: Slots, count: int | None, b1: float | None) -> tupl
     """The step count, where it came from, and notes."""
     notes: list[str] = []
     step_key = slots.counters.get("step")
-    step = int(np.asarray(ckpt.read(step_key))) if step_key else None
+    step = int(_scalar(ckpt, step_key)) if step_key else None
     if count is not None:
         return int(count), "given", notes
     power_key = slots.counters.get("beta1_power")
     if power_key and b1 is not None:
-        power = float(np.asarray(ckpt.read(power_key)))
+        power = float(_scalar(ckpt, power_key))
         exponent = math.log(power) / math.log(b1) if 0 < power < 1 and 0 < b1 < 1 else float("nan")
         if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-2 and power > 1e-30:
             t = round(exponent) - 1
@@ -285,6 +285,15 @@ def _count(ckpt: Any, slots: Slots, count: int | None, b1: float | None) -> tupl
         return step, strip_value_suffix(step_key), notes
     notes.append("the checkpoint has no step counter: count is not set (pass count=...)")
     return None, "none found", notes
+
+
+def _scalar(ckpt: Any, key: str) -> Any:
+    """A counter's value; a clear error if it is not a real scalar."""
+    value = np.asarray(ckpt.read(key))
+    if value.shape != () or value.dtype.kind not in "iuf":
+        raise MappingError(f"{getattr(ckpt, 'path', '<checkpoint>')}: optimizer counter {strip_value_suffix(key)!r} "
+                           f"is {value.dtype.name} {list(value.shape)}, not a number")
+    return value.item()
 
 
 class _Builder:
@@ -361,14 +370,10 @@ class _Builder:
             self._factored(param, entry, leaves)
             return
         for field, path in leaves.items():
-            role = "mu" if field == "mu" else "nu" if field == "nu" else None
-            scale = None
-            if field == "trace":
-                role = "velocity" if "velocity" in self.slots.roles else "trace"
-                scale = -1.0 / self._learning_rate() if role == "velocity" else None
-            if role is None:
-                continue
-            self._moment(param, entry, role, path, scale)
+            if field == "trace" and "velocity" in self.slots.roles:
+                self._moment(param, entry, "velocity", path, -1.0 / self._learning_rate())
+            elif field in ("mu", "nu", "trace"):
+                self._moment(param, entry, field, path, None)
 
     def _learning_rate(self) -> float:
         if self.learning_rate is not None:
