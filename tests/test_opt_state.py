@@ -363,3 +363,35 @@ def test_stacked_layers_and_partitioned_variable_slots(tmp_path):
     assert node.nu["params"]["layers"]["kernel"].sharding.is_equivalent_to(params["params"]["layers"]["kernel"].sharding, 3)
     assert int(node.count) == run.step
     assert report.params["params/layers/kernel"]["0/mu/params/layers/kernel"].startswith("stack[axis=0](layer_0/kernel/Adam")
+
+
+def test_shipped_bert_checkpoint_partitioned_table_slots_per_part():
+    """examples/bert_tiny (BERT's AdamWeightDecay, 3 steps): the word table is saved whole (two slices),
+    its slots per part (``.../word_embeddings/part_0/adam_m``); sharded by rows, each device's moments
+    come from the parts it overlaps."""
+    prefix = Path(__file__).resolve().parent.parent / "examples" / "bert_tiny"
+    with tf2flax.open_checkpoint(prefix) as ckpt:
+        names = [n for n in ckpt.names if not re.search(r"/adam_[mv]$|^global_step$", n)]
+        params = {"params": {}}
+        for n in names:
+            node = params["params"]
+            *scopes, leaf = n.split("/")
+            for scope in scopes:
+                node = node.setdefault(scope, {})
+            node[leaf] = jax.ShapeDtypeStruct(ckpt.shape(n), ckpt.dtype(n))
+        table = np.concatenate([ckpt.read(f"bert/embeddings/word_embeddings/part_{i}/adam_v") for i in (0, 1)])
+        pooler_m = ckpt.read("bert/pooler/dense/kernel/adam_m")
+    mesh = jax.make_mesh((8,), ("rows",))
+    rules = [(r"word_embeddings$", P("rows", None))]
+    mapping = {"bert/": "params/bert/", "cls/": "params/cls/"}
+    params = tf2flax.init_params(prefix, mapping, params, mesh=mesh, sharding_rules=rules, progress=False)
+    tx = optax.adamw(1e-3)
+    state, report = tf2flax.init_opt_state(prefix, mapping, params, jax.eval_shape(tx.init, params), mesh=mesh,
+                                           sharding_rules=rules, strict=True, return_report=True, progress=False)
+    nu = state[0].nu["params"]["bert"]["embeddings"]["word_embeddings"]
+    np.testing.assert_array_equal(nu, table)
+    assert nu.sharding.is_equivalent_to(params["params"]["bert"]["embeddings"]["word_embeddings"].sharding, 2)
+    np.testing.assert_array_equal(state[0].mu["params"]["bert"]["pooler"]["dense"]["kernel"], pooler_m)
+    assert report.family == "bert_adam" and report.count == 3 and int(state[0].count) == 3
+    assert report.params["params/bert/embeddings/word_embeddings"]["0/nu/params/bert/embeddings/word_embeddings"] \
+        == "concat[axis=0](bert/embeddings/word_embeddings/part_0/adam_v, bert/embeddings/word_embeddings/part_1/adam_v)"

@@ -30,14 +30,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 from ..bundle import Checkpoint
 from ..errors import MappingError
 from ..mapping import build_plan
+from ..mapping.build import split_axis
 from ..materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
-from ..plan import Cast, Plan, PlanEntry, TensorSource, can_cast
+from ..plan import Cast, ConcatSource, Plan, PlanEntry, TensorSource, can_cast
 from ..progress import ByteProgress
 from ..regions import Index
 from ..restore import as_checkpoint
 from ..sharding import ShardingRules, check_sharding, keypath_str, resolve_shardings
 from ..targets import TargetLeaf, flatten_targets, unflatten_targets
-from .slots import Slots, find_slots, strip_value_suffix
+from .slots import SlotKey, Slots, find_slots, strip_value_suffix
 
 _SLOT_STATES = (optax.ScaleByAdamState, optax.TraceState, optax.FactoredState)
 # a callable hyperparameter of inject_hyperparams keeps its own step count (optax has no public name for it)
@@ -383,7 +384,7 @@ class _Builder:
         raise MappingError(f"{self.slots.description}: Keras SGD's momentum slot holds -learning_rate x the "
                            "trace, and the checkpoint stores no learning rate: pass learning_rate=...")
 
-    def _slot(self, key: str, role: str, param: str) -> str:
+    def _slot(self, key: str, role: str, param: str) -> SlotKey:
         slot = self.slots.by_param.get(key, {}).get(role)
         if slot is None:
             have = self.slots.by_param.get(key)
@@ -478,7 +479,7 @@ def _mtf_removed(shape: tuple[int, ...], have: Mapping[str, str], ckpt: Any) -> 
     out = {}
     for role, axis in (("vr", ranked[0]), ("vc", ranked[1])):
         key = have.get(role)
-        if key is not None and tuple(ckpt.shape(key)) == tuple(d for i, d in enumerate(shape) if i != axis):
+        if isinstance(key, str) and tuple(ckpt.shape(key)) == tuple(d for i, d in enumerate(shape) if i != axis):
             out[axis] = key
     return out
 
@@ -487,6 +488,12 @@ def _rebase(source: Any, slot_of: Any, used: set[str]) -> Any:
     """``source`` with every checkpoint tensor replaced by its slot (``slot_of(key)``), structure kept."""
     if isinstance(source, TensorSource):
         slot = slot_of(source.name)
+        if not isinstance(slot, str):  # slots saved per part of a variable saved whole
+            used.update(slot)
+            parts = tuple(TensorSource(source.reader, k) for k in slot)
+            axis = split_axis(tuple(source.shape), [p.shape for p in parts], None,
+                              f"the slots of {strip_value_suffix(source.name)!r}", list(slot))
+            return ConcatSource(parts, axis)
         used.add(slot)
         changes = {"name": slot}
         if hasattr(source, "label"):
