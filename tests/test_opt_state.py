@@ -395,3 +395,29 @@ def test_shipped_bert_checkpoint_partitioned_table_slots_per_part():
     assert report.family == "bert_adam" and report.count == 3 and int(state[0].count) == 3
     assert report.params["params/bert/embeddings/word_embeddings"]["0/nu/params/bert/embeddings/word_embeddings"] \
         == "concat[axis=0](bert/embeddings/word_embeddings/part_0/adam_v, bert/embeddings/word_embeddings/part_1/adam_v)"
+
+
+def test_nnx_optimizer_state(runs):
+    """An ``nnx.Optimizer``'s state: ``optimizer.opt_state = init_opt_state(..., model, optimizer.opt_state)``;
+    then one ``optimizer.update`` lands where one more TF step did."""
+    from flax import nnx
+
+    from tf2flax.targets import unflatten_targets
+
+    class Model(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.d1, self.d2 = nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 4, rngs=rngs)
+
+    run = runs["tf1_adam"]
+    model = Model(nnx.Rngs(0))
+    mapping = {"d1/": "d1/", "d2/": "d2/"}
+    tf2flax.init_params(run.prefix, mapping, model, strict=True, progress=False)
+    optimizer = nnx.Optimizer(model, optax.adam(W.LR, B1, B2, eps_hat(1e-7, run.step)), wrt=nnx.Param)
+    optimizer.opt_state = tf2flax.init_opt_state(run.prefix, mapping, model, optimizer.opt_state, strict=True,
+                                                 progress=False)
+    np.testing.assert_array_equal(optimizer.opt_state[0].nu["d2"]["kernel"][...], run.slots["d2/kernel/Adam_1"])
+    grads = unflatten_targets(nnx.state(model, nnx.Param), {k: jnp.asarray(v) for k, v in run.grads.items()})
+    optimizer.update(model, grads)
+    for name, want in run.next_params.items():
+        layer, leaf = name.split("/")
+        np.testing.assert_allclose(getattr(getattr(model, layer), leaf)[...], want, rtol=1e-6, atol=1e-7)
