@@ -421,3 +421,25 @@ def test_nnx_optimizer_state(runs):
     for name, want in run.next_params.items():
         layer, leaf = name.split("/")
         np.testing.assert_allclose(getattr(getattr(model, layer), leaf)[...], want, rtol=1e-6, atol=1e-7)
+
+
+def test_clear_errors_for_states_and_checkpoints_that_do_not_fit(runs, tf1_ckpt):
+    run = runs["tf1_adam"]
+    params = nest(run.params)
+    with pytest.raises(MappingError, match=r"holds no ScaleByAdamState, TraceState or FactoredState"):
+        tf2flax.init_opt_state(run.prefix, MAPS["tf1"], params, optax.sgd(W.LR).init(params), progress=False)
+    with pytest.raises(MappingError, match=r"TF1 AdamOptimizer.*TraceState \(sgd with momentum\).*optax.adam"):
+        tf2flax.init_opt_state(run.prefix, MAPS["tf1"], params, optax.sgd(W.LR, 0.9).init(params), progress=False)
+    with pytest.raises(MappingError, match=r"has no Keras 3 optimizer .* slots \(families found: tf1_adam\)"):
+        tf2flax.init_opt_state(run.prefix, MAPS["tf1"], params, optax.adam(W.LR).init(params), family="keras3",
+                               progress=False)
+    with pytest.raises(MappingError, match=r"unknown optimizer slot family 'lamb'"):
+        tf2flax.init_opt_state(run.prefix, MAPS["tf1"], params, optax.adam(W.LR).init(params), family="lamb",
+                               progress=False)
+    with pytest.raises(MappingError, match=r"holds no optimizer slots of a known family"):
+        tf2flax.init_opt_state(tf1_ckpt.prefix, None, {}, optax.adam(W.LR).init({}), progress=False)
+    bad = jax.tree.map(lambda x: jnp.zeros((x.shape[0] + 1,) + x.shape[1:]), params)
+    state = optax.adam(W.LR).init(bad)
+    with pytest.raises(MappingError, match=r"state leaf '0/mu/params/d1/kernel' has shape \[4, 4\], but the slot "
+                                           r"'d1/kernel/Adam' of parameter 'params/d1/kernel' gives \[3, 4\]"):
+        tf2flax.init_opt_state(run.prefix, MAPS["tf1"], params, state, progress=False)
