@@ -10,6 +10,7 @@ own ``tf.compat.v1`` optimizer under eager, which saves slots the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,13 +18,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 import opt_writers as W
 import tf2flax
@@ -72,27 +74,43 @@ def bert_adamw(lr: float, wd: float, eps: float = 1e-6) -> optax.GradientTransfo
                        optax.scale(-lr))
 
 
-# family: (writer, map, optax optimizer for the next step given the run, init_opt_state kwargs, slot names)
+def adam_eps_hat(run: W.TrainedRun) -> optax.GradientTransformation:
+    return optax.adam(W.LR, B1, B2, eps_hat(1e-7, run.step))
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One slot family's test setup: TF writer, map, the optax optimizer matching TF's next step, the
+    state holding the slots, extra ``init_opt_state`` options, and {state field: TF slot name pattern}."""
+
+    write: Callable[[Path], W.TrainedRun]
+    map: str
+    optimizer: Callable[[W.TrainedRun], optax.GradientTransformation]
+    slots: dict[str, str] | None
+    state: type = optax.ScaleByAdamState
+    options: dict = dataclasses.field(default_factory=dict)
+    name: str | None = None          # report.family, when it differs from the key
+
+
 FAMILIES = {
-    "tf1_adam": (lambda d: W.tf1_adam(d, B1, B2), "tf1", lambda r: optax.adam(W.LR, B1, B2, eps_hat(1e-7, r.step)), {},
-                 {"mu": "{}/Adam", "nu": "{}/Adam_1"}),
-    "bert_adam": (lambda d: W.bert_adam(d, b1=B1, b2=B2), "tf1", lambda r: bert_adamw(W.LR, 0.01), {}, {"mu": "{}/adam_m", "nu": "{}/adam_v"}),
-    "tf1_momentum": (W.tf1_momentum, "tf1", lambda r: optax.sgd(W.LR, momentum=0.9), {}, {"trace": "{}/Momentum"}),
-    "tf2_slots": (lambda d: W.eager_v1_adam(d, B1, B2), "tf1", lambda r: optax.adam(W.LR, B1, B2, eps_hat(1e-7, r.step)), {"b1": B1},
-                  {"mu": "{}/m", "nu": "{}/v"}),
-    "keras3": (lambda d: W.keras3_adam(d, B1, B2), "keras3", lambda r: optax.adam(W.LR, B1, B2, eps_hat(1e-7, r.step)), {},
-               {"mu": "{}/m", "nu": "{}/v"}),
-    "keras3_sgd": (W.keras3_sgd, "keras3", lambda r: optax.sgd(W.LR, momentum=0.9), {}, {"trace": "{}/m"}),
-    "mtf_adafactor": (W.mtf_adafactor, "tf1", lambda r: optax.adafactor(W.LR, min_dim_size_to_factor=3), {}, None),
+    "tf1_adam": Family(lambda d: W.tf1_adam(d, B1, B2), "tf1", adam_eps_hat, {"mu": "{}/Adam", "nu": "{}/Adam_1"}),
+    "bert_adam": Family(lambda d: W.bert_adam(d, b1=B1, b2=B2), "tf1", lambda r: bert_adamw(W.LR, 0.01),
+                        {"mu": "{}/adam_m", "nu": "{}/adam_v"}),
+    "tf1_momentum": Family(W.tf1_momentum, "tf1", lambda r: optax.sgd(W.LR, momentum=0.9),
+                           {"trace": "{}/Momentum"}, optax.TraceState),
+    "tf2_slots": Family(lambda d: W.eager_v1_adam(d, B1, B2), "tf1", adam_eps_hat, {"mu": "{}/m", "nu": "{}/v"},
+                        options={"b1": B1}),
+    "keras3": Family(lambda d: W.keras3_adam(d, B1, B2), "keras3", adam_eps_hat, {"mu": "{}/m", "nu": "{}/v"}),
+    "keras3_sgd": Family(W.keras3_sgd, "keras3", lambda r: optax.sgd(W.LR, momentum=0.9), {"trace": "{}/m"},
+                         optax.TraceState, name="keras3"),
+    "mtf_adafactor": Family(W.mtf_adafactor, "tf1", lambda r: optax.adafactor(W.LR, min_dim_size_to_factor=3), None,
+                            optax.FactoredState),
 }
-
-
-KINDS = {"tf1_momentum": optax.TraceState, "keras3_sgd": optax.TraceState, "mtf_adafactor": optax.FactoredState}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, W.TrainedRun]:
-    return {name: spec[0](tmp_path_factory.mktemp(name)) for name, spec in FAMILIES.items()}
+    return {name: family.write(tmp_path_factory.mktemp(name)) for name, family in FAMILIES.items()}
 
 
 def _find(state, kind):
@@ -100,17 +118,17 @@ def _find(state, kind):
 
 
 def _load(run, family, **options):
-    _, map_name, make_tx, kwargs, _ = FAMILIES[family]
+    spec = FAMILIES[family]
     params = nest(run.params)
-    tx = make_tx(run)
-    state, report = tf2flax.init_opt_state(run.prefix, MAPS[map_name], params, tx.init(params),
-                                           return_report=True, progress=False, **{**kwargs, **options})
+    tx = spec.optimizer(run)
+    state, report = tf2flax.init_opt_state(run.prefix, MAPS[spec.map], params, tx.init(params),
+                                           return_report=True, progress=False, **{**spec.options, **options})
     return params, tx, state, report
 
 
 def _expected_slots(run, family) -> dict[str, dict[str, np.ndarray]]:
     """{field: {param name: TF's slot}} for the state's slot fields."""
-    names = FAMILIES[family][4]
+    names = FAMILIES[family].slots
     if family == "keras3_sgd":   # Keras keeps -lr x the trace
         return {"trace": {p: run.slots[f"{p}/m"] * np.float32(-1 / W.LR) for p in W.SHAPES}}
     if names is not None:
@@ -131,9 +149,8 @@ def _expected_slots(run, family) -> dict[str, dict[str, np.ndarray]]:
 def test_moments_equal_tf_slots_and_count_equals_step(runs, family):
     run = runs[family]
     _, _, state, report = _load(run, family)
-    assert report.family == {"keras3_sgd": "keras3"}.get(family, family)
-    kind = KINDS.get(family, optax.ScaleByAdamState)
-    (node,) = _find(state, kind)
+    assert report.family == (FAMILIES[family].name or family)
+    (node,) = _find(state, FAMILIES[family].state)
     for field, expected in _expected_slots(run, family).items():
         got = flat(getattr(node, field))
         for p, want in expected.items():
@@ -161,16 +178,15 @@ def test_one_optax_step_matches_one_tf_step(runs, family):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_sharded_on_8_devices(runs, family):
-    run = runs[family]
+    run, spec = runs[family], FAMILIES[family]
     mesh = jax.make_mesh((2, 4), ("data", "model"))
-    params = tf2flax.init_params(run.prefix, MAPS[FAMILIES[family][1]], nest(run.params), mesh=mesh,
-                                 sharding_rules=RULES, progress=False)
-    tx = FAMILIES[family][2](run)
-    state, report = tf2flax.init_opt_state(run.prefix, MAPS[FAMILIES[family][1]], params,
-                                           jax.eval_shape(tx.init, params), mesh=mesh, sharding_rules=RULES, return_report=True, progress=False,
-                                           **FAMILIES[family][3])
-    kind = KINDS.get(family, optax.ScaleByAdamState)
-    (node,) = _find(state, kind)
+    params = tf2flax.init_params(run.prefix, MAPS[spec.map], nest(run.params), mesh=mesh, sharding_rules=RULES,
+                                 progress=False)
+    tx = spec.optimizer(run)
+    state, report = tf2flax.init_opt_state(run.prefix, MAPS[spec.map], params, jax.eval_shape(tx.init, params),
+                                           mesh=mesh, sharding_rules=RULES, return_report=True, progress=False,
+                                           **spec.options)
+    (node,) = _find(state, spec.state)
     sharded = {p: x.sharding for p, x in flat_arrays(params).items()}
     for field, expected in _expected_slots(run, family).items():
         got = flat_arrays(getattr(node, field))
@@ -224,7 +240,7 @@ def test_epsilon_hat_as_an_inject_hyperparams_schedule(runs, family):
     params = nest(run.params)
     tx = optax.inject_hyperparams(optax.adam)(learning_rate=W.LR, b1=B1, b2=B2,
                                               eps=lambda count: 1e-7 / jnp.sqrt(1 - B2 ** (count + 1)))
-    state = tf2flax.init_opt_state(run.prefix, MAPS[FAMILIES[family][1]], params, tx.init(params), progress=False)
+    state = tf2flax.init_opt_state(run.prefix, MAPS[FAMILIES[family].map], params, tx.init(params), progress=False)
     new = flat(_step(tx, params, state, nest(run.grads)))
     for p, want in run.next_params.items():
         np.testing.assert_allclose(new[p], want, rtol=1e-6, atol=1e-7, err_msg=f"{family} {p}")
@@ -360,9 +376,11 @@ def test_stacked_layers_and_partitioned_variable_slots(tmp_path):
                                   np.stack([run.slots["layer_0/kernel/v"], run.slots["layer_1/kernel/v"]]))
     np.testing.assert_array_equal(node.mu["params"]["emb"], run.slots["emb/m"])
     assert node.mu["params"]["emb"].sharding.is_equivalent_to(params["params"]["emb"].sharding, 2)
-    assert node.nu["params"]["layers"]["kernel"].sharding.is_equivalent_to(params["params"]["layers"]["kernel"].sharding, 3)
+    layers = params["params"]["layers"]["kernel"]
+    assert node.nu["params"]["layers"]["kernel"].sharding.is_equivalent_to(layers.sharding, 3)
     assert int(node.count) == run.step
-    assert report.params["params/layers/kernel"]["0/mu/params/layers/kernel"].startswith("stack[axis=0](layer_0/kernel/Adam")
+    assert report.params["params/layers/kernel"]["0/mu/params/layers/kernel"].startswith(
+        "stack[axis=0](layer_0/kernel/Adam")
 
 
 def test_shipped_bert_checkpoint_partitioned_table_slots_per_part():
@@ -393,8 +411,9 @@ def test_shipped_bert_checkpoint_partitioned_table_slots_per_part():
     assert nu.sharding.is_equivalent_to(params["params"]["bert"]["embeddings"]["word_embeddings"].sharding, 2)
     np.testing.assert_array_equal(state[0].mu["params"]["bert"]["pooler"]["dense"]["kernel"], pooler_m)
     assert report.family == "bert_adam" and report.count == 3 and int(state[0].count) == 3
+    table_slots = "bert/embeddings/word_embeddings/part_0/adam_v, bert/embeddings/word_embeddings/part_1/adam_v"
     assert report.params["params/bert/embeddings/word_embeddings"]["0/nu/params/bert/embeddings/word_embeddings"] \
-        == "concat[axis=0](bert/embeddings/word_embeddings/part_0/adam_v, bert/embeddings/word_embeddings/part_1/adam_v)"
+        == f"concat[axis=0]({table_slots})"
 
 
 def test_nnx_optimizer_state(runs):
