@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 from typing import Any, Mapping, Sequence
@@ -30,14 +29,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 from ..bundle import Checkpoint
 from ..errors import MappingError
 from ..mapping import build_plan
-from ..mapping.build import split_axis
 from ..materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
-from ..plan import Cast, ConcatSource, Plan, PlanEntry, TensorSource, can_cast
+from ..plan import Cast, Plan, PlanEntry, TensorSource, can_cast
 from ..progress import ByteProgress
-from ..regions import Index
 from ..restore import as_checkpoint
 from ..sharding import ShardingRules, check_sharding, keypath_str, resolve_shardings
 from ..targets import TargetLeaf, flatten_targets, unflatten_targets
+from .counts import step_count
+from .follow import Scale, ValueSource, rebase
 from .slots import SlotKey, Slots, find_slots, strip_value_suffix
 
 _SLOT_STATES = (optax.ScaleByAdamState, optax.TraceState, optax.FactoredState)
@@ -84,49 +83,6 @@ class OptStateReport:
         lines += [f"  unset:  {u}" for u in self.unset]
         lines += [f"  note:   {u}" for u in self.notes]
         return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True)
-class ValueSource:
-    """A value known without reading the checkpoint (the step count)."""
-
-    value: np.ndarray
-    label: str
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.value.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.value.dtype
-
-    def read(self, index: Index) -> np.ndarray:
-        return self.value[index]
-
-    def describe(self) -> str:
-        return self.label
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    """``x * factor``; region-aware (Keras SGD's momentum is ``-learning_rate`` x optax's trace)."""
-
-    region_aware = True
-
-    factor: float
-
-    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return shape
-
-    def out_dtype(self, dtype: np.dtype) -> np.dtype:
-        return dtype
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        return (array * np.asarray(self.factor, array.dtype)).astype(array.dtype)
-
-    def source_index(self, index: Index) -> Index:
-        return index
 
 
 def init_opt_state(
@@ -189,7 +145,7 @@ def init_opt_state(
                            f"{slots.description} slots into")
     for path, node in slot_nodes:
         _check_family(slots, path, node)
-    step, source, notes = _count(ckpt, slots, count, b1 if b1 is not None else _hyperparam(nodes, "b1"))
+    step, source, notes = step_count(ckpt, slots, count, b1 if b1 is not None else _hyperparam(nodes, "b1"))
     state_targets = flatten_targets(opt_state)
     param_placement = resolve_shardings(param_targets, shardings, mesh=mesh, rules=sharding_rules)
     builder = _Builder(ckpt, slots, plan, state_targets, param_placement, learning_rate)
@@ -259,42 +215,6 @@ def _suggest(slots: Slots) -> str:
     if roles & {"trace", "velocity"}:
         return "optax.sgd(learning_rate, momentum=...)"
     return "optax.adafactor"
-
-
-def _count(ckpt: Any, slots: Slots, count: int | None, b1: float | None) -> tuple[int | None, str, list[str]]:
-    """The step count, where it came from, and notes."""
-    notes: list[str] = []
-    step_key = slots.counters.get("step")
-    step = int(_scalar(ckpt, step_key)) if step_key else None
-    if count is not None:
-        return int(count), "given", notes
-    power_key = slots.counters.get("beta1_power")
-    if power_key and b1 is not None:
-        power = float(_scalar(ckpt, power_key))
-        exponent = math.log(power) / math.log(b1) if 0 < power < 1 and 0 < b1 < 1 else float("nan")
-        if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-2 and power > 1e-30:
-            t = round(exponent) - 1
-            if step is not None and step != t:
-                notes.append(f"{strip_value_suffix(step_key)} is {step} but beta1_power = b1^{t + 1}: "
-                             f"count {t} follows beta1_power, which TF's bias correction used")
-            return t, f"{strip_value_suffix(power_key)} = {b1}^{t + 1}", notes
-        notes.append(f"{strip_value_suffix(power_key)} = {power} is no integer power of b1 = {b1} "
-                     "(underflowed, or another b1)")
-    if step is not None:
-        if power_key and b1 is None:
-            notes.append("count taken from the step counter; pass b1= to take it from beta1_power instead")
-        return step, strip_value_suffix(step_key), notes
-    notes.append("the checkpoint has no step counter: count is not set (pass count=...)")
-    return None, "none found", notes
-
-
-def _scalar(ckpt: Any, key: str) -> Any:
-    """A counter's value; a clear error if it is not a real scalar."""
-    value = np.asarray(ckpt.read(key))
-    if value.shape != () or value.dtype.kind not in "iuf":
-        raise MappingError(f"{getattr(ckpt, 'path', '<checkpoint>')}: optimizer counter {strip_value_suffix(key)!r} "
-                           f"is {value.dtype.name} {list(value.shape)}, not a number")
-    return value.item()
 
 
 class _Builder:
@@ -396,7 +316,7 @@ class _Builder:
 
     def _moment(self, param: str, entry: PlanEntry, role: str, path: str, scale: float | None) -> None:
         try:
-            source = _rebase(entry.source, lambda key: self._slot(key, role, param), self.used)
+            source = rebase(entry.source, lambda key: self._slot(key, role, param), self.used)
         except MappingError as e:
             self.errors.append(str(e))
             return
@@ -428,7 +348,7 @@ class _Builder:
         ``v_row``/``v_col`` (one axis reduced each; parameters read whole from one tensor only)."""
         shapes = {f: self.targets[p].shape for f, p in leaves.items()}
         keys: list[str] = []
-        _rebase(entry.source, lambda k: keys.append(k) or k, set())
+        rebase(entry.source, lambda k: keys.append(k) or k, set())
         have = {role for k in keys for role in self.slots.by_param.get(k, {})} & {"vr", "vc", "v"}
         if not have:
             self.errors.append(f"parameter {param!r} is loaded from {', '.join(map(strip_value_suffix, keys))}, "
@@ -482,37 +402,3 @@ def _mtf_removed(shape: tuple[int, ...], have: Mapping[str, str], ckpt: Any) -> 
         if isinstance(key, str) and tuple(ckpt.shape(key)) == tuple(d for i, d in enumerate(shape) if i != axis):
             out[axis] = key
     return out
-
-
-def _rebase(source: Any, slot_of: Any, used: set[str]) -> Any:
-    """``source`` with every checkpoint tensor replaced by its slot (``slot_of(key)``), structure kept."""
-    if isinstance(source, TensorSource):
-        slot = slot_of(source.name)
-        if not isinstance(slot, str):  # slots saved per part of a variable saved whole
-            used.update(slot)
-            parts = tuple(TensorSource(source.reader, k) for k in slot)
-            axis = split_axis(tuple(source.shape), [p.shape for p in parts], None,
-                              f"the slots of {strip_value_suffix(source.name)!r}", list(slot))
-            return ConcatSource(parts, axis)
-        used.add(slot)
-        changes = {"name": slot}
-        if hasattr(source, "label"):
-            changes["label"] = strip_value_suffix(slot)
-        return dataclasses.replace(source, **changes)
-    if isinstance(source, PlanEntry):
-        return dataclasses.replace(source, source=_rebase(source.source, slot_of, used),
-                                   transforms=tuple(t for t in source.transforms if not isinstance(t, Cast)))
-    if isinstance(source, (tuple, list)):
-        return type(source)(_rebase(s, slot_of, used) for s in source)
-    if dataclasses.is_dataclass(source) and not isinstance(source, type):
-        changes = {f.name: _rebase(getattr(source, f.name), slot_of, used) for f in dataclasses.fields(source)
-                   if _holds_source(getattr(source, f.name))}
-        return dataclasses.replace(source, **changes) if changes else source
-    return source
-
-
-def _holds_source(value: Any) -> bool:
-    if isinstance(value, (tuple, list)):
-        return any(_holds_source(v) for v in value)
-    return isinstance(value, (TensorSource, PlanEntry)) or (
-        dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "describe"))
