@@ -271,3 +271,21 @@ def tf1_adam_layers(directory: Path) -> TrainedRun:
             params = sess.run(v)
             params["emb"] = sess.run(T.convert_to_tensor(emb))
     return TrainedRun(prefix, params, slots, STEPS, {}, {})
+
+
+def tf1_adam_wide(directory: Path) -> str:
+    """TF1 Adam, 2 steps, on one [64, 16] kernel ``w`` (for the two-process test: slots big enough that
+    each process's share shows in the bytes it reads)."""
+    T = tf()
+    graph = T.Graph()
+    with graph.as_default():
+        rng = np.random.default_rng(7)
+        w = T.compat.v1.get_variable("w", initializer=rng.standard_normal((64, 16)).astype(np.float32))
+        x = rng.standard_normal((8, 64)).astype(np.float32)
+        train = T.compat.v1.train.AdamOptimizer(LR).minimize(
+            T.reduce_mean(T.square(T.matmul(x, w))), global_step=T.compat.v1.train.get_or_create_global_step())
+        with T.compat.v1.Session(graph=graph) as sess:
+            sess.run(T.compat.v1.global_variables_initializer())
+            for _ in range(2):
+                sess.run(train)
+            return T.compat.v1.train.Saver().save(sess, str(directory / "model.ckpt"))

@@ -13,7 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -442,3 +446,24 @@ def test_clear_errors_for_states_and_checkpoints_that_do_not_fit(runs, tf1_ckpt)
     with pytest.raises(MappingError, match=r"state leaf '0/mu/params/d1/kernel' has shape \[4, 4\], but the slot "
                                            r"'d1/kernel/Adam' of parameter 'params/d1/kernel' gives \[3, 4\]"):
         tf2flax.init_opt_state(run.prefix, MAPS["tf1"], params, state, progress=False)
+
+
+def test_two_processes_each_read_half_of_the_moments(tmp_path):
+    """Real multi-process JAX (jax.distributed on 127.0.0.1): 2 processes x 4 CPU devices, a (4, 2) mesh;
+    each process reads only its half of each moment."""
+    prefix = W.tf1_adam_wide(tmp_path)
+    worker = Path(__file__).with_name("opt_state_worker.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, str(worker), str(i), str(port), prefix, str(tmp_path)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    moments = 2 * 64 * 16 * 4
+    for i in range(2):
+        read = int((tmp_path / f"bytes_read_{i}").read_text())
+        assert read == moments // 2, (i, read, moments)
