@@ -215,7 +215,8 @@ def alias_bomb() -> str:
     ("deep.json", '{"map": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels deep"),
     ("big.yaml", "map: {}\n" + "#" * (16 << 20), "larger than 16 MB"),
     ("bad.yaml", "transforms: {k: " + "[flip, " * 25 + "1" + "]" * 25 + "}", "is not a transform"),
-])
+], ids=["yaml", "key", "list", "transform", "preset", "rules", "map", "part_axis_str", "part_axis_float",
+        "part_axis_bool", "alias_bomb", "deep_yaml", "deep_json", "json_40_deep", "too_big", "deep_transform"])
 def test_bad_map_files(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)
