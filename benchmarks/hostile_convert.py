@@ -5,8 +5,8 @@ Each case runs ``python -m tf2flax convert ...`` in a subprocess; a thread sampl
 reports "killed" instead of taking the machine down. The anchor is a dry run of a small valid
 checkpoint, measured in the same run: "extra" is the peak minus the anchor's peak.
 
-Cases: a tensor name of 200 KB (100,000 '/'), the same with a rules map; a 387-byte YAML map of
-alias references; a map nested 100,000 deep; ``rules: 5``; ``part_axis: "x"``.
+Cases: a tensor name of 200 KB (100,000 '/'), the same with a rules map; a 354-byte YAML map of
+alias references; maps nested 100,000 deep (YAML flow and block, JSON); ``rules: 5``; ``part_axis: "x"``.
 
 Usage: python benchmarks/hostile_convert.py [--dir /tmp/tf2flax-hostile] [--kill-mb 3000]
 (writes its checkpoints with TensorFlow, as the tests do).
@@ -85,6 +85,7 @@ def main() -> None:
         "alias.yaml": alias_bomb(),
         "deep.yaml": "map: " + "[" * 100000 + "]" * 100000 + "\n",
         "deep.json": '{"map": ' + "[" * 100000 + "]" * 100000 + "}\n",
+        "deep_block.yaml": "map:\n  " + "- " * 100000 + "x\n",
         "rules5.yaml": "rules: 5\n",
         "part_axis.yaml": 'part_axis: "x"\nmap: {"dense/": "params/"}\n',
     }
@@ -98,6 +99,7 @@ def main() -> None:
         (f"{len(maps['alias.yaml'])}-byte YAML alias map", [small, out, "--dry-run", "--map", str(work / "alias.yaml")]),
         ("YAML map nested 100,000 deep", [small, out, "--dry-run", "--map", str(work / "deep.yaml")]),
         ("JSON map nested 100,000 deep", [small, out, "--dry-run", "--map", str(work / "deep.json")]),
+        ("YAML block sequence 100,000 deep", [small, out, "--dry-run", "--map", str(work / "deep_block.yaml")]),
         ("rules: 5", [small, out, "--dry-run", "--map", str(work / "rules5.yaml")]),
         ('part_axis: "x"', [small, out, "--dry-run", "--map", str(work / "part_axis.yaml")]),
     ]

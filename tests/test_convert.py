@@ -211,12 +211,14 @@ def alias_bomb() -> str:
     ("bad.yaml", "part_axis: true", "part_axis must be an axis"),
     ("bomb.yaml", alias_bomb(), "aliases (*1) are not allowed in map files"),
     ("deep.yaml", "map: " + "[" * 100000 + "]" * 100000, "nested more than 32 levels deep"),
+    ("deep.yaml", "map:\n  " + "- " * 100000 + "x", "nested more than 32 levels deep"),
+    ("deep.yaml", "map: " + "{a: " * 100000 + "1" + "}" * 100000, "nested more than 32 levels deep"),
     ("deep.json", '{"map": ' + "[" * 100000 + "]" * 100000 + "}", "nested more than 32 levels deep"),
     ("deep.json", '{"map": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels deep"),
     ("big.yaml", "map: {}\n" + "#" * (16 << 20), "larger than 16 MB"),
     ("bad.yaml", "transforms: {k: " + "[flip, " * 25 + "1" + "]" * 25 + "}", "is not a transform"),
 ], ids=["yaml", "key", "list", "transform", "preset", "rules", "map", "part_axis_str", "part_axis_float",
-        "part_axis_bool", "alias_bomb", "deep_yaml", "deep_json", "json_40_deep", "too_big", "deep_transform"])
+        "part_axis_bool", "alias_bomb", "deep_yaml", "deep_block_yaml", "deep_mapping_yaml", "deep_json", "json_40_deep", "too_big", "deep_transform"])
 def test_bad_map_files(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)

@@ -59,12 +59,14 @@ def load_map_file(path: str | os.PathLike) -> dict[str, Any]:
 def _read(path: str) -> str:
     try:
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_BYTES:
+                raise MappingError(f"map file {path} is larger than {MAX_BYTES >> 20} MB; a map file is a few KB")
             raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise MappingError(f"map file {path} does not exist") from None
     except OSError as e:
         raise MappingError(f"map file {path}: cannot read it: {e}") from None
-    if len(raw) > MAX_BYTES:
+    if len(raw) > MAX_BYTES:  # (a file that grew, or a pipe)
         raise MappingError(f"map file {path} is larger than {MAX_BYTES >> 20} MB; a map file is a few KB")
     try:
         return raw.decode("utf-8")
@@ -105,11 +107,25 @@ def _depth(data: Any) -> int:
 
 def _loader() -> type:
     """PyYAML's safe loader without aliases (a few hundred bytes of them expand to gigabytes when
-    walked) and with nesting capped before its recursive composer runs out of stack."""
+    walked) and with nesting capped where it is scanned (flow ``[``/``{`` and block indentation:
+    PyYAML's scanner slows down with every open level) and composed (recursively)."""
     import yaml
+
+    def too_deep(mark: Any) -> Exception:
+        return yaml.scanner.ScannerError(None, None, f"nested more than {MAX_NESTING} levels deep", mark)
 
     class MapFileLoader(yaml.SafeLoader):
         depth = 0
+
+        def fetch_flow_collection_start(self, token_class: Any) -> None:
+            if self.flow_level >= MAX_NESTING:
+                raise too_deep(self.get_mark())
+            super().fetch_flow_collection_start(token_class)
+
+        def add_indent(self, column: int) -> bool:
+            if len(self.indents) >= MAX_NESTING:
+                raise too_deep(self.get_mark())
+            return super().add_indent(column)
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             event = self.peek_event()
@@ -117,8 +133,7 @@ def _loader() -> type:
                 raise yaml.composer.ComposerError(None, None, f"aliases (*{str(event.anchor)[:40]}) "
                                                   "are not allowed in map files", event.start_mark)
             if self.depth >= MAX_NESTING:
-                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_NESTING} levels deep",
-                                                  event.start_mark)
+                raise too_deep(event.start_mark)
             self.depth += 1
             try:
                 return super().compose_node(parent, index)
