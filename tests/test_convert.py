@@ -25,9 +25,9 @@ import tf_writers
 import tf2flax
 from tf2flax.errors import MappingError, OutputExistsError
 
-convert_module = importlib.import_module("tf2flax.convert")  # (tf2flax.convert is the function)
-orbax_writer = importlib.import_module("tf2flax.convert.orbax_writer")
-mapfile = importlib.import_module("tf2flax.convert.mapfile")
+convert_module = importlib.import_module("tf2flax.conversion")
+orbax_writer = importlib.import_module("tf2flax.conversion.orbax_writer")
+mapfile = importlib.import_module("tf2flax.conversion.mapfile")
 
 RESTORE = textwrap.dedent("""
     import json, pickle, sys
