@@ -1,8 +1,9 @@
 """The command line: ``python -m tf2flax convert|ls``.
 
 Bad input (a missing path, something that is not a checkpoint, a bad map file, an existing output
-without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2, without
-a traceback unless ``--debug``; an interrupt exits with 130. Neither leaves a finished-looking output.
+without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2 (with
+``--debug``, after a traceback); an interrupt exits with 130, SIGTERM with 143. None of them leaves a
+finished-looking output.
 
 Example::
 
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from typing import Any, Sequence
 
@@ -74,15 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
-            raise
+            traceback.print_exc()
         print("tf2flax: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `tf2flax ls ... | head`: the reader left, nothing more to say
         sys.stderr.close()
         return 0
     except (Tf2FlaxError, OSError) as e:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, then the same line and status as without --debug
+            traceback.print_exc()
         print(f"tf2flax: error: {redact_url(str(e), limit=2000)}", file=sys.stderr)
         return 2
 

@@ -23,7 +23,7 @@ from ..errors import MappingError
 from ..plan import Plan, PlanEntry
 from ..progress import ByteProgress
 from .out_dir import install
-from .signals import sigint_between_groups
+from .signals import signals_between_groups
 from .tree import nest
 
 # Bytes per Orbax partial save: enough groups for a smooth progress bar, few enough that Orbax's
@@ -72,8 +72,8 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
 
     At most two groups of tensors are in memory: one being written (``ocp.v1.partial.save_async``)
     while the next is read. ``ocp.v1.partial.finalize`` completes ``OUT.tmp-<random>``, which then
-    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt the
-    temporary files are removed.
+    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt
+    (SIGINT or SIGTERM) the temporary files are removed.
 
     Example::
 
@@ -90,7 +90,7 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     total, tensors, written = total_bytes(plan), 0, 0
     pending: tuple[Any, int, str] | None = None  # the group being written while the next one is read
     try:
-        with ctx, ByteProgress(total, progress, "converting") as bar, sigint_between_groups() as check:
+        with ctx, ByteProgress(total, progress, "converting") as bar, signals_between_groups() as check:
             for group in _groups(plan):
                 items = [(path, _read(path, entry)) for path, entry in group]
                 check()

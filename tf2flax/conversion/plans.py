@@ -15,10 +15,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..bundle import Checkpoint
-from ..errors import MappingError
+from ..errors import MappingError, short_repr
 from ..naming import DefaultName
 from ..plan import Cast, Plan, PlanEntry, TensorSource
-from .tree import settle_paths
+from .tree import check_path, check_tree, settle_paths
 
 
 def default_plan(ckpt: Checkpoint, names: list[DefaultName], cast_to: np.dtype | None) -> Plan:
@@ -26,7 +26,10 @@ def default_plan(ckpt: Checkpoint, names: list[DefaultName], cast_to: np.dtype |
     from ..mapping import MappingReport
 
     kept = [n for n in names if n.left_out is None]
+    for n in kept:
+        check_path(n.name, n.key, ckpt.path)
     paths = settle_paths([n.name for n in kept])
+    check_tree([(paths[n.name], n.key) for n in kept], ckpt.path)
     entries = {}
     for n in kept:
         source = TensorSource(ckpt, n.key)
@@ -58,18 +61,20 @@ def mapped_plan(ckpt: Checkpoint, names: list[DefaultName], mapping: Any, rules:
         return name
 
     kept = [n for n in names if n.left_out is None]
-    sources: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    found: list[tuple[str, str, tuple[tuple[int, ...], np.dtype]]] = []  # (path, source key, (shape, dtype))
     if mapping is None:
-        pairs = [(r, r, n.key) for n in kept if (r := renamed(n.name)) is not None]
-        settled = settle_paths([p for _, p, _ in pairs])
-        pairs = [(r, settled[p], key) for r, p, key in pairs]
-        for _, path, key in pairs:
-            sources[path] = (ckpt.shape(key), ckpt.dtype(key))
-        mapping = [(r, path) for r, path, _ in pairs]
+        pairs = [(r, n.key) for n in kept if (r := renamed(n.name)) is not None]
+        for r, key in pairs:
+            check_path(r, key, ckpt.path)
+        settled = settle_paths([r for r, _ in pairs])
+        found = [(settled[r], key, (ckpt.shape(key), ckpt.dtype(key))) for r, key in pairs]
+        mapping = [(r, settled[r]) for r, _ in pairs]
     else:
         resolver = CheckpointNames(ckpt, stages, None, part_axis)
         for key, target in sorted(normalize(mapping), key=lambda p: str(p[0])):
-            sources.update(_targets_of(key, target, kept, renamed, resolver, ckpt))
+            found += _targets_of(key, target, kept, renamed, resolver, ckpt)
+    check_tree(list(dict.fromkeys((path, key) for path, key, _ in found)), ckpt.path)
+    sources = {path: shape_dtype for path, _, shape_dtype in found}
     specs = TransformSpecs(transforms, _path_key)
     targets = {}
     for path, (shape, dtype) in sources.items():
@@ -84,9 +89,9 @@ def mapped_plan(ckpt: Checkpoint, names: list[DefaultName], mapping: Any, rules:
 
 
 def _targets_of(key: Any, target: Any, kept: list[DefaultName], renamed: Callable[[str], str | None],
-                resolver: Any, ckpt: Checkpoint) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """The output leaves one map entry defines: ``path -> (shape, dtype)`` of its source."""
-    where = f"map entry {key!r}: {target!r}"
+                resolver: Any, ckpt: Checkpoint) -> list[tuple[str, str, tuple[tuple[int, ...], np.dtype]]]:
+    """The output leaves one map entry defines: ``(path, source key, (shape, dtype))``."""
+    where = f"map entry {short_repr(key)}: {short_repr(target)}"
     if not isinstance(key, str) or not isinstance(target, str):
         raise MappingError(f"{where}: convert needs string checkpoint names and output paths (splitting a "
                            "tensor into a list of targets needs a model: use tf2flax.init_params)")
@@ -96,17 +101,20 @@ def _targets_of(key: Any, target: Any, kept: list[DefaultName], renamed: Callabl
         found = resolver.resolve(key)
         if found is None:
             raise MappingError(f"{where}: checkpoint {ckpt.path} has no tensor {key!r}.{resolver.suggest(key)}")
-        return {target: (tuple(found.source.shape), found.source.dtype)}
+        check_path(target, key, ckpt.path)
+        return [(target, ", ".join(found.keys), (tuple(found.source.shape), found.source.dtype))]
     if "/" not in target:
         raise MappingError(f"{where}: a scope target ends with '/', e.g. '{target}/'")
     scope = target[: target.rindex("/")]
-    out = {}
+    out = []
     for n in kept:
         for name in (n.name, *n.aliases):
             r = renamed(name)
             if r is not None and (key == "/" or (r.startswith(key) and len(r) > len(key))):
                 rest = r if key == "/" else r[len(key):]
-                out[f"{scope}/{rest}" if scope else rest] = (ckpt.shape(n.key), ckpt.dtype(n.key))
+                path = f"{scope}/{rest}" if scope else rest
+                check_path(path, n.key, ckpt.path)
+                out.append((path, n.key, (ckpt.shape(n.key), ckpt.dtype(n.key))))
                 break
     return out
 

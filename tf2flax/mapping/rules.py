@@ -24,7 +24,7 @@ import functools
 import re
 from typing import Callable, Iterable, Mapping, Union
 
-from ..errors import MappingError
+from ..errors import MappingError, short_repr
 
 Replacement = Union[str, Callable[[re.Match], str], None]
 RulesSpec = Union[Mapping[str, Replacement], Iterable[tuple[Union[str, re.Pattern], Replacement]]]
@@ -46,6 +46,8 @@ def compile_rules(rules: RulesSpec | None) -> tuple[Rule, ...]:
     """Validate and compile ``rules`` (a dict or a sequence of ``(pattern, replacement)`` pairs)."""
     if rules is None:
         return ()
+    if not isinstance(rules, (Mapping, list, tuple)):
+        raise MappingError(f"rules must be a list of (pattern, replacement) pairs or a mapping, got {short_repr(rules)}")
     items = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
     out = []
     for i, item in enumerate(items):
