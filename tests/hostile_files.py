@@ -103,7 +103,7 @@ def write_prefix_bomb(directory: Path, n: int = 70000) -> str:
     return write_bundle(directory / "keys", {}, index=raw_table(block))
 
 
-def write_path_bomb(directory: Path, chain: int = 2000, width: int = 2, layers: int = 40) -> str:
+def write_path_bomb(directory: Path, chain: int = 1200, width: int = 2, layers: int = 40) -> str:
     """An object graph: a long chain of nodes, then ``layers`` fully connected layers of ``width``.
 
     Every node of the last layer is reached by width**layers paths, each as long as the chain.
@@ -120,7 +120,7 @@ def write_path_bomb(directory: Path, chain: int = 2000, width: int = 2, layers: 
                 nodes[p].children.add(node_id=c, local_name=f"l{k}")
         previous = ids
     for i, node in enumerate(nodes):
-        node.attributes.add(name="VARIABLE_VALUE", full_name=f"v{i}", checkpoint_key=f"k{i}")
+        node.attributes.add(name="VARIABLE_VALUE", full_name=f"v{i}", checkpoint_key=f"k{i}/.ATTRIBUTES/VARIABLE_VALUE")
     value_entry, data = string_tensor(graph.SerializeToString())
     return write_bundle(directory / "graph", {b"_CHECKPOINTABLE_OBJECT_GRAPH": value_entry}, data)
 

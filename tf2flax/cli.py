@@ -85,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _printable(text: str) -> str:
+    """``text`` with unprintable characters escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``):
+    a tensor name in human output cannot move the cursor, recolour or reorder the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _printable_lines(text: str) -> str:
+    return "\n".join(_printable(line) for line in text.split("\n"))
+
+
 # ---- convert -----------------------------------------------------------------------------------------
 
 def _convert(args: argparse.Namespace) -> int:
@@ -106,11 +116,11 @@ def _convert(args: argparse.Namespace) -> int:
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning):
-            print(f"tf2flax: warning: {w.message}", file=sys.stderr)
+            print(f"tf2flax: warning: {_printable_lines(str(w.message))}", file=sys.stderr)
     if args.dry_run:
-        print(result.describe())
+        print(_printable_lines(result.describe()))
     if not args.quiet or args.dry_run:
-        print(result.summary())
+        print(_printable_lines(result.summary()))
     return 0
 
 
@@ -146,7 +156,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _print_table(rows: list[dict], total: dict) -> None:
     header = ("name", "shape", "dtype", "size", "shard", "sliced")
-    cells = [(r["name"], "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
+    cells = [(_printable(r["name"]), "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
               ",".join(map(str, r["shards"])), f"yes ({r['slices']})" if r["sliced"] else "") for r in rows]
     footer = (f"{total['tensors']} tensors, {human_bytes(total['bytes'])} in {total['shards']} shard(s)"
               + (f", {total['sliced']} sliced" if total["sliced"] else ""))
