@@ -94,6 +94,14 @@ def write_slice_grid(directory: Path, n: int = 1600) -> str:
     return write_bundle(directory / "grid", entries, b"\x00" * 4)
 
 
+def write_string_bomb(directory: Path, n: int = 10 ** 9) -> str:
+    """A sliced DT_STRING tensor of n strings whose one slice stores 5 bytes (strings have no size check)."""
+    whole = ((0, -1),)
+    entries = {b"s": entry(DT_STRING, (n,), size=0, slices=[whole]),
+               encode_slice_key("s", whole): entry(DT_STRING, (n,), size=5)}
+    return write_bundle(directory / "strings", entries, b"\x00" * 5)
+
+
 def write_prefix_bomb(directory: Path, n: int = 70000) -> str:
     """An index block of n entries whose keys each extend the previous one by a byte."""
     body = bytearray()

@@ -62,6 +62,14 @@ def test_prefix_compressed_keys_are_budgeted(tmp_path):
     assert "expand" in result["message"]
 
 
+def test_string_tensor_larger_than_its_bytes(tmp_path):
+    """A 200-byte index: 10**9 strings in a 5-byte slice; the output array took 8 GB and 85 s."""
+    prefix = h.write_string_bomb(tmp_path)
+    result = h.probe(f"tf2flax.open_checkpoint({prefix!r}).read('s')")
+    assert_bounded(result, names=prefix)
+    assert "less than one per string" in result["message"]
+
+
 def test_object_graph_with_exploding_paths(tmp_path):
     """88 KB graph: a 1200-node chain, then 40 layers of 2 fully connected nodes (2**40 paths).
 

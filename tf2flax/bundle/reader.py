@@ -396,6 +396,9 @@ class Checkpoint:
         if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
             raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
                                          "byte size overflows 64 bits)")
+        if info.dtype_enum == DT_STRING and math.prod(info.shape) > info.nbytes:
+            raise CorruptCheckpointError(f"{here} of shape {list(info.shape)} is stored in {info.nbytes} bytes, "
+                                         "less than one per string")
         for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
             self._check_extent(stored, f"tensor {info.name!r}")
 
