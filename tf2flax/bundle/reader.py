@@ -35,8 +35,9 @@ from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import SnappyBlockError, parse_table
 
-# numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
-_MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
+# numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
+_MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_MAX_BYTES = int(np.iinfo(np.intp).max)
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
