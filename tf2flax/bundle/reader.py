@@ -24,16 +24,17 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError, UnsupportedFormatError
+from ..errors import (CheckpointNotFoundError, CorruptCheckpointError, RegionError, TensorNotFoundError,
+                      UnsupportedFormatError)
 from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
-from .coding import DecodeError, crc32c, mask_crc, read_varint
+from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
-from .locate import locate_checkpoint
+from .locate import locate
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
-from .table import SnappyBlockError, parse_table
+from .table import parse_table
 
 # numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
 _MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
@@ -186,13 +187,17 @@ class Checkpoint:
         x = ckpt.read("dense/kernel")
     """
 
-    def __init__(self, store: Store, prefix: str, verify_checksums: bool = True, verify_regions: bool = False):
+    def __init__(self, store: Store, prefix: str, verify_checksums: bool = True, verify_regions: bool = False,
+                 mmap: bool = True):
         self.store = store
         self.prefix = prefix
         self.path = store.describe(prefix)
         self.verify_checksums = verify_checksums
         self.verify_regions = verify_checksums and verify_regions
+        # Local data files are mapped, and reads return views of them (see _mapped).
+        self._view = getattr(store, "view", None) if mmap else None
         self.stats = ReadStats()
+        self.opened = f"V2 checkpoint: {self.path}"
         self._min_run = _MIN_RUN_BYTES["local" if type(store).__name__ == "LocalStore" else "remote"]
         self._shard_sizes: dict[int, int | None] = {}
         self._object_graph: ObjectGraph | None | bool = False
@@ -200,10 +205,6 @@ class Checkpoint:
         where = store.describe(index_name)
         try:
             entries = parse_table(store.read(index_name), verify_checksums=True)
-        except SnappyBlockError as e:
-            raise UnsupportedFormatError(
-                f"{where}: {e}; snappy-compressed index blocks come from TensorFlow < 1.2. Re-save the "
-                "checkpoint with a current TensorFlow.") from None
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
         self._where = where
@@ -225,7 +226,8 @@ class Checkpoint:
         except ProtoDecodeError:
             raise CorruptCheckpointError(f"{where}: header does not decode as a BundleHeaderProto") from None
         if entries[0][1][:1] == b"\x0a":
-            raise UnsupportedFormatError(f"{where}: this looks like a V1 checkpoint, which tf2flax does not read")
+            raise CorruptCheckpointError(f"{where}: holds a V1 checkpoint table, not a V2 index; open the V1 file "
+                                         "by its own name")
         version = header.version
         if version.producer < 0 or version.min_consumer > 1 or 1 in version.bad_consumers:
             raise UnsupportedFormatError(
@@ -301,6 +303,22 @@ class Checkpoint:
         if close is not None:
             close()
 
+    def release(self, name: str) -> None:
+        """Let go of the resident pages of tensor ``name`` in the mapped data files (nothing is lost:
+        views of it read them back from the page cache). A no-op where nothing is mapped.
+
+        Example::
+
+            params = copy_to_devices(ckpt.read("bert/embeddings/word_embeddings"))
+            ckpt.release("bert/embeddings/word_embeddings")
+        """
+        release = getattr(self.store, "release", None)
+        info = self._infos.get(name)
+        if release is None or self._view is None or info is None:
+            return
+        for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
+            release(self._data_file(stored.shard_id), stored.offset, stored.offset + stored.size)
+
     def __enter__(self) -> Checkpoint:
         return self
 
@@ -366,6 +384,11 @@ class Checkpoint:
         region read fetches only the bytes of the region, which no checksum covers, unless the
         checkpoint was opened with ``verify_regions=True``: then each stored tensor or slice the
         region touches is read whole and verified.
+
+        From a local checkpoint (opened with ``mmap=True``, the default), little-endian tensors
+        come back as read-only views of the mapped data file where their alignment allows: no
+        copy is made. Call ``.copy()`` for an array you may write to; see
+        docs/performance.md for files that change while they are open.
         """
         info = self.info(name)
         if not is_supported(info.dtype_enum):
@@ -434,17 +457,48 @@ class Checkpoint:
             raw = raw.view(f">u{unit}").astype(f"<u{unit}").view(np.uint8)
         return raw.view(dtype).reshape(shape)
 
+    def _mapped(self, stored: StoredTensor, region: Index, whole: bool, what: str) -> np.ndarray | None:
+        """``region`` of a stored tensor as a read-only view of its mapped data file, or None where
+        a view cannot serve (remote store, ``mmap=False``, big-endian or sub-byte data, empty).
+
+        Whole reads are verified over the mapping, on several cores for large tensors, so each
+        byte is touched once. A tensor whose offset in the file does not suit its dtype's
+        alignment is copied, whole or just the region asked for.
+        """
+        if (self._view is None or self.big_endian or is_sub_byte(stored.dtype_enum) or stored.size == 0):
+            return None
+        file = self._check_extent(stored, what)
+        began = time.perf_counter()
+        try:
+            view = self._view(file, stored.offset, stored.offset + stored.size)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{e} (reading {what})") from None
+        if whole and self.verify_checksums and mask_crc(crc32c_parallel(view)) != stored.crc32c:
+            raise CorruptCheckpointError(
+                f"{self.store.describe(file)}: {what} fails its CRC32C check (data corrupted)")
+        dtype = numpy_dtype(stored.dtype_enum)
+        array = np.frombuffer(view, dtype).reshape(stored.shape)
+        if not whole:
+            array = array[region]
+        if not array.flags.aligned:
+            array = array.copy()
+        self.stats.add(array.nbytes, time.perf_counter() - began)
+        return array
+
     def _read_dense(self, stored: StoredTensor, region: Index, what: str) -> np.ndarray:
         shape = stored.shape
         item = stored_itemsize(stored.dtype_enum)
         whole = normalize_index(None, shape)
         if self.verify_regions and region != whole:
             return np.ascontiguousarray(self._read_dense(stored, whole, what)[region])
+        mapped = self._mapped(stored, region, region == whole, what)
+        if mapped is not None:
+            return mapped
         if region == whole:
             raw = np.empty(stored.size, np.uint8)
             if stored.size:
                 self._fetch(stored, 0, memoryview(raw), what)
-            if self.verify_checksums and mask_crc(crc32c(raw)) != stored.crc32c:
+            if self.verify_checksums and mask_crc(crc32c_parallel(raw)) != stored.crc32c:
                 raise CorruptCheckpointError(
                     f"{self.store.describe(self._data_file(stored.shard_id))}: {what} fails its CRC32C check "
                     "(data corrupted)")
@@ -565,16 +619,38 @@ def _length_crc(lengths: list[int], order: str = "<") -> int:
     return crc
 
 
-def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False,
+                    mmap: bool = True) -> Checkpoint:
     """Open a checkpoint: a directory (through its ``checkpoint`` file), a prefix, or a URL.
+
+    A SavedModel or TF Hub module directory opens its ``variables/variables``; V1 checkpoints (one
+    file, or ``name-?????-of-N`` shards) open as a :class:`~tf2flax.bundle.v1.V1Checkpoint`, which
+    offers the same interface. ``ckpt.opened`` says what was opened.
 
     ``verify_checksums``: check each tensor's CRC32C on whole reads (TensorFlow does this too).
     ``verify_regions``: also verify region reads, by reading each stored tensor they touch whole.
+    ``mmap``: map local data files and return read-only views of them (no copy); ``False`` reads
+    every tensor into memory of its own, for files that may be rewritten in place while open.
 
     Example::
 
         with tf2flax.open_checkpoint("/runs/bert") as ckpt:   # latest checkpoint in the directory
             ckpt.read("bert/pooler/dense/bias")
     """
-    store, prefix = locate_checkpoint(path)
-    return Checkpoint(store, prefix, verify_checksums=verify_checksums, verify_regions=verify_regions)
+    where = locate(path)
+    if where.format == "v1":
+        from .v1 import V1Checkpoint
+
+        ckpt: Checkpoint = V1Checkpoint(where.store, where.prefix, where.files, verify_checksums=verify_checksums,
+                                        verify_regions=verify_regions)
+    else:
+        ckpt = Checkpoint(where.store, where.prefix, verify_checksums=verify_checksums, verify_regions=verify_regions,
+                          mmap=mmap)
+    ckpt.opened = where.describe()
+    if where.container and all(n == OBJECT_GRAPH_KEY for n in ckpt.names):
+        ckpt.close()
+        raise CheckpointNotFoundError(
+            f"{ckpt.path}: a {where.container} with no variables (its checkpoint holds only the object "
+            "graph): its weights, if any, are constants in the graph, which tf2flax does not "
+            "read; tf2flax reads the variables checkpoint (variables/variables) of a SavedModel")
+    return ckpt
