@@ -89,6 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _printable(text: str) -> str:
+    """``text`` with unprintable characters escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``):
+    a tensor name in human output cannot move the cursor, recolour or reorder the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _printable_lines(text: str) -> str:
+    return "\n".join(_printable(line) for line in text.split("\n"))
+
+
 def _one_line_warning(show: Any) -> Any:
     """``warnings.showwarning`` that prints tf2flax's own warnings as one ``tf2flax: warning:`` line."""
     from .bundle.locate import LocationWarning
@@ -123,11 +133,11 @@ def _convert(args: argparse.Namespace) -> int:
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning):
-            print(f"tf2flax: warning: {redact_url(str(w.message), limit=2000)}", file=sys.stderr)
+            print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000))}", file=sys.stderr)
     if args.dry_run:
-        print(result.describe())
+        print(_printable_lines(result.describe()))
     if not args.quiet or args.dry_run:
-        print(result.summary())
+        print(_printable_lines(result.summary()))
     return 0
 
 
@@ -158,14 +168,14 @@ def _ls(args: argparse.Namespace) -> int:
                    "tensors": rows, "total": total}, sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
-    print(ckpt.opened)
+    print(_printable(ckpt.opened))
     _print_table(rows, total)
     return 0
 
 
 def _print_table(rows: list[dict], total: dict) -> None:
     header = ("name", "shape", "dtype", "size", "shard", "sliced")
-    cells = [(r["name"], "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
+    cells = [(_printable(r["name"]), "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
               ",".join(map(str, r["shards"])), f"yes ({r['slices']})" if r["sliced"] else "") for r in rows]
     footer = (f"{total['tensors']} tensors, {human_bytes(total['bytes'])} in {total['shards']} shard(s)"
               + (f", {total['sliced']} sliced" if total["sliced"] else ""))

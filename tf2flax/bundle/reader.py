@@ -36,8 +36,9 @@ from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import parse_table
 
-# numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
-_MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
+# numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
+_MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_MAX_BYTES = int(np.iinfo(np.intp).max)
 # An index larger than this (or of unknown size: a URL) has its footer checked before it is read whole.
 _SNIFF_ABOVE = 1 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
@@ -424,6 +425,9 @@ class Checkpoint:
         if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
             raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
                                          "byte size overflows 64 bits)")
+        if info.dtype_enum == DT_STRING and math.prod(info.shape) > info.nbytes:
+            raise CorruptCheckpointError(f"{here} of shape {list(info.shape)} is stored in {info.nbytes} bytes, "
+                                         "less than one per string")
         for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
             self._check_extent(stored, f"tensor {info.name!r}")
 
