@@ -50,7 +50,7 @@ from .errors import MappingError, OutputExistsError, UnsupportedFormatError
 from .naming import DefaultName, default_names
 from .plan import Cast, Plan, PlanEntry, TensorSource
 from .progress import ByteProgress, human_bytes, human_rate
-from .storage import is_url
+from .storage import is_url, redact_url
 
 # Leaves that are both a leaf and the scope of other leaves (TF1 'w' and its slot 'w/Adam') keep
 # their value one level down, under this key.
@@ -58,6 +58,10 @@ VALUE_KEY = "__value__"
 # Bytes per Orbax partial save: enough groups for a smooth progress bar, few enough that Orbax's
 # finalize (which merges metadata once per group) stays fast.
 GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 32
+# Orbax's OCDBT store refuses keys over 65535 bytes: an output path plus Orbax's suffixes must fit.
+ORBAX_PATH_BYTES = 65_000
+# JAX flattens trees recursively: one nested about 1000 deep fails (a SystemError) on restore.
+TREE_DEPTH = 256
 _MAP_FILE_KEYS = ("map", "rules", "preset", "transforms", "part_axis", "names")
 _TRANSFORM_OPS = ("transpose", "reshape", "cast")
 
@@ -134,6 +138,7 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     plan, unwritable = _drop_unwritable(plan)
     left_out += unwritable
     _check_tree(list(plan.entries))
+    _check_path_sizes(list(plan.entries))
     result = ConvertResult(plan, left_out, None)
     if dry_run:
         return result
@@ -292,6 +297,18 @@ def _check_tree(paths: list[str]) -> None:
             raise MappingError(f"output leaves {seen[stored]!r} and {p!r} would both be stored by Orbax as "
                                f"{stored!r} (it joins keys with '.'); rename one with a map or rules")
         seen[stored] = p
+
+
+def _check_path_sizes(paths: list[str]) -> None:
+    """Refuse, before writing anything, an output path Orbax cannot store (tensorstore fails with a
+    traceback and a message twice the path's size) or JAX cannot restore (a tree ~1000 deep)."""
+    for p in paths:
+        if len(p.encode()) > ORBAX_PATH_BYTES:
+            raise MappingError(f"output path {redact_url(p, limit=200)!r} is {len(p.encode())} bytes; Orbax stores "
+                               f"paths of at most {ORBAX_PATH_BYTES} bytes: map the tensor to a shorter path")
+        if p.count("/") >= TREE_DEPTH:
+            raise MappingError(f"output path {redact_url(p, limit=200)!r} is {p.count('/') + 1} levels deep; JAX "
+                               f"restores trees of at most {TREE_DEPTH} levels: map the tensor to a shorter path")
 
 
 def _nest(items: list[tuple[str, np.ndarray]]) -> dict[str, Any]:

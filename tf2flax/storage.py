@@ -172,7 +172,7 @@ STALL_RETRIES = 2
 #: curl errors that a retry cannot fix: a bad URL or protocol, an unknown host, TLS handshake and
 #: certificate failures (https:// against a plain HTTP server, a self-signed or expired certificate).
 _PERMANENT_CURL_CODES = frozenset({1, 3, 4, 6, 35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
-_RETRIED_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNKNOWN")
+_RETRIED_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
 _CURL_CODE = re.compile(r"curl_code='(\d+)'")
 _RANGE_REPLY = re.compile(r"Requested byte range \[(\d+), (\d+)\) was not satisfied by response with byte range "
                           r"\[(\d+), (\d+)\) and total size (\d+)")
