@@ -441,6 +441,18 @@ def test_https_against_a_plain_http_server_fails_at_once(http_log, monkeypatch):
     assert time.monotonic() - began < 10
 
 
+def test_https_with_a_self_signed_certificate_fails_at_once(served, monkeypatch):
+    monkeypatch.setenv("TF2FLAX_RETRIES", "8")
+    monkeypatch.setenv("TF2FLAX_RETRY_DELAY", "2")
+    with RangeHTTPServer(served, tls=True) as server:
+        assert server.url.startswith("https://")
+        began = time.monotonic()
+        with pytest.raises(StorageError, match=rf"{server.url}big/checkpoint: read failed, not retried \(a retry "
+                                               r"cannot fix this\): .*(?i:certificate)"):
+            tf2flax.open_checkpoint(server.url + "big/")
+        assert time.monotonic() - began < 10
+
+
 # ---- no credential or signed query string is ever shown -----------------------------------------
 
 def test_redact_url_hides_userinfo_query_and_fragment_and_clips_long_text():
