@@ -335,6 +335,16 @@ def test_http_transient_errors_are_retried(http_log, big_ckpt):
     with pytest.raises(StorageError, match=r"http://127\.0\.0\.1:\d+/big/model\.ckpt-5\.data-00000-of-00001: read failed"):
         ckpt.read("model/w")
 
+    # A burst of 503s across the concurrent ranges of one read: each range is retried, the bytes are right.
+    store = KvStore(http_log.url + "big/", chunk_bytes=64 << 10, inflight_bytes=512 << 10)
+    name = "model.ckpt-5.data-00000-of-00001"
+    expected = store.read(name, 0, 1 << 20)
+    http_log.reset()
+    http_log.fail_next(6)
+    assert store.read(name, 0, 1 << 20) == expected
+    assert sorted(r.status for r in http_log.log) == [206] * 16 + [503] * 6
+    assert store._budget.used == 0
+
 
 def test_http_missing_and_denied_name_the_url(http_log):
     with pytest.raises(CheckpointNotFoundError, match=f"{http_log.url}tf2/ckpt-7"):
