@@ -259,6 +259,8 @@ def _configure_transport(stall_timeout: float | None) -> int:
     or S3 request creates the transport: the first remote store's setting holds for the process.
     """
     global _transport_stall
+    if stall_timeout is not None and not stall_timeout > 0:
+        raise StorageError(f"stall_timeout={stall_timeout!r} must be a positive number of seconds")
     wanted = math.ceil(stall_timeout or _env_number("TF2FLAX_STALL_TIMEOUT", STALL_SECONDS))
     with _shared_lock:
         if _transport_stall is None:
