@@ -530,6 +530,8 @@ def test_cli_never_prints_credentials(http_log, served, tmp_path):
     ls = run("ls", "--json", base + "tf2/")
     assert ls.returncode == 0, ls.stderr
     assert json.loads(ls.stdout)["checkpoint"] == http_log.url.replace("//", "//***@") + "tf2/ckpt-2"
+    to_url = run("convert", base + "tf2/", base + "out?sig=SIGSECRET")
+    assert to_url.returncode == 2 and "convert writes to a local directory" in to_url.stderr
     missing = run("ls", base + "tf2/ckpt-9?sig=SIGSECRET")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no checkpoint here" in missing.stderr
     converted = run("convert", base + "big/", str(tmp_path / "out"))
@@ -537,7 +539,7 @@ def test_cli_never_prints_credentials(http_log, served, tmp_path):
     assert "converted 4 tensors" in converted.stdout
     written = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert b"***@127.0.0.1" in written  # the source, as recorded in the output's metadata
-    for text in (ls.stdout, ls.stderr, missing.stdout, missing.stderr, converted.stdout, converted.stderr,
+    for text in (ls.stdout, ls.stderr, to_url.stderr, missing.stdout, missing.stderr, converted.stdout, converted.stderr,
                  written.decode("latin-1")):
         _no_secret(text)
 

@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         logging.getLogger("absl").setLevel(logging.ERROR)
+        warnings.showwarning = _one_line_warning(warnings.showwarning)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -86,12 +87,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _one_line_warning(show: Any) -> Any:
+    """``warnings.showwarning`` that prints tf2flax's own warnings as one ``tf2flax: warning:`` line."""
+    from .bundle.locate import LocationWarning
+
+    def one_line(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, LocationWarning):
+            print(f"tf2flax: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return one_line
+
+
 # ---- convert -----------------------------------------------------------------------------------------
 
 def _convert(args: argparse.Namespace) -> int:
     import jax
 
-    from .convert import ConvertWarning, convert, load_map_file
+    from .conversion import ConvertWarning, convert, load_map_file
 
     if "JAX_PLATFORMS" not in os.environ:  # converting needs no accelerator: leave GPUs/TPUs alone
         jax.config.update("jax_platforms", "cpu")
@@ -137,10 +151,12 @@ def _ls(args: argparse.Namespace) -> int:
     total = {"tensors": len(rows), "bytes": sum(r["bytes"] for r in rows), "shards": ckpt.num_shards,
              "sliced": sum(r["sliced"] for r in rows)}
     if args.json:
-        json.dump({"checkpoint": ckpt.path, "format": "tf1" if ckpt.object_graph is None else "tf2",
+        json.dump({"checkpoint": ckpt.path, "opened": ckpt.opened,
+                   "format": "tf1" if ckpt.object_graph is None else "tf2",
                    "tensors": rows, "total": total}, sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
+    print(ckpt.opened)
     _print_table(rows, total)
     return 0
 

@@ -1,9 +1,10 @@
 """Where checkpoint bytes come from: local files or any tensorstore kvstore (gs://, s3://, http).
 
 A :class:`Store` is rooted at a directory and reads byte ranges of the files in it. Local paths
-use ``os.preadv`` straight into the caller's buffer (measured 2.1 GB/s against tensorstore's file
-driver's 0.35 GB/s here, see ``benchmarks/read_throughput.py``); URLs go through tensorstore's
-kvstore, which brings authentication, retries and concurrency for cloud storage.
+use ``os.preadv`` straight into the caller's buffer, or hand out read-only views of the file mapped
+into memory (:meth:`LocalStore.view`: no copy at all, see docs/performance.md for what that means
+when a file changes underneath); URLs go through tensorstore's kvstore, which brings
+authentication, retries and concurrent ranged reads for cloud storage.
 
 Example::
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
+import mmap
 import os
 import re
 import threading
@@ -89,11 +91,12 @@ class Store(Protocol):
 
 
 class LocalStore:
-    """Files in a local directory, read with ``os.preadv`` into caller buffers."""
+    """Files in a local directory, read with ``os.preadv`` into caller buffers or mapped (``view``)."""
 
     def __init__(self, directory: str):
         self.location = os.path.abspath(directory)
         self._fds: dict[str, int] = {}
+        self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
 
     def describe(self, name: str) -> str:
@@ -140,11 +143,70 @@ class LocalStore:
                     f"{offset + len(out)} bytes (truncated?)")
             done += n
 
+    def view(self, name: str, start: int, stop: int) -> memoryview:
+        """Bytes ``[start, stop)`` of ``name`` as a read-only view of the file mapped into memory.
+
+        The file is mapped once, shared and read-only (``PROT_READ``, ``MAP_SHARED``): a view costs
+        no copy and no memory beyond the page cache. It shows the file's bytes as they are when
+        read, so a file rewritten *in place* changes the views of it, and one truncated makes
+        access past its new end fault (SIGBUS). Files replaced by a rename (how TensorFlow, Orbax
+        and most copy tools write) leave the mapping, and every view, on the old contents. The
+        mapping is released when the store is closed and the last view of it is gone.
+
+        Example::
+
+            header = bytes(store.view("model.ckpt-1.data-00000-of-00001", 0, 16))
+        """
+        with self._lock:
+            mapped = self._maps.get(name)
+        if mapped is None:
+            fd = self._fd(name)
+            size = os.fstat(fd).st_size
+            if stop > size:
+                raise CorruptCheckpointError(
+                    f"{self.describe(name)}: file ends at byte {size}, expected at least {stop} bytes (truncated?)")
+            if size == 0:
+                return memoryview(b"")
+            try:
+                mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except OSError as e:
+                raise StorageError(f"{self.describe(name)}: cannot map: {e.strerror}") from None
+            with self._lock:
+                mapped = self._maps.setdefault(name, mapped)
+        if stop > len(mapped):
+            raise CorruptCheckpointError(
+                f"{self.describe(name)}: file ends at byte {len(mapped)}, expected at least {stop} bytes (truncated?)")
+        return memoryview(mapped)[start:stop]
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Drop the pages of bytes ``[start, stop)`` of ``name`` from this process's resident memory.
+
+        The mapping is shared and read-only, so this loses nothing: the page cache keeps the
+        bytes, and a view that is read again maps them back. Loads call it once they have copied
+        a tensor out, so resident memory holds what was loaded, not the file besides.
+        """
+        with self._lock:
+            mapped = self._maps.get(name)
+        if mapped is None or stop <= start:
+            return
+        lo = start - start % mmap.PAGESIZE
+        hi = min(len(mapped), stop)
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (ValueError, OSError):  # closed meanwhile, or a kernel without madvise: nothing to drop
+            pass
+
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            for mapped in self._maps.values():
+                try:
+                    mapped.close()
+                except BufferError:  # arrays still view it: unmapped when the last one goes
+                    pass
+            self._maps.clear()
 
     def __del__(self) -> None:
         try:
