@@ -530,6 +530,9 @@ def test_cli_never_prints_credentials(http_log, served, tmp_path):
     ls = run("ls", "--json", base + "tf2/")
     assert ls.returncode == 0, ls.stderr
     assert json.loads(ls.stdout)["checkpoint"] == http_log.url.replace("//", "//***@") + "tf2/ckpt-2"
+    header = run("ls", base + "tf2/")
+    assert header.returncode == 0 and header.stdout.splitlines()[0] == (
+        "V2 checkpoint: " + http_log.url.replace("//", "//***@") + "tf2/ckpt-2"), header.stdout
     to_url = run("convert", base + "tf2/", base + "out?sig=SIGSECRET")
     assert to_url.returncode == 2 and "convert writes to a local directory" in to_url.stderr
     missing = run("ls", base + "tf2/ckpt-9?sig=SIGSECRET")
@@ -539,7 +542,7 @@ def test_cli_never_prints_credentials(http_log, served, tmp_path):
     assert "converted 4 tensors" in converted.stdout
     written = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert b"***@127.0.0.1" in written  # the source, as recorded in the output's metadata
-    for text in (ls.stdout, ls.stderr, to_url.stderr, missing.stdout, missing.stderr, converted.stdout, converted.stderr,
+    for text in (ls.stdout, ls.stderr, header.stdout, header.stderr, to_url.stderr, missing.stdout, missing.stderr, converted.stdout, converted.stderr,
                  written.decode("latin-1")):
         _no_secret(text)
 
