@@ -473,6 +473,9 @@ def test_redact_url_hides_userinfo_query_and_fragment_and_clips_long_text():
     assert redact_url("s3://bucket/run/ckpt-1") == "s3://bucket/run/ckpt-1"
     long = redact_url("http://h/" + "x" * 1_000_000 + "?token=s3cr3t")
     assert len(long) < 1100 and "s3cr3t" not in long and long.startswith("http://h/xxx") and long.endswith("=***")
+    # A megabyte-long name beside a URL (a quadratic scan for the scheme would never finish).
+    message = redact_url("n" * 1_000_000 + "0" * 1_000_000 + " in http://u:s3cr3t@h/x", limit=10**7)
+    assert message.endswith(" in http://***@h/x") and len(message) == 2_000_000 + len(" in http://***@h/x")
 
 
 def _secret_url(url: str) -> str:

@@ -35,7 +35,8 @@ def is_url(path: str) -> bool:
 
 #: Longest path or URL a message shows whole; longer ones keep their start and end.
 SHOWN_CHARS = 1000
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:,;.)]")
+# A bounded scheme, not inside a word: linear time on megabyte-long names.
+_URL = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s'\"<>]*[^\s'\"<>:,;.)]")
 
 
 def redact_url(text: str, limit: int = SHOWN_CHARS) -> str:
