@@ -439,6 +439,15 @@ def test_http_stalled_transfer_fails_after_bounded_retries_naming_the_url(served
     assert 2 <= len(data_requests) <= 2 * math.ceil((1024 * 512 * 4) / (8 << 20)) + 2  # bounded: a try, a retry
 
 
+def test_a_stall_timeout_the_transport_cannot_take_is_not_silently_ignored(http_log):
+    KvStore(http_log.url)  # the process's HTTP transport takes its stall timeout from the first remote store
+    with pytest.warns(UserWarning, match=r"stall_timeout=7 is not applied: this process's HTTP transport already "
+                                         r"waits \d+ s"):
+        KvStore(http_log.url, stall_timeout=7)
+    with pytest.raises(StorageError, match="stall_timeout=-1 must be a positive number of seconds"):
+        KvStore(http_log.url, stall_timeout=-1)
+
+
 def test_https_against_a_plain_http_server_fails_at_once(http_log, monkeypatch):
     """A TLS failure cannot be fixed by retrying: no backoff (8 retries here would take a minute)."""
     monkeypatch.setenv("TF2FLAX_RETRIES", "8")
