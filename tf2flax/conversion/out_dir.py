@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import OutputExistsError, UnsupportedFormatError, clip
-from ..storage import LocalStore, is_url
+from ..storage import LocalStore, is_url, redact_url
 
 # What Orbax writes at the top of a checkpoint, besides one directory (holding _METADATA) per item.
 ORBAX_FILES = ("_CHECKPOINT_METADATA", "orbax.checkpoint", "commit_success.txt")
@@ -44,7 +44,7 @@ def check_out(out: str | os.PathLike, force: bool, *, dry_run: bool = False, inp
     an empty directory or an Orbax checkpoint written by tf2flax.
     """
     if is_url(os.fspath(out)):
-        raise UnsupportedFormatError(f"{os.fspath(out)}: convert writes to a local directory; copy it "
+        raise UnsupportedFormatError(f"{redact_url(os.fspath(out))}: convert writes to a local directory; copy it "
                                      "to cloud storage afterwards")
     path = Path(os.path.abspath(out))
     if dry_run or not (path.exists() or path.is_symlink()):

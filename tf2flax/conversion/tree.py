@@ -19,9 +19,10 @@ from ..errors import MappingError, clip
 VALUE_KEY = "__value__"
 
 
-# Bounds on one output path: Orbax cannot store a tree 1000 levels deep, and deeper or longer names
-# are not names a model has (a hostile checkpoint's 200 KB name would cost gigabytes to settle).
-MAX_DEPTH, MAX_PATH_CHARS = 256, 16384
+# Bounds on one output path: JAX cannot restore a tree ~1000 levels deep, Orbax's OCDBT store refuses
+# keys over 64 KiB (16000 characters are at most 64000 UTF-8 bytes), and longer names are not names
+# a model has (a hostile checkpoint's 200 KB name would cost gigabytes to settle).
+MAX_DEPTH, MAX_PATH_CHARS = 256, 16000
 
 
 def check_path(path: str, source: str, where: str) -> None:
