@@ -130,22 +130,17 @@ def _blocks(entry: PlanEntry, regions: list[Index]) -> dict:
 
 def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Index]) -> tuple[jax.Array, int]:
     """Read one leaf and put each device's block on its device: one copy per block, from the page
-    cache (or the read buffer) into the memory the device keeps. Returns (array, regions read)."""
-    blocks = _blocks(entry, regions)
-    placed: dict = {}
-    arrays = []
-    for device, index in sharding.addressable_devices_indices_map(entry.shape).items():
-        key = _key(normalize_index(index, entry.shape))
-        first = key not in placed
-        if first:
-            placed[key] = _owned(blocks.pop(key))
-        # Another device with the same block gets a copy of its own (jax arrays may be donated).
-        arrays.append(jax.device_put(placed[key], device, may_alias=first))
+    cache (or the read buffer) into the aligned memory the device then keeps (jax on CPU takes it
+    without copying; devices holding the same block share it, as jax's own replicated puts do).
+    Returns (array, regions read)."""
+    blocks = {key: _owned(block) for key, block in _blocks(entry, regions).items()}
     for reader, name in _checkpoint_tensors(entry.source):  # copied out: the mapped pages may go
         release = getattr(reader, "release", None)
         if release is not None:
             release(name)
-    return jax.make_array_from_single_device_arrays(entry.shape, sharding, arrays), len(placed)
+    array = jax.make_array_from_callback(entry.shape, sharding,
+                                         lambda index: blocks[_key(normalize_index(index, entry.shape))])
+    return array, len(blocks)
 
 
 def _checkpoint_tensors(source: object) -> list[tuple[object, str]]:
