@@ -25,7 +25,8 @@ import tf_writers
 import tf2flax
 from tf2flax.errors import MappingError, OutputExistsError
 
-convert_module = importlib.import_module("tf2flax.convert")  # (tf2flax.convert is the function)
+convert_module = importlib.import_module("tf2flax.conversion")
+orbax_writer = importlib.import_module("tf2flax.conversion.orbax_writer")
 
 RESTORE = textwrap.dedent("""
     import json, pickle, sys
@@ -250,8 +251,8 @@ def test_dry_run_existing_output_and_force(tf1_ckpt, tmp_path):
 
 
 def test_interrupt_leaves_nothing(tf1_ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(convert_module, "GROUP_MIN_BYTES", 1)  # one tensor per partial save
-    monkeypatch.setattr(convert_module, "GROUP_MAX_BYTES", 1)
+    monkeypatch.setattr(orbax_writer, "GROUP_MIN_BYTES", 1)  # one tensor per partial save
+    monkeypatch.setattr(orbax_writer, "GROUP_MAX_BYTES", 1)
     seen = []
 
     def interrupt(x):

@@ -311,9 +311,18 @@ def test_report_and_strict() -> None:
     assert "'a/': 'x/' is overridden by map entry 'a/w'" in notes and "no target leaf is in scope" in notes
     summary = p.report.summary()
     assert "unused: extra" in summary and "unset:  y" in summary
+    assert "  x/b <- a/w\n" in summary and "  x/w <- a/w\n" in summary
+    assert p.report.lines() == ["x/b <- a/w", "x/w <- a/w"]
+    assert "x/w <- a/w" not in p.report.summary(max_matched=1) and "... and 1 more" in p.report.summary(max_matched=1)
     with pytest.raises(MappingError, match="strict"):
         check_strict(p.report)
     check_strict(plan(ckpt, None, {"a": {"w": zeros(2), "b": zeros(2)}, "extra": zeros(1)}).report)
+
+
+def test_report_lines_show_transforms() -> None:
+    ckpt = FakeCheckpoint({"k": rand(2, 3)})
+    p = plan(ckpt, {"k": "w"}, {"w": jnp.zeros((3, 2), jnp.bfloat16)}, transforms={"w": "transpose"})
+    assert p.report.lines() == ["w <- k -> transpose[1, 0] -> cast(bfloat16)"]
 
 
 def test_planning_reads_no_tensor_data() -> None:

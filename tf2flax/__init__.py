@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 # jax, flax, orbax and tensorstore load on first use of what needs them: `import tf2flax`, the
 # reader, `list_variables` and `python -m tf2flax ls` of a local checkpoint stay light.
-_LAZY = {"convert": "convert", "ConvertResult": "convert", "init_params": "restore", "LoadResult": "restore",
+_LAZY = {"convert": "conversion", "ConvertResult": "conversion", "init_params": "restore", "LoadResult": "restore",
          "plan_params": "restore"}
 
 

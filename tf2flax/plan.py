@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -203,18 +204,30 @@ class Reshape:
 
 
 def _reshape_shape(shape: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     new = tuple(int(d) for d in new)
     if new.count(-1) > 1:
         raise ValueError
     if -1 in new:
-        rest = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+        rest = math.prod(d for d in new if d != -1)
         if rest == 0 or size % rest:
             raise ValueError
         new = tuple(size // rest if d == -1 else d for d in new)
-    if int(np.prod(new, dtype=np.int64)) != size:
+    if math.prod(new) != size:
         raise ValueError
     return new
+
+
+def is_value_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` holds one number, bool or string per element (numpy's, or ml_dtypes' such as bfloat16).
+
+    Records (``'f4,f4'``), sub-arrays (``'(1000,1000)f4'``), dates (``'M8'``), raw void
+    (``'V2000000000'``) and sized strings (``'S100'``) are not: a cast to one would multiply the
+    memory of every element, or fail inside numpy.
+    """
+    dtype = np.dtype(dtype)
+    return (dtype.fields is None and dtype.subdtype is None and dtype.kind not in "Mm"
+            and dtype.type is not np.void and not (dtype.kind in "SU" and dtype.itemsize))
 
 
 def can_cast(src: np.dtype, dst: np.dtype) -> bool:
@@ -239,6 +252,9 @@ class Cast:
         return shape
 
     def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        if not is_value_dtype(self.dtype):
+            raise MappingError(f"cannot cast to {str(self.dtype)!r}: not a dtype of single numbers or strings "
+                               "(records, sub-arrays, dates, raw void and sized strings are refused)")
         if not can_cast(dtype, self.dtype):
             raise MappingError(f"cannot cast {np.dtype(dtype).name} to {np.dtype(self.dtype).name}")
         return np.dtype(self.dtype)
@@ -360,9 +376,18 @@ class Report:
     unused: list[str] = dataclasses.field(default_factory=list)
     unset: list[str] = dataclasses.field(default_factory=list)
 
-    def summary(self) -> str:
+    def lines(self) -> list[str]:
+        """Every match as ``target <- source -> transform ...``, in target order."""
+        return [f"{target} <- {source}" for target, source in self.matched.items()]
+
+    def summary(self, max_matched: int = 20) -> str:
+        """Counts, then the first ``max_matched`` matches (all with ``None``), unused and unset names."""
         lines = [f"matched {len(self.matched)} target(s), {len(self.unused)} checkpoint tensor(s) unused, "
                  f"{len(self.unset)} target(s) unset"]
+        shown = self.lines()[:max_matched] if max_matched is not None else self.lines()
+        lines += [f"  {line}" for line in shown]
+        if len(shown) < len(self.matched):
+            lines.append(f"  ... and {len(self.matched) - len(shown)} more match(es) (report.lines() has all)")
         lines += [f"  unused: {n}" for n in self.unused]
         lines += [f"  unset:  {n}" for n in self.unset]
         return "\n".join(lines)

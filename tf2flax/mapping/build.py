@@ -37,8 +37,8 @@ class MappingReport(Report):
     skipped: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
-    def summary(self) -> str:
-        lines = [super().summary()]
+    def summary(self, max_matched: int = 20) -> str:
+        lines = [super().summary(max_matched)]
         if self.skipped:
             lines.append(f"  ({len(self.skipped)} optimizer/bookkeeping tensor(s) skipped)")
         lines += [f"  note:   {n}" for n in self.notes]
@@ -115,7 +115,7 @@ def check_strict(report: Report) -> None:
         check_strict(build_plan(ckpt, None, targets).report)
     """
     if report.unused or report.unset:
-        raise MappingError("strict loading failed: " + report.summary())
+        raise MappingError("strict loading failed: " + report.summary(max_matched=0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,164 @@
+"""``tf2flax.convert``: a TensorFlow checkpoint -> an Orbax checkpoint, streamed, in constant memory.
+
+Without a map, every tensor becomes a leaf at the path of its default name split on ``/`` (see
+:mod:`tf2flax.naming`; optimizer state and bookkeeping are left out unless ``include_optimizer``).
+With ``mapping``/``rules``/``preset``/``transforms`` the output tree is the one the map describes. There
+is no model, so the target leaves are derived from the checkpoint: a scope entry
+``'ckpt_scope/': 'out_scope/'`` makes a leaf ``out_scope/<rest>`` of every tensor with a (renamed) name
+``ckpt_scope/<rest>`` (default name first, then a TF2 variable's ``full_name`` and object path; what
+default naming leaves out is skipped); an exact entry ``'name': 'out/path'`` makes one leaf, of any
+tensor. Without a map, the (renamed) default names are the leaves. Each leaf gets the shape and dtype
+of its source after its transforms, and the mapping engine (:func:`tf2flax.mapping.build_plan`) then
+builds and checks the plan with TensorFlow's rules, exactly as for :func:`tf2flax.init_params`.
+
+The output is written with Orbax's own partial save (``ocp.v1.partial.save_async`` of groups of
+leaves, then ``ocp.v1.partial.finalize``) into ``OUT.tmp-<random>`` and renamed to ``OUT`` at the
+end, so that at most two groups of tensors are in memory and an interrupted run leaves no ``OUT``.
+It restores with Orbax alone::
+
+    import orbax.checkpoint as ocp
+    params = ocp.v1.load(out)                                      # or, with the v0 API:
+    params = ocp.StandardCheckpointer().restore(f"{out}/state")
+
+The parts, each in its module: :mod:`.mapfile` (``--map`` files), :mod:`.plans` (the plan from the
+checkpoint and the map), :mod:`.tree` (output paths: ``__value__`` leaves, paths Orbax would store
+wrongly), :mod:`.out_dir` (the output directory: checked first, installed last), :mod:`.orbax_writer`
+(the streamed Orbax write) and :mod:`.signals` (interrupts while Orbax's threads write).
+
+Example::
+
+    result = tf2flax.convert("/runs/bert/model.ckpt-1000", "/ckpts/bert-orbax", dtype="bfloat16")
+    print(result.summary())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..bundle import Checkpoint, open_checkpoint
+from ..errors import MappingError
+from ..naming import default_names
+from ..plan import Plan
+from ..progress import human_bytes, human_rate
+from .mapfile import load_map_file
+from .orbax_writer import total_bytes, write_orbax
+from .out_dir import check_out
+from .plans import default_plan, float_dtype, mapped_plan
+from .tree import VALUE_KEY, check_tree, settle_paths
+
+
+class ConvertWarning(UserWarning):
+    """Tensors a conversion leaves out because Orbax cannot store them (strings, zero-size arrays)."""
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    """What :func:`convert` did: the plan (and its report), what was left out, and the totals.
+
+    ``left_out``: ``(name, reason)`` for every checkpoint tensor not written: its default name when
+    left out as optimizer state or bookkeeping, its output path when Orbax cannot store it (strings,
+    zero-size tensors). ``out`` is None for a dry run.
+    """
+
+    plan: Plan
+    left_out: list[tuple[str, str]]
+    out: str | None
+    tensors: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def report(self) -> Any:
+        return self.plan.report
+
+    def summary(self) -> str:
+        """One line: tensors, bytes, seconds, throughput (and where)."""
+        if self.out is None:
+            return f"dry run: {len(self.plan.entries)} tensors, {human_bytes(total_bytes(self.plan))} to write"
+        return (f"converted {self.tensors} tensors, {human_bytes(self.bytes)} in {self.seconds:.1f} s "
+                f"({human_rate(self.bytes, self.seconds)}) -> {self.out}")
+
+    def describe(self) -> str:
+        """The plan (one line per leaf, with shape and dtype), the report, and what was left out."""
+        lines = [f"{e.describe()}  {list(e.shape)} {np.dtype(e.dtype).name}" for e in self.plan.entries.values()]
+        lines.append(self.plan.report.summary())
+        lines += [f"  left out: {name} ({why})" for name, why in self.left_out]
+        return "\n".join(lines)
+
+
+def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, mapping: Any = None,
+            rules: Any = None, preset: str | None = None, transforms: Mapping[Any, Any] | None = None,
+            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, names: str = "object",
+            dry_run: bool = False, force: bool = False, progress: bool = False) -> ConvertResult:
+    """Convert TensorFlow checkpoint ``ckpt`` into the Orbax checkpoint ``out`` (a new local directory).
+
+    ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``: as for :func:`tf2flax.init_params`
+    (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
+    tensors (not integers, bools, complex) to it, e.g. ``"bfloat16"``. ``include_optimizer``: keep optimizer
+    state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
+    paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`).
+    ``dry_run``: plan and report only, write nothing. ``force``: replace an existing ``out`` (only once
+    the new one is complete). ``progress``: a progress bar on a terminal.
+    String and zero-size tensors, which Orbax cannot store, are left out with a warning.
+
+    Example::
+
+        r = tf2flax.convert("/runs/tf1/model.ckpt-7", "/ckpts/out", mapping={"bert/": "params/"})
+        r.report.unused          # checkpoint tensors the map did not cover
+    """
+    began = time.perf_counter()
+    out_path = check_out(out, force)
+    ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
+    cast_to = float_dtype(dtype)
+    named = default_names(ckpt, include_optimizer, names)
+    left_out = [(n.name, n.left_out) for n in named if n.left_out]
+    if mapping is None and rules is None and preset is None and not transforms:
+        plan = default_plan(ckpt, named, cast_to)
+    else:
+        plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis)
+    plan, unwritable = _drop_unwritable(plan)
+    left_out += unwritable
+    check_tree(list(plan.entries))
+    result = ConvertResult(plan, left_out, None)
+    if dry_run:
+        return result
+    if not plan.entries:
+        raise MappingError(f"{ckpt.path}: nothing to convert ({len(left_out)} tensor(s) left out, none mapped)")
+    meta = {"tf2flax": {"source": ckpt.path, "include_optimizer": include_optimizer}}
+    result.tensors, result.bytes = write_orbax(plan, out_path, force=force, progress=progress, custom_metadata=meta)
+    result.out, result.seconds = str(out_path), time.perf_counter() - began
+    return result
+
+
+def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
+    """Leave out what Orbax cannot store (strings, zero-size arrays), with a warning."""
+    kinds: dict[str, list[str]] = {"string tensor": [], "zero-size tensor": []}
+    entries = {}
+    for path, e in plan.entries.items():
+        if np.dtype(e.dtype).kind in "OSU":
+            kinds["string tensor"].append(path)
+        elif math.prod(e.shape) == 0:
+            kinds["zero-size tensor"].append(path)
+        else:
+            entries[path] = e
+    dropped = []
+    for why, paths in kinds.items():
+        if paths:
+            warnings.warn(f"left out {len(paths)} {why}(s), which Orbax cannot store: {', '.join(paths)}",
+                          ConvertWarning, stacklevel=3)
+            for p in paths:
+                plan.report.matched.pop(p, None)
+                plan.report.unused.append(plan.entries[p].source.describe())
+                dropped.append((p, why))
+    return Plan(entries, plan.report), dropped
+
+
+__all__ = ["VALUE_KEY", "ConvertResult", "ConvertWarning", "convert", "load_map_file", "settle_paths",
+           "write_orbax"]
