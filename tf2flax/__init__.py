@@ -10,10 +10,9 @@ Example::
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
-
-from typing import Any
 
 from . import errors
 from .bundle import Checkpoint, open_checkpoint

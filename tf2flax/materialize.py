@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from .plan import Plan, PlanEntry
+from .plan import Plan, PlanEntry, release_source
 from .regions import Index, index_shape, normalize_index
 from .progress import human_bytes, human_rate
 
@@ -134,23 +134,10 @@ def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Inde
     without copying; devices holding the same block share it, as jax's own replicated puts do).
     Returns (array, regions read)."""
     blocks = {key: _owned(block) for key, block in _blocks(entry, regions).items()}
-    for reader, name in _checkpoint_tensors(entry.source):  # copied out: the mapped pages may go
-        release = getattr(reader, "release", None)
-        if release is not None:
-            release(name)
+    release_source(entry.source)  # copied out: the mapped pages may go
     array = jax.make_array_from_callback(entry.shape, sharding,
                                          lambda index: blocks[_key(normalize_index(index, entry.shape))])
     return array, len(blocks)
-
-
-def _checkpoint_tensors(source: object) -> list[tuple[object, str]]:
-    """The (checkpoint, tensor name) pairs a source reads, as far as its fields tell."""
-    reader, name = getattr(source, "reader", None), getattr(source, "name", None)
-    if reader is not None and isinstance(name, str):
-        return [(reader, name)]
-    children = [getattr(source, "base", None), getattr(getattr(source, "entry", None), "source", None),
-                *getattr(source, "parts", ())]
-    return [pair for child in children if child is not None for pair in _checkpoint_tensors(child)]
 
 
 def materialize(

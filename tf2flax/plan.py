@@ -138,6 +138,22 @@ class ConcatSource:
         return f"concat[axis={self.axis}]({', '.join(p.describe() for p in self.parts)})"
 
 
+def release_source(source: object) -> None:
+    """Let go of the mapped pages of the checkpoint tensors ``source`` reads (``Checkpoint.release``),
+    once their values have been copied or written out; follows ``base``/``parts``/``entry`` fields."""
+    reader, name = getattr(source, "reader", None), getattr(source, "name", None)
+    if reader is not None and isinstance(name, str):
+        release = getattr(reader, "release", None)
+        if release is not None:
+            release(name)
+        return
+    children = [getattr(source, "base", None), getattr(getattr(source, "entry", None), "source", None),
+                *getattr(source, "parts", ())]
+    for child in children:
+        if child is not None:
+            release_source(child)
+
+
 class Transform(Protocol):
     """A step from a source array to a target array."""
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..bundle import Checkpoint
 from ..errors import MappingError
-from ..plan import Plan, PlanEntry
+from ..plan import Plan, PlanEntry, release_source
 from ..progress import ByteProgress
 from .out_dir import install
 from .signals import sigint_between_groups
@@ -86,9 +86,10 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
     ctx = ocp.v1.Context()
     ctx.array.saving.use_compression = False   # 2x faster; weights barely compress
-    ctx.memory.deepcopy_host_arrays = False    # our arrays are ours: no second copy
+    # Our arrays are ours, or read-only views of a mapped checkpoint that stay valid until written.
+    ctx.memory.deepcopy_host_arrays = False
     total, tensors, written = total_bytes(plan), 0, 0
-    pending: tuple[Any, int, str] | None = None  # the group being written while the next one is read
+    pending: tuple[Any, int, str, list] | None = None  # the group being written while the next one is read
     try:
         with ctx, ByteProgress(total, progress, "converting") as bar, sigint_between_groups() as check:
             for group in _groups(plan):
@@ -100,7 +101,7 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
                 meta = custom_metadata if not tensors else None
                 tensors, written = tensors + len(group), written + size
                 label = f"converting ({tensors}/{len(plan.entries)} tensors)"
-                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), size, label)
+                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), size, label, group)
                 del items
             if pending is not None:
                 _finish(pending, bar)
@@ -118,9 +119,11 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     return tensors, written
 
 
-def _finish(pending: tuple[Any, int, str], bar: ByteProgress) -> None:
-    response, size, label = pending
+def _finish(pending: tuple[Any, int, str, list], bar: ByteProgress) -> None:
+    response, size, label, group = pending
     response.result()
+    for _, entry in group:  # written: a mapped checkpoint's pages of it leave resident memory
+        release_source(entry.source)
     bar.advance(size, description=label)
 
 
