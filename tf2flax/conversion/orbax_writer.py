@@ -26,9 +26,11 @@ from .out_dir import install
 from .signals import sigint_between_groups
 from .tree import nest
 
-# Bytes per Orbax partial save: enough groups for a smooth progress bar, few enough that Orbax's
-# finalize (which merges metadata once per group) stays fast.
-GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 32
+# Bytes per Orbax partial save. Each save and its share of the finalize cost a fixed overhead (about
+# half the CPU time of converting 0.5 GB in groups of 64 MB went to it; benchmarks/convert_memory.py),
+# so about 8 groups: still a moving progress bar, and two groups in memory stay within a quarter of
+# the checkpoint (from a local checkpoint they are views of the mapped file, released once written).
+GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 8
 
 
 def _location(entry: PlanEntry) -> tuple[int, int]:
