@@ -5,7 +5,8 @@ process's devices hold are read (a region replicated on several local devices is
 From a local checkpoint the reads are views of the mapped data files, so each device's block is
 copied once, from the page cache straight into the aligned buffer jax keeps (jax on CPU takes
 such a buffer without copying); no full-tensor buffer sits in between, even where a device's
-block is a strided region. Leaves are read and placed on a thread pool, with a bound on the bytes
+block is a strided region. A leaf read whole goes in one pass (``Checkpoint.read_rows``): each
+chunk of rows is checksummed while in cache and copied into the device blocks it falls in. Leaves are read and placed on a thread pool, with a bound on the bytes
 in flight, so peak host memory is this process's share of the model plus that bound.
 
 Example::
