@@ -39,7 +39,8 @@ DEFAULT_WORKERS = 8
 class LoadStats:
     """What a load read: bytes from storage, tensors placed, regions read, wall seconds.
 
-    ``full_reads`` counts tensors read whole because a transform could not map regions.
+    ``full_reads`` counts tensors read whole because a transform could not map the regions this
+    process holds (a callable, or a reshape whose regions are not one source box).
     """
 
     bytes_read: int = 0
@@ -118,11 +119,11 @@ def _blocks(entry: PlanEntry, regions: list[Index]) -> dict:
     read as that box in one request, and each device's block is a view of it; entries whose
     transforms cannot map regions are read whole once.
     """
-    if not entry.region_aware:
+    if not entry.reads_regions(regions):
         whole = entry.read(None)
         return {_key(r): whole[r] for r in regions}
     hull = _hull(regions) if regions and regions[0] else None
-    if hull is not None:
+    if hull is not None and entry.reads_regions([hull]):
         box = entry.read(hull, contiguous=False)
         return {_key(r): box[tuple(slice(s.start - h.start, s.stop - h.start) for s, h in zip(r, hull))]
                 for r in regions}
@@ -188,11 +189,11 @@ def materialize(
 
     def finish() -> None:
         nonlocal in_flight
-        target, entry, future, nbytes = pending.popleft()
+        target, entry, future, nbytes, whole = pending.popleft()
         out[target], regions = future.result()
         stats.tensors += 1
         stats.regions += regions
-        stats.full_reads += not entry.region_aware
+        stats.full_reads += whole
         in_flight -= nbytes
         if on_progress:
             on_progress(target, nbytes)
@@ -207,7 +208,8 @@ def materialize(
                 nbytes = _nbytes(entry, regions)
                 while pending and in_flight + nbytes > bytes_in_flight:
                     finish()
-                pending.append((target, entry, pool.submit(_place, entry, sharding, regions), nbytes))
+                pending.append((target, entry, pool.submit(_place, entry, sharding, regions), nbytes,
+                                not entry.reads_regions(regions)))
                 in_flight += nbytes
             while pending:
                 finish()

@@ -35,7 +35,7 @@ from ..storage import Store
 from .coding import DecodeError
 from .dtypes import DT_STRING, is_supported, numpy_dtype
 from .protos import SavedTensorSlices
-from .reader import Checkpoint, ReadStats, StoredTensor, TensorInfo, _covers, _slice_region
+from .reader import Checkpoint, ReadStats, StoredTensor, TensorInfo, _slice_region, _slices_problem
 from .slice_key import encode_slice_key
 from .table import FOOTER_SIZE, TableFile
 
@@ -87,6 +87,7 @@ class V1Checkpoint(Checkpoint):
         self.verify_checksums = verify_checksums
         self.verify_regions = verify_checksums and verify_regions
         self.stats = ReadStats()
+        self._view = None  # tensors lie inside protos: nothing is handed out as a view of the files
         self.num_shards = len(self.files)
         self.big_endian = False
         self._object_graph = None
@@ -173,10 +174,9 @@ class V1Checkpoint(Checkpoint):
             nbytes = size if tensor.dtype_enum == DT_STRING or dtype == object else math.prod(shape) * dtype.itemsize
             parts.append((region, StoredTensor(tensor.dtype_enum, shape, shard, offset, nbytes, 0)))
             self._extents[(name, shard, _flat(region))] = extents
-        total = sum(math.prod(p.shape) for _, p in parts)
-        if total != math.prod(tensor.shape) or not _covers(tensor.shape, [r for r, _ in parts]):
-            raise CorruptCheckpointError(
-                f"{here}: its slices do not cover the tensor of shape {list(tensor.shape)} exactly once")
+        problem = _slices_problem(tensor.shape, [r for r, _ in parts])
+        if problem is not None:
+            raise CorruptCheckpointError(f"{here} of shape {list(tensor.shape)}: {problem}")
         if len(parts) == 1:
             return TensorInfo(name, dtype, tensor.dtype_enum, tensor.shape, parts[0][1])
         return TensorInfo(name, dtype, tensor.dtype_enum, tensor.shape, None, tuple(parts))
