@@ -1,6 +1,6 @@
 """Read throughput of the checkpoint reader: tf2flax vs TensorFlow vs raw file reads.
 
-Writes a TF2 checkpoint of 16 float32 variables, ``--size-gb`` GiB in all (1.1 GiB = 1.2 GB by
+Writes a TF2 checkpoint of 16 float32 variables, ``--size-gb`` GiB in all (1.125 GiB = 1.2 GB by
 default), and a 6000-variable checkpoint; both are deleted at the end unless ``--keep`` (then
 reused by the next run). Then, in this one process, with the page cache warmed by a first pass,
 prints best-of-N timings and the ratios against the anchors, with the library versions:
@@ -15,7 +15,7 @@ prints best-of-N timings and the ratios against the anchors, with the library ve
 
 Goals (issue 13): CRC-verified read >= 1.5x TensorFlow's reader and >= 1.0x ``np.fromfile``.
 
-Usage: python benchmarks/read_throughput.py [--size-gb 1.1] [--dir /tmp/tf2flax-bench/read_throughput]
+Usage: python benchmarks/read_throughput.py [--size-gb 1.125] [--dir /tmp/tf2flax-bench/read_throughput]
        [--repeats 3] [--many 6000] [--keep]
 """
 
@@ -62,7 +62,7 @@ def data_files(prefix: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gb", type=float, default=1.1, help="checkpoint size in GiB (default 1.1)")
+    parser.add_argument("--size-gb", type=float, default=1.125, help="checkpoint size in GiB (default 1.125 = 1.2 GB)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/tf2flax-bench/read_throughput"),
                         help="where the checkpoints are written (reused when present)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
