@@ -212,3 +212,10 @@ def test_tf_written_t5_scanned_on_8_devices(mtf):
             np.testing.assert_array_equal(np.asarray(shard.data), want[shard.index])
     assert result.stats.full_reads == 0
     assert ("relpos_bias" in str(loaded["target"]["encoder"]["layers"])) == (version == "1.1")
+
+
+def test_params_tree_without_the_target_level():
+    params = {k[len("target/"):]: v for k, v in PARAMS.items()}
+    plan = build_plan(json_checkpoint(), {"target/": "/"}, flatten_targets(tree(params)), preset="t5x")
+    assert {t: e.describe() for t, e in plan.entries.items()} == {
+        t: f"{t} <- {TF_NAMES['target/' + t]}" for t in params}
