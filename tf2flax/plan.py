@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -342,18 +343,30 @@ def _box_of_range(start: int, stop: int, dims: list[int]) -> list[slice] | None:
 
 
 def _reshape_shape(shape: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     new = tuple(int(d) for d in new)
     if new.count(-1) > 1:
         raise ValueError
     if -1 in new:
-        rest = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+        rest = math.prod(d for d in new if d != -1)
         if rest == 0 or size % rest:
             raise ValueError
         new = tuple(size // rest if d == -1 else d for d in new)
-    if int(np.prod(new, dtype=np.int64)) != size:
+    if math.prod(new) != size:
         raise ValueError
     return new
+
+
+def is_value_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` holds one number, bool or string per element (numpy's, or ml_dtypes' such as bfloat16).
+
+    Records (``'f4,f4'``), sub-arrays (``'(1000,1000)f4'``), dates (``'M8'``), raw void
+    (``'V2000000000'``) and sized strings (``'S100'``) are not: a cast to one would multiply the
+    memory of every element, or fail inside numpy.
+    """
+    dtype = np.dtype(dtype)
+    return (dtype.fields is None and dtype.subdtype is None and dtype.kind not in "Mm"
+            and dtype.type is not np.void and not (dtype.kind in "SU" and dtype.itemsize))
 
 
 def can_cast(src: np.dtype, dst: np.dtype) -> bool:
@@ -378,6 +391,9 @@ class Cast:
         return shape
 
     def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        if not is_value_dtype(self.dtype):
+            raise MappingError(f"cannot cast to {str(self.dtype)!r}: not a dtype of single numbers or strings "
+                               "(records, sub-arrays, dates, raw void and sized strings are refused)")
         if not can_cast(dtype, self.dtype):
             raise MappingError(f"cannot cast {np.dtype(dtype).name} to {np.dtype(self.dtype).name}")
         return np.dtype(self.dtype)
@@ -444,8 +460,11 @@ class PlanEntry:
         """True when every transform maps regions, so a device's block reads only its bytes."""
         return all(t.region_aware for t in self.transforms)
 
-    def read(self, index: Sequence[slice] | None = None) -> np.ndarray:
-        """The target region ``index`` (whole target if None), reading as little as it can."""
+    def read(self, index: Sequence[slice] | None = None, contiguous: bool = True) -> np.ndarray:
+        """The target region ``index`` (whole target if None), reading as little as it can.
+
+        ``contiguous=False`` may return a strided view (of a mapped file, say) instead of a C-order copy.
+        """
         index = normalize_index(index, self.shape)
         chain = self._source_indices(index)
         if chain is None:
@@ -456,7 +475,7 @@ class PlanEntry:
         array = self.source.read(chain[0])
         for t, out in zip(self.transforms, chain[1:]):
             array = t.apply_region(array, index_shape(out)) if hasattr(t, "apply_region") else t.apply(array)
-        return _contiguous(array)
+        return _contiguous(array) if contiguous else array
 
     def reads_regions(self, regions: Sequence[Index]) -> bool:
         """True when every region in ``regions`` maps to one box of the source (else the source is

@@ -94,7 +94,7 @@ def _parse_step(step: Any, shape: tuple[int, ...], dtype: Any, where: str) -> Tr
             if op == "reshape":
                 return Reshape(tuple(int(d) for d in arg), tuple(shape))
             return Cast(np.dtype(arg))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, SyntaxError) as e:  # numpy parses some dtype strings with ast
             raise MappingError(f"transform {step!r} for {where}: bad argument ({e})") from None
     if callable(step):
         return _fn(step, shape, dtype)
