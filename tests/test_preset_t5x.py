@@ -219,3 +219,14 @@ def test_params_tree_without_the_target_level():
     plan = build_plan(json_checkpoint(), {"target/": "/"}, flatten_targets(tree(params)), preset="t5x")
     assert {t: e.describe() for t, e in plan.entries.items()} == {
         t: f"{t} <- {TF_NAMES['target/' + t]}" for t in params}
+
+
+def test_preview_of_the_real_checkpoint_names_every_tensor_as_the_importer():
+    from tf2flax.mapping.presets import preview
+
+    shown = preview("t5x", tf2flax.open_checkpoint(REALWORLD))
+    for target, v in EXPECTED["full_state"].items():
+        if v.get("tf_name"):
+            assert shown[v["tf_name"]]["becomes"] == target
+    assert shown["encoder/block_001/layer_000/SelfAttention/k"]["scanned"] == "target/encoder/layers/attention/key/kernel[1]"
+    assert shown["encoder/block_001/layer_000/SelfAttention/k_slot_v"]["left_out"] == "optimizer state"
