@@ -1,4 +1,4 @@
-"""The command line: ``python -m tf2flax convert|ls``.
+"""The command line: ``python -m tf2flax convert|ls|presets``.
 
 Bad input (a missing path, something that is not a checkpoint, a bad map file, an existing output
 without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2 (with
@@ -8,6 +8,8 @@ finished-looking output.
 Example::
 
     python -m tf2flax ls /runs/bert/model.ckpt-1000 --names full
+    python -m tf2flax ls /runs/bert/model.ckpt-1000 --preset bert      # what each tensor becomes
+    python -m tf2flax presets
     python -m tf2flax convert /runs/bert/model.ckpt-1000 /ckpts/bert --map bert.yaml --dtype bfloat16
 """
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Convert a TensorFlow checkpoint to an Orbax checkpoint, streamed.")
     conv.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
     conv.add_argument("out", metavar="OUT", help="the Orbax checkpoint directory to create")
-    conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis, names")
+    conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis, stack_axis, names")
     conv.add_argument("--preset", metavar="NAME", help="renames for a framework's naming (e.g. keras)")
     conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
     conv.add_argument("--include-optimizer", action="store_true",
@@ -57,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--names", choices=("key", "object", "full"), default="key",
                     help="key: checkpoint keys; object: TF2 object paths (model side); full: TF2 full names")
+    ls.add_argument("--preset", metavar="NAME", help="also show what each tensor becomes under a preset "
+                    "(see 'tf2flax presets')")
     ls.set_defaults(func=_ls)
+
+    presets = sub.add_parser("presets", parents=[common], help="list the presets",
+                             description="List the presets (renames for a framework's or model family's naming).")
+    presets.set_defaults(func=_presets)
     return parser
 
 
@@ -141,6 +149,15 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- presets -----------------------------------------------------------------------------------------
+
+def _presets(args: argparse.Namespace) -> int:
+    from .mapping.presets import describe_presets
+
+    print("\n".join(describe_presets()))
+    return 0
+
+
 # ---- ls ----------------------------------------------------------------------------------------------
 
 def _ls(args: argparse.Namespace) -> int:
@@ -150,6 +167,7 @@ def _ls(args: argparse.Namespace) -> int:
 
     ckpt = open_checkpoint(args.ckpt)
     shown = display_names(ckpt, args.names)
+    becomes = _preset_names(args.preset, ckpt) if args.preset else None
     rows = []
     for key in ckpt.names:
         info = ckpt.info(key)
@@ -157,7 +175,7 @@ def _ls(args: argparse.Namespace) -> int:
             "name": shown[key], "key": key, "shape": list(info.shape),
             "dtype": "string" if info.dtype_enum == DT_STRING else info.dtype.name,
             "bytes": info.nbytes, "shards": list(info.shards), "sliced": info.is_sliced,
-            "slices": len(info.slices),
+            "slices": len(info.slices), **(becomes[key] if becomes else {}),
         })
     rows.sort(key=lambda r: r["name"])
     total = {"tensors": len(rows), "bytes": sum(r["bytes"] for r in rows), "shards": ckpt.num_shards,
@@ -173,10 +191,29 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_names(preset: str, ckpt: Any) -> dict[str, dict]:
+    from .mapping.presets import preview
+
+    return preview(preset, ckpt)
+
+
+def _becomes(row: dict) -> str:
+    """The ``becomes`` cell: the renamed name, ``[i]`` for a stacked layer, the scanned name after ``|``,
+    and why a load leaves the tensor out, if it does."""
+    if row["becomes"] is None:
+        return "(dropped)"
+    name = row["becomes"] + (f"[{row['layer']}]" if row["layer"] is not None else "")
+    name += f" | {row['scanned']}" if row["scanned"] else ""
+    return name + (f" ({row['left_out']})" if row["left_out"] else "")
+
+
 def _print_table(rows: list[dict], total: dict) -> None:
     header = ("name", "shape", "dtype", "size", "shard", "sliced")
     cells = [(_printable(r["name"]), "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
               ",".join(map(str, r["shards"])), f"yes ({r['slices']})" if r["sliced"] else "") for r in rows]
+    if rows and "becomes" in rows[0]:
+        header += ("becomes",)
+        cells = [c + (_becomes(r),) for c, r in zip(cells, rows)]
     footer = (f"{total['tensors']} tensors, {human_bytes(total['bytes'])} in {total['shards']} shard(s)"
               + (f", {total['sliced']} sliced" if total["sliced"] else ""))
     if sys.stdout.isatty():

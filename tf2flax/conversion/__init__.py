@@ -97,12 +97,12 @@ class ConvertResult:
 
 def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, mapping: Any = None,
             rules: Any = None, preset: str | None = None, transforms: Mapping[Any, Any] | None = None,
-            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, names: str = "object",
-            dry_run: bool = False, force: bool = False, progress: bool = False) -> ConvertResult:
+            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, stack_axis: Any = None,
+            names: str = "object", dry_run: bool = False, force: bool = False, progress: bool = False) -> ConvertResult:
     """Convert TensorFlow checkpoint ``ckpt`` into the Orbax checkpoint ``out`` (a new local directory).
 
-    ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``: as for :func:`tf2flax.init_params`
-    (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
+    ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``, ``stack_axis``: as for
+    :func:`tf2flax.init_params` (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
     tensors (not integers, bools, complex) to it, e.g. ``"bfloat16"``. ``include_optimizer``: keep optimizer
     state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
     paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`).
@@ -128,7 +128,7 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     if mapping is None and rules is None and preset is None and not transforms:
         plan = default_plan(ckpt, named, cast_to)
     else:
-        plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis)
+        plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis, stack_axis)
     plan, unwritable = _drop_unwritable(plan)
     left_out += unwritable
     result = ConvertResult(plan, left_out, None)

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import MappingError, clip, short_repr
 from ..mapping.names import check_part_axis
 
-MAP_FILE_KEYS = ("map", "rules", "preset", "transforms", "part_axis", "names")
+MAP_FILE_KEYS = ("map", "rules", "preset", "transforms", "part_axis", "stack_axis", "names")
 _TRANSFORM_OPS = ("transpose", "reshape", "cast")
 # A map file is a few kilobytes; these bounds keep a hostile one from costing more than a few MB.
 MAX_BYTES, MAX_NESTING = 16 << 20, 32
@@ -26,7 +26,7 @@ def load_map_file(path: str | os.PathLike) -> dict[str, Any]:
     Keys: ``map`` (the assignment map), ``rules`` (``[[pattern, replacement], ...]`` or a mapping;
     ``null`` drops), ``preset``, ``transforms`` (``{path or regex: spec}``; a spec is ``transpose``,
     ``[transpose, [1, 0]]``, ``[reshape, [4, -1]]``, ``[cast, bfloat16]`` or a list of these) and
-    ``part_axis``.
+    ``part_axis``, ``stack_axis`` (an int or ``{regex: int}``: the layer axis of ``{i}`` stacks).
 
     Example::
 
