@@ -216,9 +216,12 @@ def alias_bomb() -> str:
     ("deep.json", '{"map": ' + "[" * 100000 + "]" * 100000 + "}", "nested more than 32 levels deep"),
     ("deep.json", '{"map": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels deep"),
     ("big.yaml", "map: {}\n" + "#" * (16 << 20), "larger than 16 MB"),
+    ("long.json", '{"rules": [["' + "x" * 5000 + '", "y"]]}', "(5000 characters) is longer than 4096 characters"),
+    ("long.yaml", "map: {k: " + "v" * 5000 + "}", "(5000 characters) is longer than 4096 characters"),
     ("bad.yaml", "transforms: {k: " + "[flip, " * 25 + "1" + "]" * 25 + "}", "is not a transform"),
 ], ids=["yaml", "key", "list", "transform", "preset", "rules", "map", "part_axis_str", "part_axis_float",
-        "part_axis_bool", "alias_bomb", "deep_yaml", "deep_block_yaml", "deep_mapping_yaml", "deep_json", "json_40_deep", "too_big", "deep_transform"])
+        "part_axis_bool", "alias_bomb", "deep_yaml", "deep_block_yaml", "deep_mapping_yaml", "deep_json", "json_40_deep", "too_big", "long_rule",
+        "long_value", "deep_transform"])
 def test_bad_map_files(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)

@@ -17,7 +17,7 @@ from ..mapping.names import check_part_axis
 MAP_FILE_KEYS = ("map", "rules", "preset", "transforms", "part_axis", "stack_axis", "names")
 _TRANSFORM_OPS = ("transpose", "reshape", "cast")
 # A map file is a few kilobytes; these bounds keep a hostile one from costing more than a few MB.
-MAX_BYTES, MAX_NESTING = 16 << 20, 32
+MAX_BYTES, MAX_NESTING, MAX_STRING = 16 << 20, 32, 4096
 
 
 def load_map_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -89,20 +89,24 @@ def _parse(path: str, text: str) -> Any:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = str(getattr(e, "problem", None) or e)[:300]
         raise MappingError(f"map file {path}: not valid YAML{where}: {problem}") from None
-    if _depth(data) > MAX_NESTING:
-        raise MappingError(f"map file {path}: nested more than {MAX_NESTING} levels deep")
+    _check_sizes(data, path)
     return data
 
 
-def _depth(data: Any) -> int:
-    """How deeply lists and mappings nest in ``data`` (without recursion)."""
-    deepest, todo = 0, [(data, 1)]
+def _check_sizes(data: Any, path: str) -> None:
+    """Refuse nesting deeper than ``MAX_NESTING`` and strings longer than ``MAX_STRING`` (names,
+    paths and patterns; a megabyte regex took minutes to compile and match), without recursion."""
+    todo = [(data, 1)]
     while todo:
         node, depth = todo.pop()
+        if isinstance(node, str) and len(node) > MAX_STRING:
+            raise MappingError(f"map file {path}: {clip(node, 40)} is longer than {MAX_STRING} characters, the "
+                               "most a name, path or pattern in a map file may have")
         if isinstance(node, (dict, list)):
-            deepest = max(deepest, depth)
-            todo += [(child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)]
-    return deepest
+            if depth > MAX_NESTING:
+                raise MappingError(f"map file {path}: nested more than {MAX_NESTING} levels deep")
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            todo += [(child, depth + 1) for child in children]
 
 
 def _loader() -> type:

@@ -28,12 +28,11 @@ _METADATA_MAX_BYTES = 1 << 20
 
 
 def checkpoint_files(ckpt: Any) -> list[str]:
-    """The local files of an open checkpoint (its index and data files); none for a remote one."""
+    """Where an open checkpoint's files are: its local prefix (the index and data files, or a V1
+    file, lie beside it); nothing for a remote one."""
     if not isinstance(getattr(ckpt, "store", None), LocalStore):
         return []
-    n = ckpt.num_shards
-    names = [f"{ckpt.prefix}.index", *(f"{ckpt.prefix}.data-{i:05d}-of-{n:05d}" for i in range(n))]
-    return [ckpt.store.describe(name) for name in names]
+    return [ckpt.store.describe(ckpt.prefix)]
 
 
 def check_out(out: str | os.PathLike, force: bool, *, dry_run: bool = False, inputs: Iterable[str] = ()) -> Path:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..bundle import Checkpoint
-from ..errors import MappingError, short_repr
+from ..errors import MappingError, clip, short_repr
 from ..naming import DefaultName
 from ..plan import Cast, Plan, PlanEntry, TensorSource
 from .tree import check_path, check_tree, settle_paths
@@ -148,7 +148,7 @@ def _targets_of(key: Any, target: Any, kept: list[DefaultName], renamed: Callabl
             raise MappingError(f"{where}: a tensor maps to a leaf path; to map a scope, end both sides with '/'")
         found = resolver.resolve(key)
         if found is None:
-            raise MappingError(f"{where}: checkpoint {ckpt.path} has no tensor {key!r}.{resolver.suggest(key)}")
+            raise MappingError(f"{where}: checkpoint {ckpt.path} has no tensor {clip(key)}.{resolver.suggest(key)}")
         check_path(target, key, ckpt.path)
         return [(target, ", ".join(found.keys), (tuple(found.source.shape), found.source.dtype))]
     if "/" not in target:

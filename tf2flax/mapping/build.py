@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import MappingError
+from ..errors import MappingError, clip
 from ..plan import (Cast, Plan, PlanEntry, RegionSource, Report, Reshape, Source, Transform, Transpose, axis_groups,
                     can_cast)
 from ..targets import TargetLeaf
@@ -100,7 +100,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
                 notes.append(f"{entry.target!r}: {old[1].origin} is overridden by {load.origin}")
             entries[entry.target] = (entry, load)
     bad = specs.unmatched_keys([*targets, *tvars.bases.values()])
-    errors += [f"transforms key {k!r} matches no target leaf.{tvars.suggest(k)}" for k in bad]
+    errors += [f"transforms key {clip(str(k))} matches no target leaf.{tvars.suggest(k)}" for k in bad]
     if errors:
         head = errors[0] if len(errors) == 1 else f"{len(errors)} problems:\n- " + "\n- ".join(errors)
         raise MappingError(head)
