@@ -312,8 +312,10 @@ class Checkpoint:
             ckpt.release("bert/embeddings/word_embeddings")
         """
         release = getattr(self.store, "release", None)
+        if release is None or self._view is None:
+            return
         info = self._infos.get(name)
-        if release is None or self._view is None or info is None:
+        if info is None:
             return
         for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
             release(self._data_file(stored.shard_id), stored.offset, stored.offset + stored.size)
