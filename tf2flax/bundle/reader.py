@@ -167,7 +167,7 @@ def _slices_problem(shape: tuple[int, ...], regions: list[Index]) -> str | None:
         return None
     starts = np.array([[s.start for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
     stops = np.array([[s.stop for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
-    axis = max(range(len(shape)), key=lambda i: len(np.unique(starts[:, i])), default=0)
+    axis = max(range(len(shape)), key=lambda i: len(set(starts[:, i].tolist())), default=0)
     order = np.argsort(starts[:, axis], kind="stable")
     starts, stops = starts[order], stops[order]
     # Boxes after i that start before box i ends on `axis`: i's only candidates for an overlap.
@@ -318,8 +318,10 @@ class Checkpoint:
             ckpt.release("bert/embeddings/word_embeddings")
         """
         release = getattr(self.store, "release", None)
+        if release is None or self._view is None:
+            return
         info = self._infos.get(name)
-        if release is None or self._view is None or info is None:
+        if info is None:
             return
         for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
             release(self._data_file(stored.shard_id), stored.offset, stored.offset + stored.size)
