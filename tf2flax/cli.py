@@ -1,8 +1,9 @@
 """The command line: ``python -m tf2flax convert|ls|presets``.
 
 Bad input (a missing path, something that is not a checkpoint, a bad map file, an existing output
-without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2, without
-a traceback unless ``--debug``; an interrupt exits with 130. Neither leaves a finished-looking output.
+without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2 (with
+``--debug``, after a traceback); an interrupt exits with 130, SIGTERM with 143. None of them leaves a
+finished-looking output.
 
 Example::
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from typing import Any, Sequence
 
@@ -82,17 +84,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
-            raise
+            traceback.print_exc()
         print("tf2flax: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `tf2flax ls ... | head`: the reader left, nothing more to say
         sys.stderr.close()
         return 0
     except (Tf2FlaxError, OSError) as e:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, then the same line and status as without --debug
+            traceback.print_exc()
         print(f"tf2flax: error: {redact_url(str(e), limit=2000)}", file=sys.stderr)
         return 2
+
+
+def _printable(text: str) -> str:
+    """``text`` with unprintable characters escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``):
+    a tensor name in human output cannot move the cursor, recolour or reorder the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _printable_lines(text: str) -> str:
+    return "\n".join(_printable(line) for line in text.split("\n"))
 
 
 def _one_line_warning(show: Any) -> Any:
@@ -129,11 +141,11 @@ def _convert(args: argparse.Namespace) -> int:
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning):
-            print(f"tf2flax: warning: {redact_url(str(w.message), limit=2000)}", file=sys.stderr)
+            print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000))}", file=sys.stderr)
     if args.dry_run:
-        print(result.describe())
+        print(_printable_lines(result.describe()))
     if not args.quiet or args.dry_run:
-        print(result.summary())
+        print(_printable_lines(result.summary()))
     return 0
 
 
@@ -174,7 +186,7 @@ def _ls(args: argparse.Namespace) -> int:
                    "tensors": rows, "total": total}, sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
-    print(ckpt.opened)
+    print(_printable(ckpt.opened))
     _print_table(rows, total)
     return 0
 
@@ -197,7 +209,7 @@ def _becomes(row: dict) -> str:
 
 def _print_table(rows: list[dict], total: dict) -> None:
     header = ("name", "shape", "dtype", "size", "shard", "sliced")
-    cells = [(r["name"], "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
+    cells = [(_printable(r["name"]), "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
               ",".join(map(str, r["shards"])), f"yes ({r['slices']})" if r["sliced"] else "") for r in rows]
     if rows and "becomes" in rows[0]:
         header += ("becomes",)

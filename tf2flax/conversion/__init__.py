@@ -44,14 +44,16 @@ import numpy as np
 
 from ..bundle import Checkpoint, open_checkpoint
 from ..errors import MappingError
+from ..mapping.names import check_part_axis
 from ..naming import default_names
 from ..plan import Plan
 from ..progress import human_bytes, human_rate
+from ..storage import is_url
 from .mapfile import load_map_file
 from .orbax_writer import total_bytes, write_orbax
-from .out_dir import check_out
+from .out_dir import check_out, checkpoint_files
 from .plans import default_plan, float_dtype, mapped_plan
-from .tree import VALUE_KEY, check_tree, settle_paths
+from .tree import VALUE_KEY, settle_paths
 
 
 class ConvertWarning(UserWarning):
@@ -104,8 +106,10 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     tensors (not integers, bools, complex) to it, e.g. ``"bfloat16"``. ``include_optimizer``: keep optimizer
     state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
     paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`).
-    ``dry_run``: plan and report only, write nothing. ``force``: replace an existing ``out`` (only once
-    the new one is complete). ``progress``: a progress bar on a terminal.
+    ``dry_run``: plan and report only, write nothing (an existing ``out`` is fine). ``force``: replace an
+    existing ``out`` (only once the new one is complete), if it is an empty directory or an Orbax
+    checkpoint tf2flax wrote; an ``out`` that is or holds the checkpoint or the current directory is
+    always refused. ``progress``: a progress bar on a terminal.
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
     Example::
@@ -114,8 +118,10 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
         r.report.unused          # checkpoint tensors the map did not cover
     """
     began = time.perf_counter()
-    out_path = check_out(out, force)
+    check_part_axis(part_axis)
+    given = [] if isinstance(ckpt, Checkpoint) or is_url(os.fspath(ckpt)) else [os.fspath(ckpt)]
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
+    out_path = check_out(out, force, dry_run=dry_run, inputs=[*given, *checkpoint_files(ckpt)])
     cast_to = float_dtype(dtype)
     named = default_names(ckpt, include_optimizer, names)
     left_out = [(n.name, n.left_out) for n in named if n.left_out]
@@ -125,7 +131,6 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
         plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis, stack_axis)
     plan, unwritable = _drop_unwritable(plan)
     left_out += unwritable
-    check_tree(list(plan.entries))
     result = ConvertResult(plan, left_out, None)
     if dry_run:
         return result

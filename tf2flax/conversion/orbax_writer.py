@@ -20,15 +20,17 @@ import numpy as np
 
 from ..bundle import Checkpoint
 from ..errors import MappingError
-from ..plan import Plan, PlanEntry
+from ..plan import Plan, PlanEntry, release_source
 from ..progress import ByteProgress
 from .out_dir import install
-from .signals import sigint_between_groups
+from .signals import signals_between_groups
 from .tree import nest
 
-# Bytes per Orbax partial save: enough groups for a smooth progress bar, few enough that Orbax's
-# finalize (which merges metadata once per group) stays fast.
-GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 32
+# Bytes per Orbax partial save. Each save and its share of the finalize cost a fixed overhead (about
+# half the CPU time of converting 0.5 GB in groups of 64 MB went to it; benchmarks/convert_memory.py),
+# so about 8 groups: still a moving progress bar, and two groups in memory stay within a quarter of
+# the checkpoint (from a local checkpoint they are views of the mapped file, released once written).
+GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 8
 
 
 def _location(entry: PlanEntry) -> tuple[int, int]:
@@ -72,8 +74,8 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
 
     At most two groups of tensors are in memory: one being written (``ocp.v1.partial.save_async``)
     while the next is read. ``ocp.v1.partial.finalize`` completes ``OUT.tmp-<random>``, which then
-    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt the
-    temporary files are removed.
+    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt
+    (SIGINT or SIGTERM) the temporary files are removed.
 
     Example::
 
@@ -86,11 +88,12 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
     ctx = ocp.v1.Context()
     ctx.array.saving.use_compression = False   # 2x faster; weights barely compress
-    ctx.memory.deepcopy_host_arrays = False    # our arrays are ours: no second copy
+    # Our arrays are ours, or read-only views of a mapped checkpoint that stay valid until written.
+    ctx.memory.deepcopy_host_arrays = False
     total, tensors, written = total_bytes(plan), 0, 0
-    pending: tuple[Any, int, str] | None = None  # the group being written while the next one is read
+    pending: tuple[Any, int, str, list] | None = None  # the group being written while the next one is read
     try:
-        with ctx, ByteProgress(total, progress, "converting") as bar, sigint_between_groups() as check:
+        with ctx, ByteProgress(total, progress, "converting") as bar, signals_between_groups() as check:
             for group in _groups(plan):
                 items = [(path, _read(path, entry)) for path, entry in group]
                 check()
@@ -100,7 +103,7 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
                 meta = custom_metadata if not tensors else None
                 tensors, written = tensors + len(group), written + size
                 label = f"converting ({tensors}/{len(plan.entries)} tensors)"
-                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), size, label)
+                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), size, label, group)
                 del items
             if pending is not None:
                 _finish(pending, bar)
@@ -118,9 +121,11 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     return tensors, written
 
 
-def _finish(pending: tuple[Any, int, str], bar: ByteProgress) -> None:
-    response, size, label = pending
+def _finish(pending: tuple[Any, int, str, list], bar: ByteProgress) -> None:
+    response, size, label, group = pending
     response.result()
+    for _, entry in group:  # written: a mapped checkpoint's pages of it leave resident memory
+        release_source(entry.source)
     bar.advance(size, description=label)
 
 
