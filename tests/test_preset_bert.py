@@ -18,6 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tf2flax
+from mapping_fakes import FakeCheckpoint
 from tf2flax.mapping import build_plan
 from tf2flax.targets import flatten_targets
 
@@ -164,8 +165,6 @@ def test_garden_generator_reproduces_the_shipped_checkpoint(tmp_path):
 
 def test_model_garden_attribute_paths_map_like_layer_with_weights():
     """BertEncoderV2 also tracks its layers as attributes; a checkpoint may name variables that way."""
-    from mapping_fakes import FakeCheckpoint
-
     garden = tf2flax.open_checkpoint(GARDEN / "bert_model.ckpt")
     attributes = {0: "_embedding_layer", 1: "_position_embedding_layer", 2: "_type_embedding_layer",
                   3: "_embedding_norm_layer", 4: "_transformer_layers/0", 5: "_transformer_layers/1", 6: "_pooler_layer"}
