@@ -52,3 +52,7 @@ class StorageError(Tf2FlaxError, OSError):
 
 class OutputExistsError(Tf2FlaxError, FileExistsError):
     """An output path exists and overwriting was not asked for."""
+
+
+class DistributedError(Tf2FlaxError, RuntimeError):
+    """A process of a distributed conversion failed or did not answer; every process raises the same."""
