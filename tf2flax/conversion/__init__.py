@@ -50,6 +50,7 @@ from ..progress import human_bytes, human_rate
 from .mapfile import load_map_file
 from .orbax_writer import Solo, total_bytes, write_orbax
 from .out_dir import check_out
+from .remote_out import check_output_url
 from .plans import default_plan, float_dtype, mapped_plan
 from .tree import VALUE_KEY, check_tree, settle_paths
 
@@ -161,6 +162,7 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
           include_optimizer: bool, part_axis: Any, names: str, dry_run: bool,
           force: bool) -> tuple[Plan, list[tuple[str, str]], Checkpoint, Any]:
     """The checked output path, the open checkpoint and the checked plan (and what it leaves out)."""
+    check_output_url(out)
     out_path = check_out(out, force)
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
     cast_to = float_dtype(dtype)
