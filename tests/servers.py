@@ -145,7 +145,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             stop = min(size, int(last) + 1) if last else size
         if start >= size or stop <= start:
             return self._reply(416, {**common, "Content-Range": f"bytes */{size}", "Content-Length": "0"}, b"", head)
+        misbehave = self.server.misbehave
+        if misbehave == "short" and stop - start > 1:  # a consistent answer, for fewer bytes than asked
+            stop = start + (stop - start) // 2
+        elif misbehave == "shifted" and stop < size:  # as many bytes as asked, from elsewhere
+            start, stop = start + 1, stop + 1
         headers = {**common, "Content-Range": f"bytes {start}-{stop - 1}/{size}", "Content-Length": str(stop - start)}
+        if misbehave == "stall" and not head:  # half the body, then silence until the server closes
+            self._reply(206, headers, None, head, file, start, (stop - start) // 2)
+            self.server.closing.wait(120)
+            return
         self._reply(206, headers, None, head, file, start, stop - start)
 
 
@@ -159,6 +168,8 @@ class _Server(http.server.ThreadingHTTPServer):
         self.latency = 0.0
         self.honour_range = honour_range
         self.denied: tuple[str, ...] = ()
+        self.misbehave = ""
+        self.closing = threading.Event()
         self.log: list[Request] = []
         self.failures = 0
         self.active = 0
@@ -190,8 +201,11 @@ class RangeHTTPServer:
     """Serve ``root`` on ``http://127.0.0.1:PORT/`` honouring ``Range``; counts requests and bytes.
 
     ``denied`` is a tuple of path prefixes (relative to ``root``) answered with 403 Forbidden;
-    ``latency`` (seconds) delays every answer, as a distant server would. With ``gcs=True`` it answers Google Cloud Storage's JSON API instead (point tensorstore at it
-    with ``TENSORSTORE_GCS_HTTP_URL``): ``gs://BUCKET/OBJECT`` is the file ``root/BUCKET/OBJECT``.
+    ``latency`` (seconds) delays every answer, as a distant server would. ``misbehave`` makes byte-range
+    answers wrong: ``"short"`` (half the bytes asked, with a matching Content-Range), ``"shifted"``
+    (the range one byte later) or ``"stall"`` (half the body, then nothing until the server closes).
+    With ``gcs=True`` it answers Google Cloud Storage's JSON API instead (point tensorstore at it with
+    ``TENSORSTORE_GCS_HTTP_URL``): ``gs://BUCKET/OBJECT`` is the file ``root/BUCKET/OBJECT``.
     """
 
     def __init__(self, root: str | os.PathLike, honour_range: bool = True, gcs: bool = False,
@@ -202,6 +216,14 @@ class RangeHTTPServer:
         self.url = f"http://127.0.0.1:{self.port}/"
         self._thread = threading.Thread(target=self._server.serve_forever, name="range-http", daemon=True)
         self._thread.start()
+
+    @property
+    def misbehave(self) -> str:
+        return self._server.misbehave
+
+    @misbehave.setter
+    def misbehave(self, mode: str) -> None:
+        self._server.misbehave = mode
 
     @property
     def denied(self) -> tuple[str, ...]:
@@ -249,6 +271,7 @@ class RangeHTTPServer:
             self._server.max_active = self._server.active
 
     def close(self) -> None:
+        self._server.closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -30,8 +30,9 @@ def test_ls_table_marks_sliced_variables_and_totals(tf1_ckpt):
     done = cli("ls", tf1_ckpt.prefix)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["name", "shape", "dtype", "size", "shard", "sliced"]
-    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert lines[0] == f"V2 checkpoint: {tf1_ckpt.prefix}"
+    assert lines[1].split() == ["name", "shape", "dtype", "size", "shard", "sliced"]
+    rows = {line.split()[0]: line for line in lines[2:-1]}
     assert set(rows) == {name for name, _ in tf_writers.tf_list_variables(tf1_ckpt.prefix)}
     assert rows["part/rows"].split() == ["part/rows", "[10,", "3]", "float32", "120", "B", "0", "yes", "(3)"]
     assert rows["dense/kernel"].split() == ["dense/kernel", "[4,", "6]", "float32", "96", "B", "0"]

@@ -7,13 +7,16 @@ speaking Google Cloud Storage's JSON API. Nothing in the I/O layer is mocked.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ import tf2flax
 import tf_writers
 from servers import S3_ENV, MotoS3, RangeHTTPServer
 from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError, UnsupportedFormatError
-from tf2flax.storage import KvStore, _ByteBudget, kvstore_spec
+from tf2flax.storage import KvStore, _ByteBudget, kvstore_spec, redact_url
 
 BUCKET = "tf2flax-ckpts"
 
@@ -79,8 +82,11 @@ def http(served):
 def http_log(http):
     http.reset()
     http.denied = ()
+    http.misbehave = ""
     http.fail_next(0)
-    return http
+    yield http
+    http.misbehave = ""
+    http.denied = ()
 
 
 @pytest.fixture(scope="module")
@@ -365,6 +371,174 @@ def test_unreachable_server_fails_after_retries_naming_the_url():
         port = s.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(StorageError, match=rf"http://127\.0\.0\.1:{port}/run/checkpoint: read failed"):
         tf2flax.open_checkpoint(f"http://127.0.0.1:{port}/run/")
+
+
+def test_http_wrong_or_short_range_says_what_the_server_did(http_log, big_ckpt):
+    ckpt = tf2flax.open_checkpoint(http_log.url + "big/")
+    where = rf"{http_log.url}big/model\.ckpt-5\.data-00000-of-00001"
+    http_log.misbehave = "short"
+    with pytest.raises(StorageError, match=rf"{where}: asked for bytes (\d+)\.\.(\d+), the server returned \d+ bytes "
+                                           r"\(\1\.\.\d+ of \d+\): it does not serve byte ranges correctly"):
+        ckpt.read("model/w")
+    http_log.misbehave = "shifted"
+    with pytest.raises(StorageError, match=rf"{where}: asked for bytes (\d+)\.\.(\d+), the server returned "
+                                           r"\d+ bytes \((?!\1\.\.)\d+\.\.\d+ of \d+\)"):
+        ckpt.read("model/w")
+    http_log.misbehave = ""
+    np.testing.assert_array_equal(ckpt.read("model/w"), big_ckpt[1]["model/w"])
+
+
+def test_http_truncated_file_says_where_it_ends(http_log, served):
+    store = KvStore(http_log.url + "big/")
+    name = "model.ckpt-5.data-00000-of-00001"
+    size = (served / "big" / name).stat().st_size
+    with pytest.raises(CorruptCheckpointError, match=rf"{name}: the file ends at byte {size}, bytes {size - 10}\.\."
+                                                     rf"{size + 90} were needed \(truncated\?\)"):
+        store.read(name, size - 10, size + 90)
+
+
+_STALL_READ = """
+import sys, time
+import tf2flax
+from tf2flax.errors import StorageError
+from tf2flax.storage import KvStore
+
+url, how = sys.argv[1], sys.argv[2]
+began = time.monotonic()
+try:
+    if how == "parameter":
+        KvStore(url, stall_timeout=1).read("model.ckpt-5.data-00000-of-00001", 0, 200_000)
+    else:
+        tf2flax.open_checkpoint(url).read("model/emb")
+except StorageError as e:
+    print(f"{time.monotonic() - began:.1f} s:", e)
+"""
+
+
+@pytest.mark.parametrize("how", ["parameter", "environment"])
+def test_http_stalled_transfer_fails_after_bounded_retries_naming_the_url(served, how):
+    """A server that stops sending mid-body: no byte for the stall timeout, one retry, a StorageError.
+
+    In a new process: tensorstore sets its transport's stall timeout when it makes its first request.
+    """
+    env = {**os.environ, "TF2FLAX_RETRIES": "1"}
+    env.pop("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", None)
+    env.pop("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", None)
+    if how == "environment":
+        env["TF2FLAX_STALL_TIMEOUT"] = "1"
+    else:
+        env.pop("TF2FLAX_STALL_TIMEOUT", None)
+    with RangeHTTPServer(served) as server:
+        server.misbehave = "stall"
+        out = subprocess.run([sys.executable, "-c", _STALL_READ, server.url + "big/", how], env=env,
+                             capture_output=True, text=True, timeout=120)
+        data_requests = [r for r in server.log if r.path.endswith(".data-00000-of-00001")]
+    assert out.returncode == 0, out.stderr
+    seconds, _, message = out.stdout.strip().partition(" s: ")
+    assert re.fullmatch(rf"{server.url}big/model\.ckpt-5\.data-00000-of-00001: the server stopped sending "
+                        r"\(no data for 1 s, 2 attempts\); TF2FLAX_STALL_TIMEOUT sets how long to wait", message), out
+    assert float(seconds) < 60
+    assert 2 <= len(data_requests) <= 2 * math.ceil((1024 * 512 * 4) / (8 << 20)) + 2  # bounded: a try, a retry
+
+
+def test_https_against_a_plain_http_server_fails_at_once(http_log, monkeypatch):
+    """A TLS failure cannot be fixed by retrying: no backoff (8 retries here would take a minute)."""
+    monkeypatch.setenv("TF2FLAX_RETRIES", "8")
+    monkeypatch.setenv("TF2FLAX_RETRY_DELAY", "2")
+    url = http_log.url.replace("http://", "https://") + "big/"
+    began = time.monotonic()
+    with pytest.raises(StorageError, match=rf"{url}checkpoint: read failed, not retried \(a retry cannot fix this\): "
+                                           r".*SSL"):
+        tf2flax.open_checkpoint(url)
+    assert time.monotonic() - began < 10
+
+
+# ---- no credential or signed query string is ever shown -----------------------------------------
+
+def test_redact_url_hides_userinfo_query_and_fragment_and_clips_long_text():
+    assert redact_url("https://user:pw@host:8/a/ckpt.index?X-Amz-Signature=abc&X-Amz-Date=1#tok") == \
+        "https://***@host:8/a/ckpt.index?X-Amz-Signature=***&X-Amz-Date=***#***"
+    assert redact_url("'gs://b/x?sig=s3cr3t': not found, and http://tok@h/y, /local/p") == \
+        "'gs://b/x?sig=***': not found, and http://***@h/y, /local/p"
+    assert redact_url("s3://bucket/run/ckpt-1") == "s3://bucket/run/ckpt-1"
+    long = redact_url("http://h/" + "x" * 1_000_000 + "?token=s3cr3t")
+    assert len(long) < 1100 and "s3cr3t" not in long and long.startswith("http://h/xxx") and long.endswith("=***")
+
+
+def _secret_url(url: str) -> str:
+    return url.replace("http://", "http://alice:s3cr3t@")
+
+
+def _no_secret(text: str) -> None:
+    assert "s3cr3t" not in text and "alice" not in text and "SIGSECRET" not in text, text
+
+
+def test_every_error_that_shows_a_url_hides_its_credentials(http_log, served, tmp_path):
+    base = _secret_url(http_log.url)
+    assert tf2flax.open_checkpoint(base + "tf2/").path == f"{http_log.url.replace('//', '//***@')}tf2/ckpt-2"
+    shown = http_log.url.replace("//", "//***@")
+    cases = [
+        (CheckpointNotFoundError, base + "nowhere/"),                              # no state file
+        (CheckpointNotFoundError, base + "tf2/ckpt-7?sig=SIGSECRET"),               # no checkpoint here
+        (CheckpointNotFoundError, base + "tf2/ckpt-7?X-Amz-Signature=SIGSECRET&X-Amz-Credential=SIGSECRET"),
+    ]
+    (served / "corrupt").mkdir(exist_ok=True)
+    (served / "corrupt" / "checkpoint").write_text("this is { not a state file")
+    (served / "elsewhere").mkdir(exist_ok=True)
+    (served / "elsewhere" / "checkpoint").write_text(
+        f'model_checkpoint_path: "{base}elsewhere/gone?sig=SIGSECRET"\n')
+    cases += [(CorruptCheckpointError, base + "corrupt/"), (CheckpointNotFoundError, base + "elsewhere/")]
+    for error, url in cases:
+        with pytest.raises(error) as caught:
+            tf2flax.open_checkpoint(url)
+        _no_secret(str(caught.value))
+        assert shown in str(caught.value), str(caught.value)
+
+    http_log.denied = ("big/",)
+    with pytest.raises(StorageError, match=rf"{re.escape(shown)}big/checkpoint: access denied") as caught:
+        tf2flax.open_checkpoint(base + "big/")
+    _no_secret(str(caught.value))
+    http_log.denied = ()
+
+    store = KvStore(base + "big/")
+    name = "model.ckpt-5.data-00000-of-00001"
+    size = (served / "big" / name).stat().st_size
+    with pytest.raises(CorruptCheckpointError, match="truncated") as caught:
+        store.read(name, size - 10, size + 90)
+    _no_secret(str(caught.value))
+    assert repr(store) == f"KvStore('{shown}big/')"
+
+    with pytest.raises(StorageError) as caught:
+        kvstore_spec("s3://bucket/run/?X-Amz-Signature=SIGSECRET")  # tensorstore's message repeats the URL
+    _no_secret(str(caught.value))
+
+
+def test_cli_never_prints_credentials(http_log, served, tmp_path):
+    base = _secret_url(http_log.url)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "tf2flax", *args], capture_output=True, text=True,
+                                       timeout=180, env=os.environ.copy())
+    ls = run("ls", "--json", base + "tf2/")
+    assert ls.returncode == 0, ls.stderr
+    assert json.loads(ls.stdout)["checkpoint"] == http_log.url.replace("//", "//***@") + "tf2/ckpt-2"
+    missing = run("ls", base + "tf2/ckpt-9?sig=SIGSECRET")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no checkpoint here" in missing.stderr
+    converted = run("convert", base + "big/", str(tmp_path / "out"))
+    assert converted.returncode == 0, converted.stderr
+    assert "converted 4 tensors" in converted.stdout
+    written = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert b"***@127.0.0.1" in written  # the source, as recorded in the output's metadata
+    for text in (ls.stdout, ls.stderr, missing.stdout, missing.stderr, converted.stdout, converted.stderr,
+                 written.decode("latin-1")):
+        _no_secret(text)
+
+
+def test_huge_or_deep_names_give_one_short_error(http_log):
+    for url in (http_log.url + "x" * 1_000_000, http_log.url + "a/" * 1000 + "x",
+                http_log.url + "d/" + "z" * 1_000_000 + "/"):
+        with pytest.raises((CheckpointNotFoundError, StorageError)) as caught:
+            tf2flax.open_checkpoint(url)
+        assert len(str(caught.value)) < 2500 and "\n" not in str(caught.value), len(str(caught.value))
+        assert http_log.url in str(caught.value)
 
 
 def _free_port() -> int:

@@ -541,8 +541,8 @@ def build_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096,
     """A LevelDB-style table exactly as TensorFlow's ``TableBuilder`` writes it (keys sorted).
 
     With ``block_size=262144`` the output is byte-identical to TF's ``.index`` files. The default
-    is small so that tests get several data blocks cheaply. ``compression`` is written into every
-    data block trailer (the CRC covers it, so 1 = "snappy" still passes the CRC check).
+    is small so that tests get several data blocks cheaply. ``compression=1`` snappy-compresses every
+    data block (as TensorFlow builds with snappy write them; the CRC covers the compressed bytes).
     """
     out = bytearray()
     index_entries: list[tuple[bytes, bytes]] = []
@@ -550,6 +550,10 @@ def build_table(entries: list[tuple[bytes, bytes]], block_size: int = 4096,
     last_key = b""
 
     def write_block(data: bytes, kind: int) -> bytes:
+        if kind == 1:
+            import cramjam
+
+            data = bytes(cramjam.snappy.compress_raw(data))
         handle = _varint(len(out)) + _varint(len(data))
         trailer = bytes([kind])
         out.extend(data + trailer + masked_crc32c(data + trailer).to_bytes(4, "little"))
@@ -736,3 +740,158 @@ def tensor_mismatch(actual: Any, expected: Any) -> str | None:
 def assert_tensor_equal(actual: Any, expected: Any, what: str = "") -> None:
     why = tensor_mismatch(actual, expected)
     assert why is None, f"{what}: {why}"
+
+
+# ----------------------------------------------------------------------------------------------
+# V1 checkpoints (SaverDef.V1) and SavedModels
+# ----------------------------------------------------------------------------------------------
+
+#: The dtypes TensorFlow's V1 writer (SaveSlices) accepts, as TF 2.21 has it: name -> numpy dtype the
+#: reader gives (quantized types come out as their integer storage types).
+V1_DTYPES = {
+    "float32": np.float32, "float64": np.float64, "int32": np.int32, "uint8": np.uint8, "int16": np.int16,
+    "int8": np.int8, "int64": np.int64, "bool": np.bool_, "complex64": np.complex64,
+    "complex128": np.complex128, "float16": np.float16, "uint16": np.uint16, "qint8": np.int8,
+    "quint8": np.uint8, "qint32": np.int32, "string": object,
+}
+_QUANTIZED = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
+
+
+def v1_values() -> dict[str, np.ndarray]:
+    """One tensor per V1 dtype with extreme values (NaN payloads, -0, inf, limits), plus a scalar."""
+    zoo = dtype_zoo()
+    out = {}
+    for name, dt in V1_DTYPES.items():
+        if name == "string":
+            out["dt/string"] = np.array([[b"", b"a" * 300], [b"\x00\xff", "\u00e9".encode()]], dtype=object)
+            continue
+        storage = _QUANTIZED.get(name, name)
+        source = next((v for k, v in zoo.items() if k.split("/")[-1] == storage and v.size), None)
+        out[f"dt/{name}"] = (source if source is not None else np.arange(6)).astype(dt).reshape(-1)
+    out["scalar/global_step"] = np.array(123456789012, dtype=np.int64)
+    out["zero/empty"] = np.zeros((0, 4), np.float32)
+    return out
+
+
+V1_PARTITIONED = {
+    # name: (shape, num_parts, axis, dtype)
+    "part/rows": ((10, 3), 3, 0, np.float32),
+    "part/cols": ((4, 7), 3, 1, np.float64),
+    "part/depth": ((3, 4, 11), 5, 2, np.int32),
+    "part/half": ((9, 2), 2, 0, np.float16),
+}
+
+
+def _v1_partitioned_value(name: str) -> np.ndarray:
+    shape, _, _, dt = V1_PARTITIONED[name]
+    vals = np.random.default_rng(sum(name.encode())).standard_normal(int(np.prod(shape))) * 100
+    return vals.astype(dt).reshape(shape)
+
+
+def write_v1_all(directory: str | os.PathLike, sharded: bool = False, global_step: int | None = 5) -> str:
+    """A V1 checkpoint (``Saver(write_version=V1)``) of every dtype V1 stores, plus partitioned variables.
+
+    ``sharded=True``: two devices, files ``model-5-0000{0,1}-of-00002``; returns the prefix Saver gives
+    (``model-5-?????-of-00002`` when sharded). The state file holds absolute paths, as TF1 writes them.
+    """
+    T = tf()
+    v1 = T.compat.v1
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    g = T.Graph()
+    with g.as_default():
+        for i, (name, value) in enumerate(v1_values().items()):
+            with T.device("/cpu:%d" % (i % 2)):
+                dt_name = name.split("/")[-1]
+                if dt_name in _QUANTIZED:
+                    init = T.bitcast(T.constant(value, dtype=T.as_dtype(value.dtype)), T.as_dtype(dt_name))
+                elif value.dtype == object:
+                    init = T.constant(value, dtype=T.string)
+                else:
+                    init = T.constant(value, dtype=T.as_dtype(value.dtype))
+                v1.Variable(init, name=name, use_resource=False)
+        for i, (name, (shape, parts, axis, dt)) in enumerate(V1_PARTITIONED.items()):
+            with T.device("/cpu:%d" % (i % 2)):
+                v1.get_variable(name, shape=shape, dtype=T.as_dtype(np.dtype(dt)),
+                                initializer=_slice_initializer(_v1_partitioned_value(name)),
+                                partitioner=v1.fixed_size_partitioner(parts, axis=axis))
+        saver = v1.train.Saver(write_version=v1.train.SaverDef.V1, sharded=sharded)
+        with v1.Session(graph=g, config=_graph_session_config()) as sess:
+            sess.run(v1.global_variables_initializer())
+            return saver.save(sess, str(directory / "model"), global_step=global_step)
+
+
+def tf_v1_read_all(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of a V1 checkpoint as TensorFlow's restore op (RestoreV2, falling back to the V1
+    TensorSliceReader) returns it, partitioned variables whole; quantized types as their storage ints."""
+    T = tf()
+    reader = T.train.load_checkpoint(str(path))
+    dtypes = reader.get_variable_to_dtype_map()
+    prefix = T.train.latest_checkpoint(str(path)) if os.path.isdir(path) else str(path)
+    out = {}
+    for name, dt in dtypes.items():
+        value = T.raw_ops.RestoreV2(prefix=prefix, tensor_names=[name], shape_and_slices=[""], dtypes=[dt])[0]
+        if dt.name in _QUANTIZED:
+            value = T.bitcast(value, T.as_dtype(_QUANTIZED[dt.name]))
+        out[name] = as_array(value.numpy())
+    return out
+
+
+def write_saved_model(directory: str | os.PathLike) -> str:
+    """``tf.saved_model.save`` of a small ``tf.Module`` (two variables, a nested module); returns the dir."""
+    T = tf()
+
+    class Dense(T.Module):
+        def __init__(self):
+            super().__init__()
+            self.kernel = T.Variable(np.arange(12, dtype=np.float32).reshape(3, 4) / 3, name="kernel")
+            self.bias = T.Variable(np.array([1, -2, 3, 0], np.float32), name="bias")
+
+    class Model(T.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = Dense()
+            self.step = T.Variable(np.int64(7), name="step")
+            self.names = T.Variable(np.array([b"a", b"bc"], dtype=object), dtype=T.string, name="names")
+
+        @T.function(input_signature=[T.TensorSpec([None, 3], T.float32)])
+        def __call__(self, x):
+            return T.matmul(x, self.dense.kernel) + self.dense.bias
+
+    path = str(Path(directory) / "saved_model")
+    T.saved_model.save(Model(), path)
+    return path
+
+
+def write_keras_saved_model(directory: str | os.PathLike) -> str:
+    """A Keras model exported as a SavedModel (``model.export``); returns the directory."""
+    T = tf()
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="d1"), keras.layers.Dense(2, name="d2")])
+    path = str(Path(directory) / "keras_export")
+    model.export(path, verbose=False)
+    del T
+    return path
+
+
+def write_hub_module(directory: str | os.PathLike) -> str:
+    """A TF1 Hub module's layout: a TF1 graph SavedModel (``SavedModelBuilder``) with ``tfhub_module.pb``.
+
+    ``tensorflow_hub``'s module export writes exactly this: the SavedModel, its V2-bundle
+    ``variables/variables`` and a ``tfhub_module.pb`` (a ModuleAttachment-free ``ModuleDef``).
+    """
+    T = tf()
+    v1 = T.compat.v1
+    path = Path(directory) / "hub_module"
+    g = T.Graph()
+    with g.as_default():
+        v1.get_variable("module/embeddings", initializer=np.arange(20, dtype=np.float32).reshape(5, 4))
+        v1.get_variable("module/bias", initializer=np.array([0.5, -0.5], np.float32))
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(sess, ["serve"])
+            builder.save()
+    (path / "tfhub_module.pb").write_bytes(b"\x08\x03")  # ModuleDef{format: FORMAT_V3}
+    return str(path)

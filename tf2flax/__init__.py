@@ -10,15 +10,32 @@ Example::
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
+from typing import Any
+
 from . import errors
 from .bundle import Checkpoint, open_checkpoint
-from .conversion import ConvertResult, convert
-from .restore import LoadResult, init_params, plan_params
 
 __version__ = "0.1.0"
+
+# jax, flax, orbax and tensorstore load on first use of what needs them: `import tf2flax`, the
+# reader, `list_variables` and `python -m tf2flax ls` of a local checkpoint stay light.
+_LAZY = {"convert": "conversion", "ConvertResult": "conversion", "init_params": "restore", "LoadResult": "restore",
+         "plan_params": "restore", "init_opt_state": "optimizer", "OptStateReport": "optimizer"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tf2flax' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
@@ -27,9 +44,10 @@ def list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
 
 
 def load_variable(path: str | os.PathLike, name: str) -> np.ndarray:
-    """Drop-in for ``tf.train.load_variable``: one tensor as a numpy array."""
-    return open_checkpoint(path).read(name)
+    """Drop-in for ``tf.train.load_variable``: one tensor as a numpy array of its own (writable)."""
+    with open_checkpoint(path, mmap=False) as ckpt:
+        return ckpt.read(name)
 
 
-__all__ = ["Checkpoint", "ConvertResult", "LoadResult", "convert", "errors", "init_params", "list_variables",
-           "load_variable", "open_checkpoint", "plan_params"]
+__all__ = ["Checkpoint", "ConvertResult", "LoadResult", "OptStateReport", "convert", "errors", "init_opt_state",
+           "init_params", "list_variables", "load_variable", "open_checkpoint", "plan_params"]

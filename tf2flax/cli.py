@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from .errors import Tf2FlaxError
 from .progress import human_bytes
+from .storage import redact_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         logging.getLogger("absl").setLevel(logging.ERROR)
+        warnings.showwarning = _one_line_warning(warnings.showwarning)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -90,8 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Tf2FlaxError, OSError) as e:
         if args.debug:
             raise
-        print(f"tf2flax: error: {e}", file=sys.stderr)
+        print(f"tf2flax: error: {redact_url(str(e), limit=2000)}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(show: Any) -> Any:
+    """``warnings.showwarning`` that prints tf2flax's own warnings as one ``tf2flax: warning:`` line."""
+    from .bundle.locate import LocationWarning
+
+    def one_line(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, LocationWarning):
+            print(f"tf2flax: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return one_line
 
 
 # ---- convert -----------------------------------------------------------------------------------------
@@ -121,7 +136,7 @@ def _convert(args: argparse.Namespace) -> int:
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning) and primary:
-            print(f"tf2flax: warning: {w.message}", file=sys.stderr)
+            print(f"tf2flax: warning: {redact_url(str(w.message), limit=2000)}", file=sys.stderr)
     if args.distributed and not args.quiet and not args.dry_run:
         print(f"tf2flax: {result.share_summary()}", file=sys.stderr)
     if not primary:
@@ -155,10 +170,12 @@ def _ls(args: argparse.Namespace) -> int:
     total = {"tensors": len(rows), "bytes": sum(r["bytes"] for r in rows), "shards": ckpt.num_shards,
              "sliced": sum(r["sliced"] for r in rows)}
     if args.json:
-        json.dump({"checkpoint": ckpt.path, "format": "tf1" if ckpt.object_graph is None else "tf2",
+        json.dump({"checkpoint": ckpt.path, "opened": ckpt.opened,
+                   "format": "tf1" if ckpt.object_graph is None else "tf2",
                    "tensors": rows, "total": total}, sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
+    print(ckpt.opened)
     _print_table(rows, total)
     return 0
 

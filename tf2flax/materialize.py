@@ -1,9 +1,12 @@
 """Materialize a plan: read each device's region of each target and place it with its sharding.
 
-Each leaf becomes a ``jax.Array`` built with ``jax.make_array_from_callback``. Only the regions
-this process's devices hold are read (a region replicated on several local devices is read
-once); reads run on a thread pool with a bound on the bytes in flight, so peak host memory is
-this process's share of the model plus that bound.
+Each leaf becomes a ``jax.Array`` assembled from one array per device. Only the regions this
+process's devices hold are read (a region replicated on several local devices is read once).
+From a local checkpoint the reads are views of the mapped data files, so each device's block is
+copied once, from the page cache straight into the aligned buffer jax keeps (jax on CPU takes
+such a buffer without copying); no full-tensor buffer sits in between, even where a device's
+block is a strided region. Leaves are read and placed on a thread pool, with a bound on the bytes
+in flight, so peak host memory is this process's share of the model plus that bound.
 
 Example::
 
@@ -35,7 +38,8 @@ DEFAULT_WORKERS = 8
 class LoadStats:
     """What a load read: bytes from storage, tensors placed, regions read, wall seconds.
 
-    ``full_reads`` counts tensors read whole because a transform could not map regions.
+    ``full_reads`` counts tensors read whole because a transform could not map the regions this
+    process holds (a callable, or a reshape whose regions are not one source box).
     """
 
     bytes_read: int = 0
@@ -72,11 +76,6 @@ def planned_bytes(plan: Plan, shardings: Mapping[str, jax.sharding.Sharding]) ->
     return sum(_nbytes(e, _regions(e, shardings.get(t) or default)) for t, e in plan.entries.items())
 
 
-def _read_whole(entry: PlanEntry, regions: list[Index]) -> dict[Index, np.ndarray]:
-    whole = entry.read(None)
-    return {_key(r): whole[r] for r in regions}
-
-
 def _hull(regions: list[Index]) -> Index | None:
     """The bounding box of ``regions`` if they tile it exactly (a process's share of a sharded leaf)."""
     hull = tuple(slice(min(r[i].start for r in regions), max(r[i].stop for r in regions))
@@ -85,26 +84,79 @@ def _hull(regions: list[Index]) -> Index | None:
     return hull if len(regions) > 1 and covered == math.prod(index_shape(hull)) else None
 
 
-def _read_hull(entry: PlanEntry, hull: Index, regions: list[Index]) -> dict:
-    block = entry.read(hull)
-    return {_key(r): block[tuple(slice(s.start - h.start, s.stop - h.start) for s, h in zip(r, hull))]
-            for r in regions}
+#: jax on CPU takes a host buffer without copying it when it is aligned to this many bytes.
+ALIGNMENT = 64
 
 
-def _submit(pool: concurrent.futures.Executor, entry: PlanEntry, regions: list[Index]) -> Callable[[], dict]:
-    """Start reading ``regions``; return a function that waits for {region key: block}.
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-order array whose data starts on an ``ALIGNMENT``-byte boundary."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    skip = -raw.ctypes.data % ALIGNMENT
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+
+
+def _owned(block: np.ndarray) -> np.ndarray:
+    """``block`` as C-order, aligned memory of its own, which jax then holds without another copy.
+
+    A view (of a mapped data file, or of a larger block) is copied here, once, straight into
+    the buffer the device keeps: no jax array ever aliases a checkpoint file, so a file changed
+    after loading cannot change the params.
+    """
+    if (block.base is None and block.flags.c_contiguous and block.flags.writeable
+            and block.ctypes.data % ALIGNMENT == 0):
+        return block
+    out = _aligned_empty(block.shape, block.dtype)
+    np.copyto(out, block)
+    return out
+
+
+def _blocks(entry: PlanEntry, regions: list[Index]) -> dict:
+    """{region key: block} for ``regions``: views where the source allows, read as few times as possible.
 
     Regions that tile a box (the usual case: this process's devices hold adjacent shards) are
-    read as that box in one request; otherwise one task per region. Entries whose transforms
-    cannot map regions are read whole once.
+    read as that box in one request, and each device's block is a view of it; entries whose
+    transforms cannot map regions are read whole once.
     """
-    if not entry.region_aware:
-        return pool.submit(_read_whole, entry, regions).result
+    if not entry.reads_regions(regions):
+        whole = entry.read(None)
+        return {_key(r): whole[r] for r in regions}
     hull = _hull(regions) if regions and regions[0] else None
-    if hull is not None:
-        return pool.submit(_read_hull, entry, hull, regions).result
-    futures = {_key(r): pool.submit(entry.read, r) for r in regions}
-    return lambda: {r: f.result() for r, f in futures.items()}
+    if hull is not None and entry.reads_regions([hull]):
+        box = entry.read(hull, contiguous=False)
+        return {_key(r): box[tuple(slice(s.start - h.start, s.stop - h.start) for s, h in zip(r, hull))]
+                for r in regions}
+    return {_key(r): entry.read(r, contiguous=False) for r in regions}
+
+
+def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Index]) -> tuple[jax.Array, int]:
+    """Read one leaf and put each device's block on its device: one copy per block, from the page
+    cache (or the read buffer) into the memory the device keeps. Returns (array, regions read)."""
+    blocks = _blocks(entry, regions)
+    placed: dict = {}
+    arrays = []
+    for device, index in sharding.addressable_devices_indices_map(entry.shape).items():
+        key = _key(normalize_index(index, entry.shape))
+        first = key not in placed
+        if first:
+            placed[key] = _owned(blocks.pop(key))
+        # Another device with the same block gets a copy of its own (jax arrays may be donated).
+        arrays.append(jax.device_put(placed[key], device, may_alias=first))
+    for reader, name in _checkpoint_tensors(entry.source):  # copied out: the mapped pages may go
+        release = getattr(reader, "release", None)
+        if release is not None:
+            release(name)
+    return jax.make_array_from_single_device_arrays(entry.shape, sharding, arrays), len(placed)
+
+
+def _checkpoint_tensors(source: object) -> list[tuple[object, str]]:
+    """The (checkpoint, tensor name) pairs a source reads, as far as its fields tell."""
+    reader, name = getattr(source, "reader", None), getattr(source, "name", None)
+    if reader is not None and isinstance(name, str):
+        return [(reader, name)]
+    children = [getattr(source, "base", None), getattr(getattr(source, "entry", None), "source", None),
+                *getattr(source, "parts", ())]
+    return [pair for child in children if child is not None for pair in _checkpoint_tensors(child)]
 
 
 def materialize(
@@ -129,17 +181,17 @@ def materialize(
 
     def finish() -> None:
         nonlocal in_flight
-        target, entry, sharding, wait, nbytes = pending.popleft()
-        blocks = wait()
-        out[target] = jax.make_array_from_callback(
-            entry.shape, sharding, lambda idx: blocks[_key(normalize_index(idx, entry.shape))])
+        target, entry, future, nbytes, whole = pending.popleft()
+        out[target], regions = future.result()
         stats.tensors += 1
-        stats.regions += len(blocks)
-        stats.full_reads += not entry.region_aware
+        stats.regions += regions
+        stats.full_reads += whole
         in_flight -= nbytes
         if on_progress:
             on_progress(target, nbytes)
 
+    # Leaves are read and placed on the pool's threads, several at once, so one leaf's copies
+    # overlap another's reads; the bytes in flight bound what is read but not yet placed.
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tf2flax-read") as pool:
         try:
             for target, entry in plan.entries.items():
@@ -148,7 +200,8 @@ def materialize(
                 nbytes = _nbytes(entry, regions)
                 while pending and in_flight + nbytes > bytes_in_flight:
                     finish()
-                pending.append((target, entry, sharding, _submit(pool, entry, regions), nbytes))
+                pending.append((target, entry, pool.submit(_place, entry, sharding, regions), nbytes,
+                                not entry.reads_regions(regions)))
                 in_flight += nbytes
             while pending:
                 finish()

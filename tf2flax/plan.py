@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -137,6 +138,53 @@ class ConcatSource:
         return f"concat[axis={self.axis}]({', '.join(p.describe() for p in self.parts)})"
 
 
+@dataclasses.dataclass(frozen=True)
+class StackSource:
+    """Per-layer sources stacked along a new ``axis`` (``{i}`` in an assignment map key).
+
+    A region maps to per-layer sub-regions: reading layers ``a..b-1`` reads only those layers, and
+    only the part of each that the region covers.
+    """
+
+    layers: tuple[Source, ...]
+    axis: int
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise MappingError("a stack needs at least one layer")
+        first = self.layers[0]
+        for i, layer in enumerate(self.layers[1:], 1):
+            if tuple(layer.shape) != tuple(first.shape) or np.dtype(layer.dtype) != np.dtype(first.dtype):
+                raise MappingError(
+                    f"cannot stack layer {i} ({layer.describe()}: {list(layer.shape)} "
+                    f"{np.dtype(layer.dtype).name}) with layer 0 ({first.describe()}: {list(first.shape)} "
+                    f"{np.dtype(first.dtype).name}): every layer must have the same shape and dtype")
+        if not 0 <= self.axis <= len(first.shape):
+            raise MappingError(f"stack axis {self.axis} is out of range for layers of shape {list(first.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.layers[0].shape)
+        shape.insert(self.axis, len(self.layers))
+        return tuple(shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.layers[0].dtype
+
+    def read(self, index: Index) -> np.ndarray:
+        want = index[self.axis]
+        sub = index[: self.axis] + index[self.axis + 1:]
+        blocks = [self.layers[i].read(sub) for i in range(want.start, want.stop)]
+        if not blocks:
+            return np.empty(index_shape(index), self.dtype)
+        return np.stack(blocks, axis=self.axis)
+
+    def describe(self) -> str:
+        last = f" .. {self.layers[-1].describe()}" if len(self.layers) > 1 else ""
+        return f"stack[axis={self.axis}]({self.layers[0].describe()}{last})"
+
+
 class Transform(Protocol):
     """A step from a source array to a target array."""
 
@@ -180,11 +228,21 @@ class Transpose:
 
 @dataclasses.dataclass(frozen=True)
 class Reshape:
-    """``x.reshape(shape)``; reads the whole source (not region-aware)."""
+    """``x.reshape(shape)``; region-aware where it splits or merges adjacent axes of ``in_shape``.
 
-    region_aware = False
+    The axes of ``in_shape`` and ``shape`` fall into groups of equal size (:func:`axis_groups`). A
+    region maps to one source box when, in each group, it selects a contiguous run of the group's
+    flattened elements that is a box on the other side (for a split or merge: only the outermost
+    partially selected axis may be partial, the axes outside it select one index, those inside are
+    whole). Other regions, and every region when ``in_shape`` is unknown, read the whole source.
+    """
 
     shape: tuple[int, ...]
+    in_shape: tuple[int, ...] | None = None
+
+    @property
+    def region_aware(self) -> bool:
+        return self.in_shape is not None and axis_groups(self.in_shape, self.out_shape(self.in_shape)) is not None
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         try:
@@ -198,23 +256,117 @@ class Reshape:
     def apply(self, array: np.ndarray) -> np.ndarray:
         return array.reshape(self.shape)
 
-    def source_index(self, index: Index) -> None:
+    def apply_region(self, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A source block (from :meth:`source_index`) as the target block of ``shape``."""
+        return array.reshape(shape)
+
+    def source_index(self, index: Index) -> Index | None:
+        if self.in_shape is None:
+            return None
+        out = self.out_shape(self.in_shape)
+        groups = axis_groups(self.in_shape, out)
+        if groups is None:
+            return None
+        src: list[slice] = []
+        for ins, outs in groups:
+            box = _map_group([index[a] for a in outs], [out[a] for a in outs], [self.in_shape[a] for a in ins])
+            if box is None:
+                return None
+            src += box
+        return tuple(src)
+
+
+def axis_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[range, range]] | None:
+    """Consecutive axes of shapes ``a`` and ``b`` paired into groups of equal size, smallest first.
+
+    ``[6, 4] -> [2, 3, 4]`` gives ``[(range(0, 1), range(0, 2)), (range(1, 2), range(2, 3))]``.
+    None when the sizes differ or a dimension is 0.
+    """
+    if 0 in a or 0 in b or int(np.prod(a, dtype=np.int64)) != int(np.prod(b, dtype=np.int64)):
         return None
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        i0, j0 = i, j
+        pa = pb = 1
+        if i < len(a):
+            pa, i = pa * a[i], i + 1
+        if j < len(b):
+            pb, j = pb * b[j], j + 1
+        while pa != pb:
+            if pa < pb:
+                if i == len(a):
+                    return None
+                pa, i = pa * a[i], i + 1
+            else:
+                if j == len(b):
+                    return None
+                pb, j = pb * b[j], j + 1
+        groups.append((range(i0, i), range(j0, j)))
+    return groups
+
+
+def _map_group(region: list[slice], dims: list[int], to: list[int]) -> list[slice] | None:
+    """The box over axes ``to`` holding the same elements as box ``region`` over axes ``dims`` (both
+    flattened in row-major order), or None if they are not one box."""
+    flat = _flat_range(region, dims)
+    return None if flat is None else _box_of_range(flat[0], flat[1], to)
+
+
+def _flat_range(region: list[slice], dims: list[int]) -> tuple[int, int] | None:
+    """``[start, stop)`` in row-major order if box ``region`` is contiguous there, else None: the axes
+    outside its outermost non-single axis select one index, the axes inside it are whole."""
+    lengths = [s.stop - s.start for s in region]
+    if 0 in lengths:
+        return 0, 0
+    j = next((a for a, n in enumerate(lengths) if n != 1), len(lengths) - 1)
+    if any(lengths[a] != dims[a] for a in range(j + 1, len(dims))):
+        return None
+    start = 0
+    for s, d in zip(region, dims):
+        start = start * d + s.start
+    return start, start + int(np.prod(lengths, dtype=np.int64))
+
+
+def _box_of_range(start: int, stop: int, dims: list[int]) -> list[slice] | None:
+    """The box over ``dims`` whose row-major elements are exactly ``[start, stop)``, or None."""
+    if not dims:
+        return []
+    if stop <= start:
+        return [slice(0, 0)] * len(dims)
+    rest = int(np.prod(dims[1:], dtype=np.int64))
+    if start % rest == 0 and stop % rest == 0:
+        return [slice(start // rest, stop // rest)] + [slice(0, d) for d in dims[1:]]
+    if start // rest == (stop - 1) // rest:
+        inner = _box_of_range(start % rest, (stop - 1) % rest + 1, dims[1:])
+        return None if inner is None else [slice(start // rest, start // rest + 1)] + inner
+    return None
 
 
 def _reshape_shape(shape: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     new = tuple(int(d) for d in new)
     if new.count(-1) > 1:
         raise ValueError
     if -1 in new:
-        rest = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+        rest = math.prod(d for d in new if d != -1)
         if rest == 0 or size % rest:
             raise ValueError
         new = tuple(size // rest if d == -1 else d for d in new)
-    if int(np.prod(new, dtype=np.int64)) != size:
+    if math.prod(new) != size:
         raise ValueError
     return new
+
+
+def is_value_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` holds one number, bool or string per element (numpy's, or ml_dtypes' such as bfloat16).
+
+    Records (``'f4,f4'``), sub-arrays (``'(1000,1000)f4'``), dates (``'M8'``), raw void
+    (``'V2000000000'``) and sized strings (``'S100'``) are not: a cast to one would multiply the
+    memory of every element, or fail inside numpy.
+    """
+    dtype = np.dtype(dtype)
+    return (dtype.fields is None and dtype.subdtype is None and dtype.kind not in "Mm"
+            and dtype.type is not np.void and not (dtype.kind in "SU" and dtype.itemsize))
 
 
 def can_cast(src: np.dtype, dst: np.dtype) -> bool:
@@ -239,6 +391,9 @@ class Cast:
         return shape
 
     def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        if not is_value_dtype(self.dtype):
+            raise MappingError(f"cannot cast to {str(self.dtype)!r}: not a dtype of single numbers or strings "
+                               "(records, sub-arrays, dates, raw void and sized strings are refused)")
         if not can_cast(dtype, self.dtype):
             raise MappingError(f"cannot cast {np.dtype(dtype).name} to {np.dtype(self.dtype).name}")
         return np.dtype(self.dtype)
@@ -305,23 +460,42 @@ class PlanEntry:
         """True when every transform maps regions, so a device's block reads only its bytes."""
         return all(t.region_aware for t in self.transforms)
 
-    def read(self, index: Sequence[slice] | None = None) -> np.ndarray:
-        """The target region ``index`` (whole target if None), reading as little as it can."""
+    def read(self, index: Sequence[slice] | None = None, contiguous: bool = True) -> np.ndarray:
+        """The target region ``index`` (whole target if None), reading as little as it can.
+
+        ``contiguous=False`` may return a strided view (of a mapped file, say) instead of a C-order copy.
+        """
         index = normalize_index(index, self.shape)
-        src_index = index
-        for t in reversed(self.transforms):
-            src_index = t.source_index(src_index)
-            if src_index is None:
-                break
-        if src_index is None:
+        chain = self._source_indices(index)
+        if chain is None:
             array = self.source.read(normalize_index(None, self.source.shape))
             for t in self.transforms:
                 array = t.apply(array)
             return _contiguous(array[index])
-        array = self.source.read(src_index)
-        for t in self.transforms:
-            array = t.apply(array)
-        return _contiguous(array)
+        array = self.source.read(chain[0])
+        for t, out in zip(self.transforms, chain[1:]):
+            array = t.apply_region(array, index_shape(out)) if hasattr(t, "apply_region") else t.apply(array)
+        return _contiguous(array) if contiguous else array
+
+    def reads_regions(self, regions: Sequence[Index]) -> bool:
+        """True when every region in ``regions`` maps to one box of the source (else the source is
+        read whole, once).
+
+        Example::
+
+            entry.reads_regions([(slice(0, 4), slice(0, 8))])
+        """
+        return all(self._source_indices(normalize_index(r, self.shape)) is not None for r in regions)
+
+    def _source_indices(self, index: Index) -> list[Index] | None:
+        """The region of the source, then the output region of each transform; None if one cannot map."""
+        chain = [index]
+        for t in reversed(self.transforms):
+            src = t.source_index(chain[0])
+            if src is None:
+                return None
+            chain.insert(0, src)
+        return chain
 
     def describe(self) -> str:
         steps = "".join(f" -> {_describe_transform(t)}" for t in self.transforms)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
-
 
 class ByteProgress:
     """A rich progress bar (bytes, speed, ETA) on stderr, shown only when ``enabled`` and stderr is a
     terminal (or a notebook); otherwise every method does nothing."""
 
     def __init__(self, total: int, enabled: bool, description: str = "") -> None:
+        from rich.console import Console  # rich loads only where a bar may be shown (not for `ls`)
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
         console = Console(stderr=True)
         self._bar: Progress | None = None
         if enabled and (console.is_terminal or console.is_jupyter):

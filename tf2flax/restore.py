@@ -62,6 +62,7 @@ def init_params(
     preset: Any = None,
     transforms: Mapping[Any, Any] | None = None,
     part_axis: int | Mapping[str, int] | None = None,
+    stack_axis: int | Mapping[str, int] | None = None,
     strict: bool = False,
     dry_run: bool = False,
     report: bool = False,
@@ -75,7 +76,8 @@ def init_params(
     """``params`` with the leaves ``mapping`` names loaded from ``ckpt``, placed with their shardings.
 
     ``mapping`` follows ``tf.compat.v1.train.init_from_checkpoint``'s assignment map (see the
-    README's Mapping section); ``rules``/``preset``/``transforms`` go beyond it. Leaves are placed
+    README's Mapping section); ``rules``/``preset``/``transforms`` go beyond it, and ``{i}`` in a
+    map key stacks per-layer tensors along ``stack_axis`` (see ``tf2flax.mapping.stacking``). Leaves are placed
     with the sharding each target carries, or ``shardings`` (pytree, dict by path, or function),
     or ``sharding_rules`` [(regex, PartitionSpec)] over ``mesh``; each process reads only the
     regions its devices hold. The whole plan is validated before any data is read.
@@ -90,7 +92,8 @@ def init_params(
     """
     ckpt = as_checkpoint(ckpt)
     targets = flatten_targets(params)
-    plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis)
+    plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis,
+                      stack_axis=stack_axis)
     if strict:
         check_strict(plan.report)
     placement = resolve_shardings(targets, shardings, mesh=mesh, rules=sharding_rules)

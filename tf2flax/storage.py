@@ -1,9 +1,10 @@
 """Where checkpoint bytes come from: local files or any tensorstore kvstore (gs://, s3://, http).
 
 A :class:`Store` is rooted at a directory and reads byte ranges of the files in it. Local paths
-use ``os.preadv`` straight into the caller's buffer (measured 2.1 GB/s against tensorstore's file
-driver's 0.35 GB/s here, see ``benchmarks/read_throughput.py``); URLs go through tensorstore's
-kvstore, which brings authentication, retries and concurrency for cloud storage.
+use ``os.preadv`` straight into the caller's buffer, or hand out read-only views of the file mapped
+into memory (:meth:`LocalStore.view`: no copy at all, see docs/performance.md for what that means
+when a file changes underneath); URLs go through tensorstore's kvstore, which brings
+authentication, retries and concurrent ranged reads for cloud storage.
 
 Example::
 
@@ -14,9 +15,12 @@ Example::
 from __future__ import annotations
 
 import collections
+import math
+import mmap
 import os
 import re
 import threading
+import warnings
 from typing import Any, Protocol
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
@@ -27,6 +31,43 @@ URL_SCHEMES = ("gs://", "s3://", "http://", "https://", "file://")
 def is_url(path: str) -> bool:
     """Whether ``path`` is a URL tf2flax reads through tensorstore."""
     return isinstance(path, str) and path.startswith(URL_SCHEMES)
+
+
+#: Longest path or URL a message shows whole; longer ones keep their start and end.
+SHOWN_CHARS = 1000
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:,;.)]")
+
+
+def redact_url(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` (a path, URL or message) as it may be shown: every URL in it without its userinfo and
+    with its query and fragment values hidden, and the whole cut to about ``limit`` characters.
+
+    Every message, warning and listing that shows a path or URL goes through here, so that no
+    password, token or signed query string is ever printed.
+
+    Example::
+
+        redact_url("https://user:pw@host/ckpt.index?X-Amz-Signature=abc")
+        # 'https://***@host/ckpt.index?X-Amz-Signature=***'
+    """
+    if "://" in text:
+        text = _URL.sub(lambda m: _redact_one(m.group(0)), text)
+    if len(text) > limit:
+        head, tail = (limit * 2) // 3, limit // 3
+        text = f"{text[:head]}...({len(text) - head - tail} characters)...{text[-tail:]}"
+    return text
+
+
+def _redact_one(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    rest, hash_, fragment = rest.partition("#")
+    rest, question, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    if query:
+        query = "&".join(f"{part.partition('=')[0]}=***" if "=" in part else "***" for part in query.split("&"))
+    return f"{scheme}://{authority}{slash}{path}{question}{query}{hash_}{'***' if fragment else ''}"
 
 
 class Store(Protocol):
@@ -50,11 +91,12 @@ class Store(Protocol):
 
 
 class LocalStore:
-    """Files in a local directory, read with ``os.preadv`` into caller buffers."""
+    """Files in a local directory, read with ``os.preadv`` into caller buffers or mapped (``view``)."""
 
     def __init__(self, directory: str):
         self.location = os.path.abspath(directory)
         self._fds: dict[str, int] = {}
+        self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
 
     def describe(self, name: str) -> str:
@@ -101,11 +143,70 @@ class LocalStore:
                     f"{offset + len(out)} bytes (truncated?)")
             done += n
 
+    def view(self, name: str, start: int, stop: int) -> memoryview:
+        """Bytes ``[start, stop)`` of ``name`` as a read-only view of the file mapped into memory.
+
+        The file is mapped once, shared and read-only (``PROT_READ``, ``MAP_SHARED``): a view costs
+        no copy and no memory beyond the page cache. It shows the file's bytes as they are when
+        read, so a file rewritten *in place* changes the views of it, and one truncated makes
+        access past its new end fault (SIGBUS). Files replaced by a rename (how TensorFlow, Orbax
+        and most copy tools write) leave the mapping, and every view, on the old contents. The
+        mapping is released when the store is closed and the last view of it is gone.
+
+        Example::
+
+            header = bytes(store.view("model.ckpt-1.data-00000-of-00001", 0, 16))
+        """
+        with self._lock:
+            mapped = self._maps.get(name)
+        if mapped is None:
+            fd = self._fd(name)
+            size = os.fstat(fd).st_size
+            if stop > size:
+                raise CorruptCheckpointError(
+                    f"{self.describe(name)}: file ends at byte {size}, expected at least {stop} bytes (truncated?)")
+            if size == 0:
+                return memoryview(b"")
+            try:
+                mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except OSError as e:
+                raise StorageError(f"{self.describe(name)}: cannot map: {e.strerror}") from None
+            with self._lock:
+                mapped = self._maps.setdefault(name, mapped)
+        if stop > len(mapped):
+            raise CorruptCheckpointError(
+                f"{self.describe(name)}: file ends at byte {len(mapped)}, expected at least {stop} bytes (truncated?)")
+        return memoryview(mapped)[start:stop]
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Drop the pages of bytes ``[start, stop)`` of ``name`` from this process's resident memory.
+
+        The mapping is shared and read-only, so this loses nothing: the page cache keeps the
+        bytes, and a view that is read again maps them back. Loads call it once they have copied
+        a tensor out, so resident memory holds what was loaded, not the file besides.
+        """
+        with self._lock:
+            mapped = self._maps.get(name)
+        if mapped is None or stop <= start:
+            return
+        lo = start - start % mmap.PAGESIZE
+        hi = min(len(mapped), stop)
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (ValueError, OSError):  # closed meanwhile, or a kernel without madvise: nothing to drop
+            pass
+
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            for mapped in self._maps.values():
+                try:
+                    mapped.close()
+                except BufferError:  # arrays still view it: unmapped when the last one goes
+                    pass
+            self._maps.clear()
 
     def __del__(self) -> None:
         try:
@@ -124,8 +225,20 @@ class LocalStore:
 CHUNK_BYTES = 8 << 20
 #: Bytes of remote reads in flight at once, across all threads and stores of the process.
 INFLIGHT_BYTES = 256 << 20
-#: Attempts per request on transient errors (tensorstore's exponential backoff from 0.5 s to 16 s).
+#: Retries of a request after a transient error (tensorstore's exponential backoff from 0.5 s to 16 s).
 RETRIES = 8
+#: Seconds without a byte arriving before a request is abandoned as stalled.
+STALL_SECONDS = 60
+#: Retries of a stalled request (at most ``TF2FLAX_RETRIES``): a server that stalls tends to again.
+STALL_RETRIES = 2
+#: curl errors that a retry cannot fix: a bad URL or protocol, an unknown host, TLS handshake and
+#: certificate failures (https:// against a plain HTTP server, a self-signed or expired certificate).
+_PERMANENT_CURL_CODES = frozenset({1, 3, 4, 6, 35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
+_RETRIED_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNKNOWN")
+_CURL_CODE = re.compile(r"curl_code='(\d+)'")
+_RANGE_REPLY = re.compile(r"Requested byte range \[(\d+), (\d+)\) was not satisfied by response with byte range "
+                          r"\[(\d+), (\d+)\) and total size (\d+)")
+_RANGE_INVALID = re.compile(r"Requested byte range \[(\d+), (\d+)\) is not valid for value of size (\d+)")
 
 
 def _env_number(name: str, default: float) -> float:
@@ -171,6 +284,7 @@ class _ByteBudget:
 _shared_lock = threading.Lock()
 _shared_budget: _ByteBudget | None = None
 _shared_contexts: dict[tuple, object] = {}
+_transport_stall: int | None = None
 
 
 def _budget() -> _ByteBudget:
@@ -181,11 +295,10 @@ def _budget() -> _ByteBudget:
         return _shared_budget
 
 
-def _context() -> Any:
+def _context(retries: int) -> Any:
     """One tensorstore Context per retry setting: its request-concurrency limits are shared."""
     import tensorstore as ts
 
-    retries = max(1, int(_env_number("TF2FLAX_RETRIES", RETRIES)))
     delay = _env_number("TF2FLAX_RETRY_DELAY", 0.5)
     key = (retries, delay)
     with _shared_lock:
@@ -201,14 +314,24 @@ def _context() -> Any:
         return context
 
 
-def _redact(url: str) -> str:
-    """``url`` without a password in its authority (``https://user:secret@host`` -> ``https://user@host``)."""
-    scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        user = authority.rsplit("@", 1)[0].split(":", 1)[0]
-        authority = user + "@" + authority.rsplit("@", 1)[1]
-    return scheme + sep + authority + slash + path
+def _configure_transport(stall_timeout: float | None) -> int:
+    """Give tensorstore's HTTP transport (curl) the stall timeout; returns the one in effect.
+
+    tensorstore reads ``TENSORSTORE_CURL_LOW_SPEED_*`` once per process, when its first HTTP, GCS
+    or S3 request creates the transport: the first remote store's setting holds for the process.
+    """
+    global _transport_stall
+    wanted = math.ceil(stall_timeout or _env_number("TF2FLAX_STALL_TIMEOUT", STALL_SECONDS))
+    with _shared_lock:
+        if _transport_stall is None:
+            os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(wanted))
+            os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
+            _transport_stall = int(os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"])
+        elif stall_timeout is not None and wanted != _transport_stall:
+            warnings.warn(f"stall_timeout={stall_timeout:g} is not applied: this process's HTTP transport already "
+                          f"waits {_transport_stall} s (set TF2FLAX_STALL_TIMEOUT before the first remote read)",
+                          stacklevel=3)
+        return _transport_stall
 
 
 _STATUS = re.compile(r"^([A-Z_]+): ")
@@ -226,13 +349,29 @@ def _credentials_hint(url: str) -> str:
     return "the server refused the request"
 
 
+def _failure_kind(message: str) -> str:
+    """'permanent', 'stall' or 'transient' for a failed first attempt; '' when not retried at all."""
+    code = _CURL_CODE.search(message)
+    if code and int(code.group(1)) in _PERMANENT_CURL_CODES:
+        return "permanent"
+    if code and code.group(1) == "28" and "too slow" in message:
+        return "stall"
+    match = _STATUS.match(message)
+    return "transient" if match and match.group(1) in _RETRIED_STATUS else ""
+
+
 class KvStore:
     """A directory in a tensorstore kvstore: ``gs://``, ``s3://``, ``http(s)://`` or ``file://``.
 
     Reads larger than ``chunk_bytes`` are split into byte ranges fetched concurrently; the bytes in
     flight are bounded by ``inflight_bytes`` (by default one budget, ``TF2FLAX_INFLIGHT_MB``, shared
-    by every remote store of the process). Transient errors are retried by tensorstore with
-    exponential backoff (``TF2FLAX_RETRIES`` attempts). Thread-safe.
+    by every remote store of the process). Each request is tried once; an error a retry cannot fix
+    (TLS, certificate, unknown host) fails at once, a stalled transfer (no byte for ``stall_timeout``
+    seconds, ``TF2FLAX_STALL_TIMEOUT``, default 60) is retried ``STALL_RETRIES`` times, other
+    transient errors ``TF2FLAX_RETRIES`` times with exponential backoff. Thread-safe.
+
+    tensorstore sets the stall timeout of its HTTP transport once per process, from the first remote
+    store opened: a later store asking for another one gets a warning.
 
     Example::
 
@@ -240,32 +379,45 @@ class KvStore:
         store.read("checkpoint")
     """
 
-    def __init__(self, url: str, *, chunk_bytes: int | None = None, inflight_bytes: int | None = None):
-        import tensorstore as ts
-
+    def __init__(self, url: str, *, chunk_bytes: int | None = None, inflight_bytes: int | None = None,
+                 stall_timeout: float | None = None):
         self.location = url if url.endswith("/") else url + "/"
-        self._shown = _redact(self.location)
+        self._shown = redact_url(self.location)
         self.chunk_bytes = max(1, int(chunk_bytes or _env_number("TF2FLAX_CHUNK_MB", CHUNK_BYTES / 2**20) * 2**20))
         self._budget = _ByteBudget(inflight_bytes) if inflight_bytes else _budget()
-        spec = kvstore_spec(self.location)
-        try:
-            self._kv = ts.KvStore.open(spec, context=_context()).result()
-        except Exception as e:
-            raise StorageError(f"{self._shown}: cannot open storage: {_short(str(e))}") from None
+        self.stall_timeout = _configure_transport(stall_timeout)
+        self.retries = max(1, int(_env_number("TF2FLAX_RETRIES", RETRIES)))
+        self._spec = kvstore_spec(self.location)
+        self._lock = threading.Lock()
+        self._kvs: dict[int, Any] = {}
+        self._kv = self._opened(0)  # first attempts: their errors are classified before any retry
         self._sizes: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"KvStore({self._shown!r})"
 
     def describe(self, name: str) -> str:
-        return self._shown + name
+        return redact_url(self.location + name)
 
     # ---- requests ----------------------------------------------------------------------------
-    def _start(self, name: str, byte_range: slice | None = None) -> Any:
+    def _opened(self, retries: int) -> Any:
+        """The kvstore whose requests are retried ``retries`` times (opened once, on first use)."""
+        import tensorstore as ts
+
+        with self._lock:
+            kv = self._kvs.get(retries)
+            if kv is None:
+                try:
+                    kv = ts.KvStore.open(self._spec, context=_context(retries)).result()
+                except Exception as e:
+                    raise StorageError(f"{self._shown}: cannot open storage: {_short(str(e))}") from None
+                self._kvs[retries] = kv
+            return kv
+
+    def _start(self, name: str, byte_range: slice | None = None, kv: Any = None) -> Any:
         try:
-            if byte_range is None:
-                return self._kv.read(name)
-            return self._kv.read(name, byte_range=byte_range)
+            kv = self._kv if kv is None else kv
+            return kv.read(name) if byte_range is None else kv.read(name, byte_range=byte_range)
         except Exception as e:  # a malformed key or range is refused before any I/O
             raise StorageError(f"{self.describe(name)}: read failed: {_short(str(e))}") from None
 
@@ -273,18 +425,28 @@ class KvStore:
         try:
             result = future.result()
         except Exception as e:
-            raise self._error(name, byte_range, str(e)) from None
+            message = str(e)
+            kind = _failure_kind(message)
+            if kind not in ("stall", "transient"):
+                raise self._error(name, byte_range, message, kind) from None
+            retries = self._retries(kind)
+            try:  # the retried request: tensorstore's exponential backoff, concurrently with the others
+                result = self._start(name, byte_range, self._opened(retries - 1)).result()
+            except Exception as e:
+                raise self._error(name, byte_range, str(e), kind) from None
         if result.state == "missing":
             raise CheckpointNotFoundError(f"{self.describe(name)}: not found")
         return result.value
 
-    def _error(self, name: str, byte_range: slice | None, message: str) -> Exception:
+    def _retries(self, kind: str) -> int:
+        return min(STALL_RETRIES, self.retries) if kind == "stall" else self.retries
+
+    def _error(self, name: str, byte_range: slice | None, message: str, kind: str) -> Exception:
         where = self.describe(name)
         match = _STATUS.match(message)
         status = match.group(1) if match else ""
         if status == "OUT_OF_RANGE":
-            what = f"bytes {byte_range.start}..{byte_range.stop}" if byte_range is not None else "bytes"
-            return CorruptCheckpointError(f"{where}: requested {what} are past the end of the file (truncated?)")
+            return self._range_error(where, byte_range, message)
         if status in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
             return StorageError(f"{where}: access denied ({_short(message)}); {_credentials_hint(self.location)}")
         if status == "FAILED_PRECONDITION" and "ignored by server" in message:
@@ -292,7 +454,39 @@ class KvStore:
                 f"{where}: the server ignores HTTP Range requests (it sent the whole file for a byte range); "
                 "tf2flax reads checkpoints by byte range: serve them from a server that honours Range, "
                 "or download them first")
+        if "too slow" in message and "curl_code='28'" in message:
+            attempts = 1 + self._retries(kind)
+            return StorageError(
+                f"{where}: the server stopped sending (no data for {self.stall_timeout} s, {attempts} attempts); "
+                "TF2FLAX_STALL_TIMEOUT sets how long to wait")
+        if kind == "permanent":
+            return StorageError(f"{where}: read failed, not retried (a retry cannot fix this): {_short(message)}")
         return StorageError(f"{where}: read failed: {_short(message)}")
+
+    @staticmethod
+    def _range_error(where: str, byte_range: slice | None, message: str) -> Exception:
+        """What a refused byte range means: the file is shorter, or the server answered another range."""
+        reply = _RANGE_REPLY.search(message)
+        invalid = _RANGE_INVALID.search(message)
+        if reply:
+            start, stop, got_start, got_stop, size = map(int, reply.groups())
+            if got_start == start and got_stop == size < stop:
+                return CorruptCheckpointError(
+                    f"{where}: the file ends at byte {size}, bytes {start}..{stop} were needed (truncated?)")
+            return StorageError(
+                f"{where}: asked for bytes {start}..{stop}, the server returned {got_stop - got_start} bytes "
+                f"({got_start}..{got_stop} of {size}): it does not serve byte ranges correctly")
+        if invalid:
+            start, stop, size = map(int, invalid.groups())
+            return CorruptCheckpointError(
+                f"{where}: the file ends at byte {size}, bytes {start}..{stop} were needed (truncated?)")
+        what = f"bytes {byte_range.start}..{byte_range.stop}" if byte_range is not None else "bytes"
+        return CorruptCheckpointError(
+            f"{where}: {what} are past the end of the file (truncated?); the server said {_short(message)}")
+
+    def _short_reply(self, name: str, start: int, length: int, got: int) -> StorageError:
+        return StorageError(f"{self.describe(name)}: asked for bytes {start}..{start + length}, the server returned "
+                            f"{got} bytes")
 
     # ---- Store protocol ----------------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -318,9 +512,7 @@ class KvStore:
             byte_range = slice(start, stop)
             data = self._value(self._start(name, byte_range), name, byte_range) if stop > start else b""
             if len(data) != stop - start:
-                raise CorruptCheckpointError(
-                    f"{self.describe(name)}: got {len(data)} bytes at offset {start}, expected {stop - start} "
-                    "(truncated?)")
+                raise self._short_reply(name, start, stop - start, len(data))
             return data
         buf = bytearray(stop - start)
         self.read_into(name, start, memoryview(buf))
@@ -342,9 +534,7 @@ class KvStore:
                 rng = slice(offset + pos, offset + pos + length)
                 data = self._value(future, name, rng)
                 if len(data) != length:
-                    raise CorruptCheckpointError(
-                        f"{self.describe(name)}: got {len(data)} bytes at offset {rng.start}, expected {length} "
-                        "(truncated?)")
+                    raise self._short_reply(name, rng.start, length, len(data))
                 out[pos:pos + length] = data
             finally:
                 budget.release(length)
@@ -380,13 +570,12 @@ class KvStore:
 
 
 def _short(message: str, limit: int = 400) -> str:
-    """A tensorstore error message without XML bodies, cut to ``limit`` characters."""
+    """A tensorstore error message without XML bodies or URL credentials, cut to ``limit`` characters."""
     fields = dict(_XML_FIELD.findall(message))
     if fields:
         head = message.split(" [", 1)[0]
         message = f"{head} [{fields.get('Code', '')}: {fields.get('Message', '')}]"
-    message = " ".join(message.split())
-    return message if len(message) <= limit else message[:limit - 3] + "..."
+    return redact_url(" ".join(message.split()), limit=limit)
 
 
 def kvstore_spec(url: str) -> dict:
@@ -408,7 +597,7 @@ def kvstore_spec(url: str) -> dict:
     try:
         spec = ts.KvStore.Spec(url).to_json()
     except Exception as e:
-        raise StorageError(f"{_redact(url)}: not a storage URL tensorstore can open: {_short(str(e))}") from None
+        raise StorageError(f"{redact_url(url)}: not a storage URL tensorstore can open: {_short(str(e))}") from None
     if spec.get("driver") == "s3":
         env = os.environ
         endpoint = env.get("TF2FLAX_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")

@@ -8,9 +8,16 @@ Example::
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import threading
+
 import crc32c as _crc32c
 
 _MASK_DELTA = 0xA282EAD8
+_POLY = 0x82F63B78  # CRC-32C (Castagnoli), bit-reflected
+#: Buffers at least this long are checksummed in pieces on several cores (the binding releases the GIL).
+PARALLEL_MIN_BYTES = 8 << 20
 
 
 class DecodeError(ValueError):
@@ -34,6 +41,72 @@ def read_varint(data: bytes | memoryview, pos: int, max_bytes: int = 10) -> tupl
 def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     """CRC-32C of ``data`` (any buffer), continuing from ``value``; releases the GIL."""
     return _crc32c.crc32c(data, value)
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32C polynomial (bit-reflected: x^0 is the top bit)."""
+    m, p = 1 << 31, 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+
+
+_X2N = [1 << 30]  # x^(2^k) modulo the polynomial, k = 0..31
+for _ in range(31):
+    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32C of ``a + b`` from ``crc1 = crc32c(a)``, ``crc2 = crc32c(b)`` and ``len(b)`` (zlib's method).
+
+    Example::
+
+        crc32c_combine(crc32c(b"ab"), crc32c(b"cd"), 2) == crc32c(b"abcd")
+    """
+    p, n, k = 1 << 31, len2, 3  # x^(8 * len2): k starts at 3 (2^3 bits per byte)
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multmodp(p, crc1) ^ crc2
+
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _crc_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                                          thread_name_prefix="tf2flax-crc")
+        return _pool
+
+
+def crc32c_parallel(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32C of a large buffer, in pieces on every core, joined with :func:`crc32c_combine`.
+
+    Example::
+
+        crc32c_parallel(memoryview(big_array).cast("B")) == crc32c(big_array)
+    """
+    view = memoryview(data).cast("B")
+    workers = min(os.cpu_count() or 1, len(view) // (PARALLEL_MIN_BYTES // 2))
+    if workers < 2 or threading.current_thread().name.startswith("tf2flax-crc"):
+        return crc32c(view)
+    step = -(-len(view) // workers)
+    pieces = [view[i:i + step] for i in range(0, len(view), step)]
+    futures = [_crc_pool().submit(crc32c, piece) for piece in pieces[1:]]
+    crc = crc32c(pieces[0])
+    for piece, future in zip(pieces[1:], futures):
+        crc = crc32c_combine(crc, future.result(), len(piece))
+    return crc
 
 
 def mask_crc(crc: int) -> int:

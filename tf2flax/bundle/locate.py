@@ -1,29 +1,74 @@
-"""Finding a checkpoint's prefix from what the user gave: a directory, a prefix, a file, a URL.
+"""Finding a checkpoint from what the user gave: a directory, a prefix, a file, a URL.
 
-Directories resolve through their ``checkpoint`` state file as in TensorFlow's
-``latest_checkpoint``, with one addition: TF1 ``Saver`` writes absolute paths, which break when a
-directory is moved or copied; when such a path is missing we use the same file name inside the
-given directory.
+What is found:
+
+- a V2 checkpoint (``prefix.index`` + ``prefix.data-*``), named by prefix, by one of its files, or by a
+  directory whose ``checkpoint`` state file names it (as TensorFlow's ``latest_checkpoint``);
+- a SavedModel or TF Hub module directory (``saved_model.pb``/``.pbtxt``, ``tfhub_module.pb``, or
+  just ``variables/variables.index``): its ``variables/variables`` checkpoint;
+- a V1 checkpoint: one table file named exactly the prefix, or shards ``name-00000-of-00002``... (a
+  state file names them ``name-?????-of-00002``).
+
+The directory you name is the directory you read: TF1's ``Saver`` writes absolute paths into the state
+file; when the named directory holds the checkpoint under the same file name (a moved or copied run),
+that copy is read, with a warning that the state file names another place.
+
+Telling what a file is reads its first 8 and last 48 bytes only, never the whole file.
 
 Example::
 
-    store, prefix = locate_checkpoint("/runs/bert")   # (LocalStore('/runs/bert'), 'model.ckpt-1000')
+    where = locate("/runs/bert")       # Location(store=LocalStore('/runs/bert'), prefix='model.ckpt-1000', ...)
+    where.describe()                   # 'V2 checkpoint: /runs/bert/model.ckpt-1000'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import re
+import warnings
 
 from google.protobuf import text_format
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
-from ..storage import LocalStore, Store, is_url, open_store
+from ..storage import LocalStore, Store, is_url, open_store, redact_url
 from .protos import CheckpointState
+from .table import FOOTER_SIZE, is_table_footer
 
 STATE_FILE = "checkpoint"
+SAVED_MODEL_FILES = ("tfhub_module.pb", "saved_model.pb", "saved_model.pbtxt")  # a Hub module has both
 _SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+_V1_SHARD = re.compile(r"-(\d{5}|\?{5})-of-(\d{5})$")
+_ZIP, _HDF5 = b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"
+
+
+class LocationWarning(UserWarning):
+    """The checkpoint read is not where the state file says (a moved or copied directory)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where a checkpoint is: its directory's store, its prefix, its format, what the user named.
+
+    ``files``: for V1, the table files in shard order (``prefix`` is then the name or the pattern).
+    ``container``: "SavedModel" or "TF Hub module" when the user named one, else "".
+    """
+
+    store: Store
+    prefix: str
+    format: str = "v2"
+    files: tuple[str, ...] = ()
+    container: str = ""
+
+    def describe(self) -> str:
+        """One line for ``ls``: what was opened, e.g. ``SavedModel variables: /m/variables/variables``."""
+        where = self.store.describe(self.prefix)
+        if self.container:
+            return f"{self.container} variables: {where}"
+        if self.format == "v1":
+            return f"V1 checkpoint: {where}" + (f" ({len(self.files)} files)" if len(self.files) > 1 else "")
+        return f"V2 checkpoint: {where}"
 
 
 def _parse_state(store: Store) -> list[str]:
@@ -37,39 +82,123 @@ def _parse_state(store: Store) -> list[str]:
     return paths + [p for p in reversed(state.all_model_checkpoint_paths) if p not in paths]
 
 
-def _from_directory(store: Store, directory: str) -> tuple[Store, str]:
-    if store.exists(STATE_FILE):
-        paths = _parse_state(store)
-        if not paths:
-            raise CheckpointNotFoundError(f"{store.describe(STATE_FILE)} names no checkpoint")
-        latest = paths[0]
-        if _is_absolute(latest):
-            base = posixpath.basename(latest) if is_url(latest) else os.path.basename(latest)
-            # A local path in a state file read from a URL was written on another machine (TF1's
-            # Saver records absolute paths): this machine's file of that name is not the checkpoint.
-            elsewhere = [] if is_url(directory) and not is_url(latest) else [open_store(latest)]
-            candidates = elsewhere + [(store, base)]
+def _sniff(store: Store, name: str) -> str:
+    """What file ``name`` is, from its first 8 and last 48 bytes: "table", "zip", "hdf5" or "other"."""
+    try:
+        head = store.read(name, 0, 8)
+        size = store.size(name)
+        if size is None:  # a URL: a suffix range, whatever the file's size
+            tail = store.read(name, -FOOTER_SIZE)
         else:
-            candidates = [(store, latest)]
-        for candidate_store, prefix in candidates:
-            if candidate_store.exists(prefix + ".index"):
-                return candidate_store, prefix
-        for candidate_store, prefix in candidates:
-            v1_file = prefix.replace("?????-of-", "00000-of-")  # sharded V1: model-?????-of-00002
-            if candidate_store.exists(v1_file):
-                _reject_v1(candidate_store, v1_file)
+            tail = store.read(name, size - FOOTER_SIZE, size) if size >= FOOTER_SIZE else b""
+    except CorruptCheckpointError:  # shorter than 8 or 48 bytes
+        return "other"
+    if head.startswith(_ZIP):
+        return "zip"
+    if head.startswith(_HDF5):
+        return "hdf5"
+    return "table" if is_table_footer(tail) else "other"
+
+
+def _v1_files(store: Store, prefix: str) -> tuple[str, ...] | None:
+    """The files of a V1 checkpoint at ``prefix`` (a file, or ``name-?????-of-NNNNN``), or None."""
+    shard = _V1_SHARD.search(prefix)
+    if shard is not None:
+        count = int(shard.group(2))
+        names = tuple(f"{prefix[:shard.start()]}-{i:05d}-of-{count:05d}" for i in range(count))
+        present = [n for n in names if store.exists(n)]
+        if not present or _sniff(store, present[0]) != "table":
+            return None
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise CheckpointNotFoundError(
+                f"{store.describe(missing[0])}: missing; the V1 checkpoint {store.describe(prefix)} has "
+                f"{count} files and {len(missing)} of them are not there")
+        return names
+    if store.exists(prefix) and _sniff(store, prefix) == "table":
+        return (prefix,)
+    return None
+
+
+def _checkpoint_at(store: Store, prefix: str) -> Location | None:
+    """The V2 or V1 checkpoint at ``prefix`` in ``store``, or None."""
+    if store.exists(prefix + ".index"):
+        return Location(store, prefix)
+    files = _v1_files(store, prefix)
+    if files is not None:
+        shard = _V1_SHARD.search(prefix)
+        pattern = prefix[:shard.start()] + f"-?????-of-{shard.group(2)}" if shard and len(files) > 1 else prefix
+        return Location(store, pattern, "v1", files)
+    return None
+
+
+def _same_place(store: Store, path: str) -> bool:
+    if is_url(path):
+        return posixpath.dirname(path).rstrip("/") == store.location.rstrip("/")
+    return isinstance(store, LocalStore) and os.path.realpath(os.path.dirname(path)) == os.path.realpath(store.location)
+
+
+def _from_state_file(store: Store, directory: str) -> Location:
+    paths = _parse_state(store)
+    if not paths:
+        raise CheckpointNotFoundError(f"{store.describe(STATE_FILE)} names no checkpoint")
+    latest = paths[0]
+    if not _is_absolute(latest):
+        candidates = [(store, latest)]
+    else:
+        base = posixpath.basename(latest) if is_url(latest) else os.path.basename(latest)
+        # A local path in a state file read from a URL was written on another machine (TF1's Saver
+        # records absolute paths): this machine's file of that name is not the checkpoint.
+        foreign = is_url(directory) and not is_url(latest)
+        here = _checkpoint_at(store, base)
+        if here is not None:
+            if not foreign and not _same_place(store, latest):
+                warnings.warn(f"{store.describe(STATE_FILE)} names {redact_url(repr(latest))}; reading the copy in the directory you "
+                              f"named, {store.describe(base)}", LocationWarning, stacklevel=5)
+            return here
+        candidates = [] if foreign else [open_store(latest)]
+        candidates.append((store, base))
+    for candidate_store, prefix in candidates:
+        found = _checkpoint_at(candidate_store, prefix)
+        if found is not None:
+            return found
+    raise CheckpointNotFoundError(
+        f"{store.describe(STATE_FILE)} points to {redact_url(repr(latest))}, but neither it nor "
+        f"{store.describe(candidates[-1][1])} has an .index file")
+
+
+def _saved_model(store: Store, directory: str) -> Location | None:
+    """The variables checkpoint of a SavedModel or TF Hub module directory, or None if it is neither."""
+    marker = next((f for f in SAVED_MODEL_FILES if store.exists(f)), None)
+    variables, _ = open_store(directory.rstrip("/") + "/variables/variables")
+    if variables.exists("variables.index"):
+        container = "TF Hub module" if marker == "tfhub_module.pb" else "SavedModel"
+        return Location(variables, "variables", container=container)
+    if marker is not None:
         raise CheckpointNotFoundError(
-            f"{store.describe(STATE_FILE)} points to {latest!r}, but neither it nor "
-            f"{store.describe(candidates[-1][1])} has an .index file")
+            f"{store.describe(marker)}: a {'TF Hub module' if marker == 'tfhub_module.pb' else 'SavedModel'} "
+            f"with no variables ({store.describe('variables/variables.index')} is missing): its weights, if any, "
+            "are constants in the graph, which tf2flax does not read; tf2flax reads the variables checkpoint "
+            "(variables/variables) of a SavedModel")
+    return None
+
+
+def _from_directory(store: Store, directory: str) -> Location:
+    if store.exists(STATE_FILE):
+        return _from_state_file(store, directory)
+    saved = _saved_model(store, directory)
+    if saved is not None:
+        return saved
     if isinstance(store, LocalStore):
         indexes = sorted(f[: -len(".index")] for f in os.listdir(store.location) if f.endswith(".index"))
         if len(indexes) == 1:
-            return store, indexes[0]
+            return Location(store, indexes[0])
         if indexes:
             raise CheckpointNotFoundError(
-                f"{directory}: no 'checkpoint' state file and several checkpoints ({', '.join(indexes[:5])}); "
-                "pass a prefix such as " + os.path.join(directory, indexes[-1]))
-    raise CheckpointNotFoundError(f"{directory}: no 'checkpoint' state file and no checkpoint in this directory")
+                f"{redact_url(directory)}: no 'checkpoint' state file and several checkpoints "
+                f"({', '.join(indexes[:5])}); pass a prefix such as {redact_url(os.path.join(directory, indexes[-1]))}")
+    raise CheckpointNotFoundError(
+        f"{redact_url(directory)}: no 'checkpoint' state file and no checkpoint in this directory")
 
 
 def _is_absolute(path: str) -> bool:
@@ -82,32 +211,62 @@ def _is_directory(path: str) -> bool:
     return os.path.isdir(path)
 
 
-def locate_checkpoint(path: str | os.PathLike) -> tuple[Store, str]:
-    """Resolve ``path`` to (store of the checkpoint's directory, prefix file name in it)."""
+def _directory_store(path: str) -> Store:
+    return open_store(path.rstrip("/") + "/" + STATE_FILE)[0]
+
+
+def locate(path: str | os.PathLike) -> Location:
+    """Resolve ``path`` (directory, prefix, file or URL) to the checkpoint it names.
+
+    Example::
+
+        locate("gs://bucket/hub/").describe()   # 'TF Hub module variables: gs://bucket/hub/variables/variables'
+    """
     path = os.fspath(path)
     if _is_directory(path):
-        return _from_directory(open_store(path.rstrip("/") + "/" + STATE_FILE)[0], path)
+        return _from_directory(_directory_store(path), path)
+    parent, _, base = path.rstrip("/").rpartition("/")
+    if base in SAVED_MODEL_FILES:  # the SavedModel's own file: open the SavedModel
+        return _from_directory(_directory_store(parent or "."), parent or ".")
     path = _SUFFIX.sub("", path)
     store, prefix = open_store(path)
-    if store.exists(prefix + ".index"):
-        return store, prefix
-    if is_url(path) and store.exists(prefix + "/" + STATE_FILE):
-        return _from_directory(open_store(path + "/" + STATE_FILE)[0], path)
+    found = _checkpoint_at(store, prefix)
+    if found is not None:
+        return found
+    if is_url(path):  # a directory URL without its trailing slash
+        directory = _directory_store(path)
+        if directory.exists(STATE_FILE) or any(directory.exists(f) for f in SAVED_MODEL_FILES):
+            return _from_directory(directory, path)
     if store.exists(prefix):
-        _reject_v1(store, prefix)
-    raise CheckpointNotFoundError(f"{path}: no checkpoint here (expected {path}.index, or a directory)")
+        _refuse(store, prefix)
+    shown = redact_url(path)
+    raise CheckpointNotFoundError(f"{shown}: no checkpoint here (expected {shown}.index, or a directory)")
 
 
-def _reject_v1(store: Store, name: str) -> None:
-    from .table import parse_table
+def locate_checkpoint(path: str | os.PathLike) -> tuple[Store, str]:
+    """Resolve ``path`` to (store of the checkpoint's directory, prefix file name in it)."""
+    where = locate(path)
+    return where.store, where.prefix
 
-    try:
-        entries = parse_table(store.read(name))
-    except ValueError:
-        raise CheckpointNotFoundError(f"{store.describe(name)}: not a TensorFlow checkpoint (no .index file)") from None
-    if entries and entries[0][0] == b"" and entries[0][1][:1] == b"\x0a":
+
+_INSTEAD = ("tf2flax reads TensorFlow checkpoints (prefix.index + prefix.data-* files, or V1 checkpoint files) "
+            "and SavedModel directories")
+
+
+def _refuse(store: Store, name: str) -> None:
+    """Say what the file ``name`` is, when it is not a checkpoint (reads its first and last bytes)."""
+    kind = _sniff(store, name)
+    where = store.describe(name)
+    if kind == "zip":
         raise UnsupportedFormatError(
-            f"{store.describe(name)}: this is a V1 checkpoint (a single-file format TensorFlow stopped writing "
-            "in 2016). Re-save it in the V2 format with TensorFlow: restore it with tf.compat.v1.train.Saver and "
-            "save again with write_version=tf.compat.v1.train.SaverDef.V2.")
-    raise CheckpointNotFoundError(f"{store.describe(name)}: a table file, but no .index beside it")
+            f"{where}: a zip archive, as a Keras .keras file is, not a TensorFlow checkpoint; {_INSTEAD}: save one "
+            "with tf.train.Checkpoint(model=model).write(prefix), or export a SavedModel with model.export(dir)")
+    if kind == "hdf5":
+        raise UnsupportedFormatError(
+            f"{where}: a Keras HDF5 (.h5) file, not a TensorFlow checkpoint; {_INSTEAD}: save one with "
+            "tf.train.Checkpoint(model=model).write(prefix), or export a SavedModel with model.export(dir)")
+    if name.endswith(".pb"):
+        raise UnsupportedFormatError(
+            f"{where}: a .pb protobuf (a frozen graph holds its weights as graph constants), not a checkpoint; "
+            f"{_INSTEAD}: point at the SavedModel directory or the checkpoint the graph was frozen from")
+    raise CheckpointNotFoundError(f"{where}: not a TensorFlow checkpoint (no .index file); {_INSTEAD}")

@@ -24,6 +24,8 @@ from .protos import TrackableObjectGraph
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _SLOT_MARKER = "/.OPTIMIZER_SLOT/"
+# A real graph's model paths are about as long as its checkpoint keys, which it holds itself.
+_PATH_BUDGET_FACTOR, _PATH_BUDGET_FLOOR = 64, 16 << 20
 
 
 def _escape(local_name: str) -> str:
@@ -43,7 +45,6 @@ class GraphVariable:
     model_path: str
     full_name: str
     is_optimizer: bool
-    paths: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,43 +67,56 @@ class ObjectGraph:
         nodes = graph.nodes
         if not nodes:
             return cls(())
-        paths, optimizer_side = _all_paths(graph)
+        model_paths = _model_paths(graph, _PATH_BUDGET_FACTOR * len(data) + _PATH_BUDGET_FLOOR)
         slot_nodes = {s.slot_variable_node_id for n in nodes for s in n.slot_variables}
         variables = []
         for node_id, node in enumerate(nodes):
-            node_paths = paths.get(node_id, [])
-            model_paths = [p for p, opt in zip(node_paths, optimizer_side.get(node_id, [])) if not opt]
+            model_path = model_paths.get(node_id)
             for attr in node.attributes:
                 key = attr.checkpoint_key
                 suffix = "" if key.endswith(VALUE_SUFFIX) else "/.ATTRIBUTES/" + attr.name
                 object_path = key[: -len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key
                 is_slot = node_id in slot_nodes or _SLOT_MARKER in key
-                model = model_paths[0] + suffix if model_paths and not is_slot else object_path
+                model = model_path + suffix if model_path is not None and not is_slot else object_path
                 variables.append(GraphVariable(
                     key=key, object_path=object_path, model_path=model, full_name=attr.full_name,
-                    is_optimizer=is_slot or not model_paths,
-                    paths=tuple(p + suffix for p in node_paths)))
+                    is_optimizer=is_slot or model_path is None))
         return cls(tuple(variables))
 
 
-def _all_paths(graph: Any) -> tuple[dict[int, list[str]], dict[int, list[bool]]]:
-    """Every simple path from the root to each node, breadth-first, and whether it crosses an optimizer."""
+def _model_paths(graph: Any, budget: int) -> dict[int, str]:
+    """The first breadth-first path to each node with attributes that crosses no optimizer.
+
+    One visit per node, so shared objects cost nothing extra; paths are joined only for the nodes
+    that need one, after checking that together they stay under ``budget`` characters (ValueError).
+    """
     nodes = graph.nodes
     optimizers = {i for i, n in enumerate(nodes) if n.slot_variables}
-    paths: dict[int, list[str]] = collections.defaultdict(list)
-    flags: dict[int, list[bool]] = collections.defaultdict(list)
-    queue = collections.deque([(0, "", False, frozenset([0]))])
-    budget = 64 * len(nodes) + 1024  # graphs with many shared objects: keep the first paths found
-    while queue and budget:
-        node_id, path, via_optimizer, seen = queue.popleft()
+    parent: dict[int, tuple[int, str]] = {}
+    length = {0: -1}  # a path's length in characters; the root's children have no leading "/"
+    queue = collections.deque([0])
+    while queue:
+        node_id = queue.popleft()
         for child in nodes[node_id].children:
             cid = child.node_id
-            if cid in seen or not 0 <= cid < len(nodes):
+            if (cid in length or not 0 <= cid < len(nodes) or cid in optimizers
+                    or _is_optimizer_name(child.local_name)):
                 continue
-            child_path = f"{path}/{_escape(child.local_name)}" if path else _escape(child.local_name)
-            opt = via_optimizer or cid in optimizers or _is_optimizer_name(child.local_name)
-            paths[cid].append(child_path)
-            flags[cid].append(opt)
-            budget -= 1
-            queue.append((cid, child_path, opt, seen | {cid}))
-    return paths, flags
+            name = _escape(child.local_name)
+            parent[cid] = (node_id, name)
+            length[cid] = length[node_id] + 1 + len(name)
+            queue.append(cid)
+    wanted = [i for i in parent if nodes[i].attributes]
+    total = sum(length[i] * len(nodes[i].attributes) for i in wanted)
+    if total > budget:
+        raise ValueError(f"its object paths add up to {total} characters, more than the {budget} that a "
+                         "graph of this size can need (a hostile or damaged graph)")
+    paths = {}
+    for node_id in wanted:
+        names = []
+        at = node_id
+        while at:
+            at, name = parent[at]
+            names.append(name)
+        paths[node_id] = "/".join(reversed(names))
+    return paths

@@ -1,9 +1,9 @@
 """Protobuf message classes for the checkpoint's metadata, built from descriptors in code.
 
 Field numbers follow TensorFlow's ``tensor_bundle.proto``, ``tensor_shape.proto``,
-``tensor_slice.proto``, ``versions.proto``, ``trackable_object_graph.proto`` and
-``checkpoint_state.proto``; only the fields a reader needs are declared (unknown fields are
-skipped by the protobuf runtime).
+``tensor_slice.proto``, ``versions.proto``, ``trackable_object_graph.proto``,
+``checkpoint_state.proto``, ``tensor.proto`` and ``saved_tensor_slice.proto`` (V1 checkpoints);
+only the fields a reader needs are declared (unknown fields are skipped by the protobuf runtime).
 
 Example::
 
@@ -24,6 +24,10 @@ _TYPES = {
     "bool": _F.TYPE_BOOL,
     "string": _F.TYPE_STRING,
     "bytes": _F.TYPE_BYTES,
+    "uint32": _F.TYPE_UINT32,
+    "uint64": _F.TYPE_UINT64,
+    "float": _F.TYPE_FLOAT,
+    "double": _F.TYPE_DOUBLE,
     "enum": _F.TYPE_INT32,  # enums read as plain ints: unknown values stay visible
 }
 
@@ -51,6 +55,21 @@ _MESSAGES: dict[str, list[tuple[str, int, str, bool, int | None]]] = {
                         ("attributes", 2, "SerializedTensor", True, None),
                         ("slot_variables", 3, "SlotVariableReference", True, None)],
     "TrackableObjectGraph": [("nodes", 1, "TrackableObject", True, None)],
+    # tensor.proto: the value fields a V1 checkpoint's saved slices use
+    "TensorProto": [("dtype", 1, "enum", False, None), ("tensor_shape", 2, "TensorShapeProto", False, None),
+                    ("tensor_content", 4, "bytes", False, None), ("float_val", 5, "float", True, None),
+                    ("double_val", 6, "double", True, None), ("int_val", 7, "int32", True, None),
+                    ("string_val", 8, "bytes", True, None), ("scomplex_val", 9, "float", True, None),
+                    ("int64_val", 10, "int64", True, None), ("bool_val", 11, "bool", True, None),
+                    ("dcomplex_val", 12, "double", True, None), ("half_val", 13, "int32", True, None),
+                    ("uint32_val", 16, "uint32", True, None), ("uint64_val", 17, "uint64", True, None)],
+    # saved_tensor_slice.proto (V1 checkpoints)
+    "SavedSliceMeta": [("name", 1, "string", False, None), ("shape", 2, "TensorShapeProto", False, None),
+                       ("type", 3, "enum", False, None), ("slice", 4, "TensorSliceProto", True, None)],
+    "SavedTensorSliceMeta": [("tensor", 1, "SavedSliceMeta", True, None), ("versions", 2, "VersionDef", False, None)],
+    "SavedSlice": [("name", 1, "string", False, None), ("slice", 2, "TensorSliceProto", False, None),
+                   ("data", 3, "TensorProto", False, None)],
+    "SavedTensorSlices": [("meta", 1, "SavedTensorSliceMeta", False, None), ("data", 2, "SavedSlice", False, None)],
     "CheckpointState": [("model_checkpoint_path", 1, "string", False, None),
                         ("all_model_checkpoint_paths", 2, "string", True, None),
                         ("all_model_checkpoint_timestamps", 3, "double", True, None),
@@ -68,9 +87,7 @@ def _build() -> dict[str, type]:
             msg.oneof_decl.add(name=oneof)
         for name, number, kind, repeated, oneof_index in fields:
             field = msg.field.add(name=name, number=number, label=_REP if repeated else _OPT)
-            if kind == "double":
-                field.type = _F.TYPE_DOUBLE
-            elif kind in _TYPES:
+            if kind in _TYPES:
                 field.type = _TYPES[kind]
             else:
                 field.type = _F.TYPE_MESSAGE
@@ -89,3 +106,4 @@ BundleEntryProto = _CLASSES["BundleEntryProto"]
 TensorSliceProto = _CLASSES["TensorSliceProto"]
 TrackableObjectGraph = _CLASSES["TrackableObjectGraph"]
 CheckpointState = _CLASSES["CheckpointState"]
+SavedTensorSlices = _CLASSES["SavedTensorSlices"]

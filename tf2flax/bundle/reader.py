@@ -24,17 +24,20 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError, UnsupportedFormatError
+from ..errors import (CheckpointNotFoundError, CorruptCheckpointError, RegionError, TensorNotFoundError,
+                      UnsupportedFormatError)
 from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
-from .coding import DecodeError, crc32c, mask_crc, read_varint
+from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
-from .locate import locate_checkpoint
+from .locate import locate
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
-from .table import SnappyBlockError, parse_table
+from .table import parse_table
 
+# numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
+_MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
@@ -145,15 +148,32 @@ def _slice_region(extents: Sequence[tuple[int, int]], shape: tuple[int, ...], wh
     return tuple(region)
 
 
-def _covers(shape: tuple[int, ...], regions: list[Index]) -> bool:
-    """Whether ``regions`` together cover every element of ``shape`` (on the grid of their edges)."""
+def _slices_problem(shape: tuple[int, ...], regions: list[Index]) -> str | None:
+    """Why ``regions`` do not tile ``shape`` exactly (a gap or an overlap, as TensorFlow refuses), or None.
+
+    Disjoint boxes whose volumes add up to the tensor's cover it. Overlaps are looked for with a
+    sweep along the axis with the most distinct starts, so the work grows with the pairs of slices
+    that share a range on that axis (none for the usual one-axis partitioning), not with a grid.
+    """
     if math.prod(shape) == 0:
-        return True
-    edges = [sorted({0, d, *(r[i].start for r in regions), *(r[i].stop for r in regions)}) for i, d in enumerate(shape)]
-    covered = np.zeros([len(e) - 1 for e in edges], dtype=bool)
-    for r in regions:
-        covered[tuple(slice(e.index(s.start), e.index(s.stop)) for e, s in zip(edges, r))] = True
-    return bool(covered.all())
+        return None
+    boxes = [r for r in regions if all(s.stop > s.start for s in r)]
+    if sum(math.prod(s.stop - s.start for s in r) for r in boxes) != math.prod(shape):
+        return "its slices do not cover the whole tensor (does not have sufficient slices)"
+    if not shape:  # a scalar: exactly one slice, as the volumes add up
+        return None
+    starts = np.array([[s.start for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
+    stops = np.array([[s.stop for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
+    axis = max(range(len(shape)), key=lambda i: len(np.unique(starts[:, i])), default=0)
+    order = np.argsort(starts[:, axis], kind="stable")
+    starts, stops = starts[order], stops[order]
+    # Boxes after i that start before box i ends on `axis`: i's only candidates for an overlap.
+    ends = np.searchsorted(starts[:, axis], stops[:, axis], side="left")
+    for i in np.nonzero(ends > np.arange(len(boxes)) + 1)[0]:
+        later = slice(i + 1, ends[i])
+        if np.any(np.all((starts[later] < stops[i]) & (starts[i] < stops[later]), axis=1)):
+            return "its slices overlap (TensorFlow refuses overlapping slices)"
+    return None
 
 
 class Checkpoint:
@@ -166,13 +186,17 @@ class Checkpoint:
         x = ckpt.read("dense/kernel")
     """
 
-    def __init__(self, store: Store, prefix: str, verify_checksums: bool = True, verify_regions: bool = False):
+    def __init__(self, store: Store, prefix: str, verify_checksums: bool = True, verify_regions: bool = False,
+                 mmap: bool = True):
         self.store = store
         self.prefix = prefix
         self.path = store.describe(prefix)
         self.verify_checksums = verify_checksums
         self.verify_regions = verify_checksums and verify_regions
+        # Local data files are mapped, and reads return views of them (see _mapped).
+        self._view = getattr(store, "view", None) if mmap else None
         self.stats = ReadStats()
+        self.opened = f"V2 checkpoint: {self.path}"
         self._min_run = _MIN_RUN_BYTES["local" if type(store).__name__ == "LocalStore" else "remote"]
         self._shard_sizes: dict[int, int | None] = {}
         self._object_graph: ObjectGraph | None | bool = False
@@ -180,10 +204,6 @@ class Checkpoint:
         where = store.describe(index_name)
         try:
             entries = parse_table(store.read(index_name), verify_checksums=True)
-        except SnappyBlockError as e:
-            raise UnsupportedFormatError(
-                f"{where}: {e}; snappy-compressed index blocks come from TensorFlow < 1.2. Re-save the "
-                "checkpoint with a current TensorFlow.") from None
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
         self._where = where
@@ -205,7 +225,8 @@ class Checkpoint:
         except ProtoDecodeError:
             raise CorruptCheckpointError(f"{where}: header does not decode as a BundleHeaderProto") from None
         if entries[0][1][:1] == b"\x0a":
-            raise UnsupportedFormatError(f"{where}: this looks like a V1 checkpoint, which tf2flax does not read")
+            raise CorruptCheckpointError(f"{where}: holds a V1 checkpoint table, not a V2 index; open the V1 file "
+                                         "by its own name")
         version = header.version
         if version.producer < 0 or version.min_consumer > 1 or 1 in version.bad_consumers:
             raise UnsupportedFormatError(
@@ -257,9 +278,9 @@ class Checkpoint:
                     f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
                     f"{list(index_shape(region))}")
             slices.append((region, part))
-        if not _covers(shape, [r for r, _ in slices]):
-            raise CorruptCheckpointError(f"{here}: its slices do not cover the whole tensor (does not have "
-                                         "sufficient slices)")
+        problem = _slices_problem(shape, [r for r, _ in slices])
+        if problem:
+            raise CorruptCheckpointError(f"{here}: {problem}")
         return TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
 
     # ---- listing -------------------------------------------------------------------------
@@ -280,6 +301,22 @@ class Checkpoint:
         close = getattr(self.store, "close", None)
         if close is not None:
             close()
+
+    def release(self, name: str) -> None:
+        """Let go of the resident pages of tensor ``name`` in the mapped data files (nothing is lost:
+        views of it read them back from the page cache). A no-op where nothing is mapped.
+
+        Example::
+
+            params = copy_to_devices(ckpt.read("bert/embeddings/word_embeddings"))
+            ckpt.release("bert/embeddings/word_embeddings")
+        """
+        release = getattr(self.store, "release", None)
+        info = self._infos.get(name)
+        if release is None or self._view is None or info is None:
+            return
+        for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
+            release(self._data_file(stored.shard_id), stored.offset, stored.offset + stored.size)
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -346,10 +383,16 @@ class Checkpoint:
         region read fetches only the bytes of the region, which no checksum covers, unless the
         checkpoint was opened with ``verify_regions=True``: then each stored tensor or slice the
         region touches is read whole and verified.
+
+        From a local checkpoint (opened with ``mmap=True``, the default), little-endian tensors
+        come back as read-only views of the mapped data file where their alignment allows: no
+        copy is made. Call ``.copy()`` for an array you may write to; see
+        docs/performance.md for files that change while they are open.
         """
         info = self.info(name)
         if not is_supported(info.dtype_enum):
             numpy_dtype(info.dtype_enum, f"{self.path}: tensor {name!r}")
+        self._check_readable(info)
         try:
             index = expand_index(index, len(info.shape))
             region = normalize_index(index, info.shape)
@@ -367,8 +410,20 @@ class Checkpoint:
     def _data_file(self, shard_id: int) -> str:
         return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
 
-    def _fetch(self, stored: StoredTensor, start: int, out: memoryview, what: str) -> None:
-        """Read ``len(out)`` bytes at ``start`` within a stored tensor, with bounds checks."""
+    def _check_readable(self, info: TensorInfo) -> None:
+        """Refuse, before allocating anything, a tensor numpy cannot hold or whose bytes lie past its files."""
+        here = f"{self.path}: tensor {info.name!r}"
+        if len(info.shape) > _MAX_RANK:
+            raise UnsupportedFormatError(f"{here} has rank {len(info.shape)}; numpy arrays have at most {_MAX_RANK} "
+                                         "dimensions")
+        if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
+            raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
+                                         "byte size overflows 64 bits)")
+        for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
+            self._check_extent(stored, f"tensor {info.name!r}")
+
+    def _check_extent(self, stored: StoredTensor, what: str) -> str:
+        """The data file holding ``stored``; CorruptCheckpointError if its bytes lie past the file's end."""
         file = self._data_file(stored.shard_id)
         if stored.shard_id not in self._shard_sizes:
             self._shard_sizes[stored.shard_id] = self.store.size(file)
@@ -377,6 +432,11 @@ class Checkpoint:
             raise CorruptCheckpointError(
                 f"{self.store.describe(file)}: {what} needs bytes {stored.offset}..{stored.offset + stored.size}, "
                 f"but the file has {size} bytes (truncated?)")
+        return file
+
+    def _fetch(self, stored: StoredTensor, start: int, out: memoryview, what: str) -> None:
+        """Read ``len(out)`` bytes at ``start`` within a stored tensor, with bounds checks."""
+        file = self._check_extent(stored, what)
         began = time.perf_counter()
         try:
             self.store.read_into(file, stored.offset + start, out)
@@ -393,17 +453,48 @@ class Checkpoint:
             raw = raw.view(f">u{unit}").astype(f"<u{unit}").view(np.uint8)
         return raw.view(dtype).reshape(shape)
 
+    def _mapped(self, stored: StoredTensor, region: Index, whole: bool, what: str) -> np.ndarray | None:
+        """``region`` of a stored tensor as a read-only view of its mapped data file, or None where
+        a view cannot serve (remote store, ``mmap=False``, big-endian or sub-byte data, empty).
+
+        Whole reads are verified over the mapping, on several cores for large tensors, so each
+        byte is touched once. A tensor whose offset in the file does not suit its dtype's
+        alignment is copied, whole or just the region asked for.
+        """
+        if (self._view is None or self.big_endian or is_sub_byte(stored.dtype_enum) or stored.size == 0):
+            return None
+        file = self._check_extent(stored, what)
+        began = time.perf_counter()
+        try:
+            view = self._view(file, stored.offset, stored.offset + stored.size)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{e} (reading {what})") from None
+        if whole and self.verify_checksums and mask_crc(crc32c_parallel(view)) != stored.crc32c:
+            raise CorruptCheckpointError(
+                f"{self.store.describe(file)}: {what} fails its CRC32C check (data corrupted)")
+        dtype = numpy_dtype(stored.dtype_enum)
+        array = np.frombuffer(view, dtype).reshape(stored.shape)
+        if not whole:
+            array = array[region]
+        if not array.flags.aligned:
+            array = array.copy()
+        self.stats.add(array.nbytes, time.perf_counter() - began)
+        return array
+
     def _read_dense(self, stored: StoredTensor, region: Index, what: str) -> np.ndarray:
         shape = stored.shape
         item = stored_itemsize(stored.dtype_enum)
         whole = normalize_index(None, shape)
         if self.verify_regions and region != whole:
             return np.ascontiguousarray(self._read_dense(stored, whole, what)[region])
+        mapped = self._mapped(stored, region, region == whole, what)
+        if mapped is not None:
+            return mapped
         if region == whole:
             raw = np.empty(stored.size, np.uint8)
             if stored.size:
                 self._fetch(stored, 0, memoryview(raw), what)
-            if self.verify_checksums and mask_crc(crc32c(raw)) != stored.crc32c:
+            if self.verify_checksums and mask_crc(crc32c_parallel(raw)) != stored.crc32c:
                 raise CorruptCheckpointError(
                     f"{self.store.describe(self._data_file(stored.shard_id))}: {what} fails its CRC32C check "
                     "(data corrupted)")
@@ -524,16 +615,38 @@ def _length_crc(lengths: list[int], order: str = "<") -> int:
     return crc
 
 
-def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False,
+                    mmap: bool = True) -> Checkpoint:
     """Open a checkpoint: a directory (through its ``checkpoint`` file), a prefix, or a URL.
+
+    A SavedModel or TF Hub module directory opens its ``variables/variables``; V1 checkpoints (one
+    file, or ``name-?????-of-N`` shards) open as a :class:`~tf2flax.bundle.v1.V1Checkpoint`, which
+    offers the same interface. ``ckpt.opened`` says what was opened.
 
     ``verify_checksums``: check each tensor's CRC32C on whole reads (TensorFlow does this too).
     ``verify_regions``: also verify region reads, by reading each stored tensor they touch whole.
+    ``mmap``: map local data files and return read-only views of them (no copy); ``False`` reads
+    every tensor into memory of its own, for files that may be rewritten in place while open.
 
     Example::
 
         with tf2flax.open_checkpoint("/runs/bert") as ckpt:   # latest checkpoint in the directory
             ckpt.read("bert/pooler/dense/bias")
     """
-    store, prefix = locate_checkpoint(path)
-    return Checkpoint(store, prefix, verify_checksums=verify_checksums, verify_regions=verify_regions)
+    where = locate(path)
+    if where.format == "v1":
+        from .v1 import V1Checkpoint
+
+        ckpt: Checkpoint = V1Checkpoint(where.store, where.prefix, where.files, verify_checksums=verify_checksums,
+                                        verify_regions=verify_regions)
+    else:
+        ckpt = Checkpoint(where.store, where.prefix, verify_checksums=verify_checksums, verify_regions=verify_regions,
+                          mmap=mmap)
+    ckpt.opened = where.describe()
+    if where.container and all(n == OBJECT_GRAPH_KEY for n in ckpt.names):
+        ckpt.close()
+        raise CheckpointNotFoundError(
+            f"{ckpt.path}: a {where.container} with no variables (its checkpoint holds only the object "
+            "graph): its weights, if any, are constants in the graph, which tf2flax does not "
+            "read; tf2flax reads the variables checkpoint (variables/variables) of a SavedModel")
+    return ckpt

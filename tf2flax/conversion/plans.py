@@ -1,6 +1,6 @@
 """The plan of a conversion: which output leaf comes from which checkpoint tensor, with what steps.
 
-There is no model, so the target leaves are derived from the checkpoint (see :mod:`tf2flax.convert`),
+There is no model, so the target leaves are derived from the checkpoint (see :mod:`tf2flax.conversion`),
 then the mapping engine (:func:`tf2flax.mapping.build_plan`) builds and checks the plan.
 
 Example::

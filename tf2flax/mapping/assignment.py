@@ -10,6 +10,8 @@ variables replaced by target leaves:
 - Any other string target is a scope: everything before its last ``/`` (``'/'`` means all leaves).
   The checkpoint key must then end with ``/``. Each leaf whose path starts with ``scope + '/'``
   (``/part_<n>`` suffix stripped) loads ``key + rest-of-path`` (``key`` ``'/'`` means the root).
+- Beyond TensorFlow: ``{i}`` in a checkpoint name stacks layers or renames them layer by layer (see
+  ``stacking.py``).
 - Divergence: a scope target with no ``/`` at all (``'foo'``) is an error here; TensorFlow would take
   it as "every variable" and look for names with their first character cut off.
 
@@ -24,13 +26,16 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import MappingError
+from ..plan import StackSource
 from ..targets import TargetLeaf, handle_index
 from .hints import close_matches
 from .names import CheckpointNames, Resolved
+from .stacking import LAYER, Stacking, check_indices, layer_matches
 
 _PART = re.compile(r"^(.*)/part_(\d+)$")
 
@@ -118,29 +123,48 @@ def normalize(mapping: Any) -> list[tuple[Any, Any]]:
 
 
 def assign(mapping: Any, names: CheckpointNames, tvars: TargetVars, errors: list[str],
-           notes: list[str]) -> list[Load]:
+           notes: list[str], stacking: Stacking | None = None) -> list[Load]:
     """The loads ``mapping`` asks for, in TensorFlow's order; problems go to ``errors``."""
     pairs = normalize(mapping)
     for key, _ in pairs:
         if not isinstance(key, str):
             raise MappingError(f"assignment map keys are checkpoint names (strings), got {key!r}")
+    ctx = _Context(names, tvars, errors, notes, stacking or Stacking())
     loads: list[Load] = []
     for key, target in sorted(pairs, key=lambda p: p[0]):
         try:
-            loads += _entry(key, target, names, tvars, errors, notes)
+            loads += _entry(key, target, ctx)
         except MappingError as e:
             errors.append(str(e))
     return loads
 
 
-def auto_assign(names: CheckpointNames, tvars: TargetVars, errors: list[str]) -> list[Load]:
-    """Loads for every target variable whose name is a checkpoint name (no map given)."""
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    names: CheckpointNames
+    tvars: TargetVars
+    errors: list[str]
+    notes: list[str]
+    stacking: Stacking
+
+
+def auto_assign(names: CheckpointNames, tvars: TargetVars, errors: list[str],
+                stacking: Stacking | None = None) -> list[Load]:
+    """Loads for every target variable whose name is a checkpoint name (no map given), or the name
+    a stacking rule (``{i}`` in a rule's pattern) gathered layers under."""
+    ctx = _Context(names, tvars, errors, [], stacking or Stacking())
     loads = []
     for var in tvars.variables():
         found = _try_resolve(var, names, errors)
         if found is not None:
             leaves, partition = tvars.lookup(var)
             loads.append(Load(found, leaves, partition, var, "matched by name"))
+            continue
+        if names.stacked(var):
+            try:
+                loads.append(_named_load(var, var, ctx, f"stacked layers for {var!r}", "matched by name"))
+            except MappingError as e:
+                errors.append(str(e))
             continue
         for part in tvars.partition(var):  # parts saved as tensors of their own
             found = _try_resolve(part, names, errors)
@@ -157,17 +181,90 @@ def _try_resolve(name: str, names: CheckpointNames, errors: list[str]) -> Resolv
         return None
 
 
-def _entry(key: str, target: Any, names: CheckpointNames, tvars: TargetVars, errors: list[str],
-           notes: list[str]) -> list[Load]:
+def _entry(key: str, target: Any, ctx: _Context) -> list[Load]:
     origin = f"map entry {key!r}: {_show(target)}"
+    if LAYER in key:
+        return _layer_entry(key, target, ctx, origin)
     if isinstance(target, (list, tuple)):
-        return [_list_load(key, target, names, tvars, origin)]
-    path = tvars.path_of(target)
-    found = tvars.lookup(path)
-    if found is not None:
-        leaves, partition = found
-        return [Load(_resolve(key, names, origin), leaves, partition, path, origin)]
-    return _scope_loads(key, path, names, tvars, errors, notes, origin)
+        return [_list_load(key, target, ctx.names, ctx.tvars, origin)]
+    path = ctx.tvars.path_of(target)
+    if ctx.tvars.lookup(path) is not None:
+        return [_named_load(key, path, ctx, origin, origin)]
+    loads = []
+    for var, name in _scope_names(key, path, ctx, origin):
+        try:
+            loads.append(_named_load(name, var, ctx, f"{origin} (for {var!r})", origin))
+        except MappingError as e:
+            ctx.errors.append(str(e))
+    return loads
+
+
+def _named_load(name: str, var: str, ctx: _Context, where: str, origin: str) -> Load:
+    """The load of checkpoint name ``name`` into ``var``: one tensor, or the layers a stacking rule
+    gathered under ``name``."""
+    if ctx.names.resolve(name) is None:
+        layers = ctx.names.stacked(name)
+        if layers:
+            return _stacked_load(layers, name, var, ctx, where, origin)
+    leaves, partition = ctx.tvars.lookup(var)
+    return Load(_resolve(name, ctx.names, where), leaves, partition, var, origin)
+
+
+def _layer_entry(key: str, target: Any, ctx: _Context, origin: str) -> list[Load]:
+    """A key with ``{i}``: a per-layer rename when the target has ``{i}`` too, else a stack."""
+    if isinstance(target, str) and LAYER in target:
+        found = layer_matches(key, ctx.names.names(), origin, scope=key.endswith("/"))
+        if not found:
+            raise MappingError(f"{origin}: no checkpoint name matches {key!r}.{ctx.names.suggest(key)}")
+        loads = []
+        for i, text in sorted(found.items()):
+            loads += _entry(key.replace(LAYER, text), target.replace(LAYER, str(i)), ctx)
+        return loads
+    if isinstance(target, (list, tuple)):
+        raise MappingError(f"{origin}: a stacked ('{LAYER}') entry needs one target leaf or scope, not a list")
+    path = ctx.tvars.path_of(target)
+    if ctx.tvars.lookup(path) is not None:
+        return [_stack_load(key, path, ctx, origin)]
+    loads = []
+    for var, name in _scope_names(key, path, ctx, origin):
+        try:
+            loads.append(_stack_load(name, var, ctx, origin))
+        except MappingError as e:
+            ctx.errors.append(str(e))
+    return loads
+
+
+def _stack_load(pattern: str, var: str, ctx: _Context, origin: str) -> Load:
+    """Layers ``pattern`` (one ``{i}``) matches, stacked into target ``var``."""
+    where = f"{origin} (for {var!r})"
+    found = layer_matches(pattern, ctx.names.names(), where)
+    if not found:
+        raise MappingError(f"{where}: no checkpoint name matches {pattern!r}."
+                           f"{ctx.names.suggest(pattern.replace(LAYER, '0'))}")
+    layers = {i: functools.partial(_resolve, pattern.replace(LAYER, text), ctx.names, where)
+              for i, text in found.items()}
+    return _stacked_load(layers, pattern, var, ctx, where, origin)
+
+
+def _stacked_load(layers: Mapping[int, Callable[[], Resolved]], label: str, var: str, ctx: _Context, where: str,
+                  origin: str) -> Load:
+    """``layers`` (index -> its tensor) stacked into target ``var`` (one leaf) along its stack axis."""
+    if var not in ctx.tvars.targets:
+        raise MappingError(f"{where}: stacked layers go into one leaf; {var!r} is a partitioned variable "
+                           f"({', '.join(ctx.tvars.partition(var))})")
+    shape = tuple(ctx.tvars.targets[var].shape)
+    axis = ctx.stacking.axis_for(var, len(shape))
+    check_indices(layers, shape[axis], label, var, axis, shape, where)
+    layer_shape = shape[:axis] + shape[axis + 1:]
+    sources, keys = [], []
+    for i in range(shape[axis]):
+        resolved = layers[i]()
+        source = resolved.source
+        if ctx.stacking.fit is not None:
+            source = ctx.stacking.fit(source, layer_shape, resolved.name)
+        sources.append(source)
+        keys += resolved.keys
+    return Load(Resolved(label, StackSource(tuple(sources), axis), tuple(keys)), (var,), None, var, origin)
 
 
 def _list_load(key: str, target: list | tuple, names: CheckpointNames, tvars: TargetVars, origin: str) -> Load:
@@ -190,8 +287,9 @@ def _list_load(key: str, target: list | tuple, names: CheckpointNames, tvars: Ta
     return Load(_resolve(key, names, origin), tuple(paths), tuple(paths), None, origin)
 
 
-def _scope_loads(key: str, target: str, names: CheckpointNames, tvars: TargetVars, errors: list[str],
-                 notes: list[str], origin: str) -> list[Load]:
+def _scope_names(key: str, target: str, ctx: _Context, origin: str) -> list[tuple[str, str]]:
+    """``(variable, checkpoint name)`` for every target variable in scope ``target``, TensorFlow's way."""
+    tvars = ctx.tvars
     if not key.endswith("/"):
         raise MappingError(
             f"{origin}: {target!r} is not a leaf of the target tree (nor a partitioned variable with "
@@ -202,12 +300,12 @@ def _scope_loads(key: str, target: str, names: CheckpointNames, tvars: TargetVar
                            f"(scopes end with '/', e.g. '{target}/').{tvars.suggest(target)}")
     scope = target[: target.rindex("/")]
     if not target.endswith("/"):
-        notes.append(f"{origin}: {target!r} is not a leaf, so it is read as the scope '{scope}/' "
-                     "(as TensorFlow does)")
+        ctx.notes.append(f"{origin}: {target!r} is not a leaf, so it is read as the scope '{scope}/' "
+                         "(as TensorFlow does)")
     in_scope = sorted({tvars.bases.get(v, v) for v in tvars.targets if not scope or v.startswith(scope + "/")})
     if not in_scope:
-        notes.append(f"{origin}: no target leaf is in scope '{scope}/'; the entry loads nothing.")
-    loads = []
+        ctx.notes.append(f"{origin}: no target leaf is in scope '{scope}/'; the entry loads nothing.")
+    out = []
     for var in in_scope:
         name = var[len(scope):]
         if target != "/":
@@ -216,12 +314,8 @@ def _scope_loads(key: str, target: str, names: CheckpointNames, tvars: TargetVar
             name = key + name
         if name.endswith("/"):
             name = name[:-1]
-        leaves, partition = tvars.lookup(var)
-        try:
-            loads.append(Load(_resolve(name, names, f"{origin} (for {var!r})"), leaves, partition, var, origin))
-        except MappingError as e:
-            errors.append(str(e))
-    return loads
+        out.append((var, name))
+    return out
 
 
 def _resolve(name: str, names: CheckpointNames, origin: str) -> Resolved:

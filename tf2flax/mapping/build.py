@@ -18,13 +18,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import MappingError
-from ..plan import Cast, Plan, PlanEntry, RegionSource, Report, Source, Transform, Transpose, can_cast
+from ..plan import (Cast, Plan, PlanEntry, RegionSource, Report, Reshape, Source, Transform, Transpose, axis_groups,
+                    can_cast)
 from ..targets import TargetLeaf
 from .assignment import Load, TargetVars, assign, auto_assign
 from .hints import dtype_name, shape_hint
 from .names import CheckpointNames, PartAxis, axis_for
 from .presets import Preset, get_preset
 from .rules import RulesSpec, compile_rules
+from .stacking import Fit, StackAxis, Stacking, check_stack_axis
 from .transforms import TransformSpecs, parse_spec
 
 
@@ -47,13 +49,15 @@ class MappingReport(Report):
 
 def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, rules: RulesSpec | None = None,
                preset: str | Preset | None = None, transforms: Mapping[Any, Any] | None = None,
-               part_axis: PartAxis = None) -> Plan:
+               part_axis: PartAxis = None, stack_axis: StackAxis = None) -> Plan:
     """The validated plan that loads ``ckpt`` into ``targets`` as ``mapping`` says; reads no tensor data.
 
     ``mapping``: TensorFlow's assignment map (dict or list of pairs), or None to match every target
     path that is a (renamed) checkpoint name. ``rules``/``preset`` rename checkpoint names first.
     ``transforms``: ``{target path or regex: spec}``. ``part_axis``: the axis of ``<var>/part_<n>``
     concatenations and splits (an int, or ``{var: axis}``), inferred from the shapes by default.
+    ``stack_axis``: the new axis of ``{i}`` stacks (an int, or ``{target regex: int}``; the preset's,
+    else 0).
 
     Example::
 
@@ -66,21 +70,26 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
 
         ckpt = open_checkpoint(ckpt)
     preset = get_preset(preset)
-    stages = [preset.rules] if preset else []
+    stages = [preset.rules_for(list(ckpt.names))] if preset else []
     stages.append(compile_rules(rules))
     linen = any(p.split("/", 1)[0] == "params" for p in targets)
     collection = preset.collection if preset and linen else None
-    names = CheckpointNames(ckpt, stages, collection, part_axis)
+    names = CheckpointNames(ckpt, stages, collection, part_axis, scan=preset.scan if preset else (),
+                            skip=preset.skip if preset else None)
     tvars = TargetVars(targets)
     specs = TransformSpecs(transforms, tvars.path_of)
 
     errors: list[str] = []
     notes: list[str] = []
-    loads = auto_assign(names, tvars, errors) if mapping is None else assign(mapping, names, tvars, errors, notes)
+    check_stack_axis(stack_axis)
+    fit = fit_shape if preset and preset.fit else None
+    stacking = Stacking(stack_axis if stack_axis is not None or not preset else preset.stack_axis, fit)
+    loads = (auto_assign(names, tvars, errors, stacking) if mapping is None
+             else assign(mapping, names, tvars, errors, notes, stacking))
     entries: dict[str, tuple[PlanEntry, Load]] = {}
     for load in loads:
         try:
-            new = _entries(load, targets, specs, part_axis)
+            new = _entries(load, targets, specs, part_axis, fit)
         except MappingError as e:
             errors.append(str(e))
             continue
@@ -139,12 +148,25 @@ class TransformedSource:
         return "(" + self.entry.describe()[len(self.entry.target) + 4:] + ")"
 
 
+def fit_shape(source: Source, shape: tuple[int, ...], name: str) -> Source:
+    """``source`` reshaped to ``shape`` when the two differ only by split or merged adjacent axes (a
+    preset's ``fit``); else ``source`` as it is (a wrong shape is reported as a mismatch later)."""
+    have = tuple(source.shape)
+    groups = axis_groups(have, shape) if have != tuple(shape) else None
+    if groups is None or any(len(ins) > 1 and len(outs) > 1 for ins, outs in groups):
+        return source
+    return TransformedSource(PlanEntry(name, source, (Reshape(tuple(shape), have),)))
+
+
 def _entries(load: Load, targets: Mapping[str, TargetLeaf], specs: TransformSpecs,
-             part_axis: PartAxis) -> list[PlanEntry]:
+             part_axis: PartAxis, fit: Fit | None = None) -> list[PlanEntry]:
     source = load.resolved.source
     if load.partition is None:
         leaf = targets[load.leaves[0]]
-        return [_finish(leaf, source, _transforms(specs, leaf.path, source), load)]
+        steps = _transforms(specs, leaf.path, source)
+        if fit is not None and not steps:
+            source = fit(source, tuple(leaf.shape), load.resolved.name)
+        return [_finish(leaf, source, steps, load)]
     if load.var is not None:
         steps = _transforms(specs, load.var, source)
         if steps:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -31,7 +32,7 @@ from ..errors import MappingError
 from ..naming import left_out_reason
 from ..plan import ConcatSource, Source, TensorSource
 from .hints import close_matches
-from .rules import Rule, rename
+from .rules import Rule, rename_layer
 
 _PART = re.compile(r"^(.*)/part_(\d+)$")
 
@@ -93,26 +94,33 @@ def concat_axis(shapes: Sequence[Sequence[int]], axis: int | None, what: str) ->
 class CheckpointNames:
     """Name -> tensor resolution for one checkpoint under a set of renames.
 
-    ``rule_stages``: rule lists applied in turn (first match wins within a stage).
+    ``rule_stages``: rule lists applied in turn (first match wins within a stage); a stacking rule
+    (``{i}``) files the tensor under its renamed name as one layer of a stack.
     ``collection``: original name -> linen collection, to add ``<collection>/<name>`` aliases.
+    ``scan``: stacking rules whose renames are extra names (a preset's scanned layout beside its
+    per-layer one). ``skip``: original names that are optimizer state (not reported as unused).
     """
 
     def __init__(self, ckpt: Any, rule_stages: Sequence[Sequence[Rule]] = (),
-                 collection: Callable[[str], str] | None = None, part_axis: PartAxis = None) -> None:
+                 collection: Callable[[str], str] | None = None, part_axis: PartAxis = None,
+                 scan: Sequence[Rule] = (), skip: Callable[[str], bool] | None = None) -> None:
         self.ckpt = ckpt
         self.ckpt_path = getattr(ckpt, "path", "<checkpoint>")
         self.part_axis = part_axis
         self.tensors: list[Tensor] = []
         self._index: dict[str, list[int]] = {}
+        self._stacks: dict[str, dict[int, list[int]]] = {}
         for key, originals, label, skipped in _originals(ckpt):
             tid = len(self.tensors)
             dropped = False
             for original in originals:
-                name = original
+                skipped = skipped or bool(skip and skip(original))
+                name, layer = original, None
                 for stage in rule_stages:
-                    name = rename(name, stage)
+                    name, found = rename_layer(name, stage)
                     if name is None:
                         break
+                    layer = found if found is not None else layer
                 if name is None:
                     dropped = True
                     continue
@@ -121,12 +129,40 @@ class CheckpointNames:
                     coll = collection(original)
                     if not name.startswith(coll + "/"):
                         aliases.append(f"{coll}/{name}")
+                if layer is not None:
+                    for alias in aliases:
+                        self._add_layer(alias, layer, tid)
+                    continue
                 for alias in aliases:
                     ids = self._index.setdefault(alias, [])
                     if tid not in ids:
                         ids.append(tid)
+                    scanned, index = rename_layer(alias, scan)
+                    if scanned is not None and index is not None:
+                        self._add_layer(scanned, index, tid)
             self.tensors.append(Tensor(key, label, skipped or dropped))
         self._parts = self._part_groups()
+        self._sorted: list[str] | None = None
+
+    def _add_layer(self, name: str, layer: int, tid: int) -> None:
+        ids = self._stacks.setdefault(name, {}).setdefault(layer, [])
+        if tid not in ids:
+            ids.append(tid)
+
+    def stacked(self, name: str) -> dict[int, Callable[[], Resolved]] | None:
+        """``{layer index: its tensor}`` a stacking rule gathered under ``name``; None if none did."""
+        layers = self._stacks.get(name)
+        if not layers:
+            return None
+        return {i: functools.partial(self._layer, name, i, ids) for i, ids in layers.items()}
+
+    def _layer(self, name: str, layer: int, ids: list[int]) -> Resolved:
+        if len(ids) > 1:
+            keys = ", ".join(repr(self.tensors[i].key) for i in ids)
+            raise MappingError(f"layer {layer} of stacked name {name!r} is ambiguous: {len(ids)} tensors "
+                               f"({keys}) were renamed to it")
+        t = self.tensors[ids[0]]
+        return Resolved(t.label, NamedTensorSource(self.ckpt, t.key, label=t.label), (t.key,))
 
     def _part_groups(self) -> dict[str, list[str]]:
         found: dict[str, dict[int, str]] = {}
@@ -141,8 +177,10 @@ class CheckpointNames:
         return groups
 
     def names(self) -> list[str]:
-        """Every addressable name (for suggestions)."""
-        return sorted([*self._index, *self._parts])
+        """Every addressable name, sorted (for suggestions and ``{i}`` matching)."""
+        if self._sorted is None:
+            self._sorted = sorted({*self._index, *self._parts, *self._stacks})
+        return self._sorted
 
     def resolve(self, name: str) -> Resolved | None:
         """The tensor ``name`` stands for, None if no tensor has that name; ambiguity is an error."""

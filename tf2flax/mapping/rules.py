@@ -5,6 +5,11 @@ rewrites it with ``re.sub`` (replacement: a template such as ``r'\\1/scale'`` or
 match); later rules are not tried. A replacement of ``None`` drops the name: the tensor is not
 addressable by it and is never reported as unused. Names no rule matches are kept as they are.
 
+``{i}`` in a pattern matches a decimal layer index (a regex group named ``i``). With ``{i}`` in the
+replacement too, the rule renames layer by layer (``block_007`` -> ``layers_7``); without, it is a
+*stacking* rule: the layers' tensors are gathered under the one renamed name, which loads a leaf with a
+layer axis (see ``stacking.py``).
+
 Example::
 
     rules = compile_rules([(r"^sequential/", ""), (r"/adam_[mv]$", None)])
@@ -15,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable, Iterable, Mapping, Union
 
@@ -24,12 +30,16 @@ Replacement = Union[str, Callable[[re.Match], str], None]
 RulesSpec = Union[Mapping[str, Replacement], Iterable[tuple[Union[str, re.Pattern], Replacement]]]
 
 
+LAYER = "{i}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """One compiled rename."""
+    """One compiled rename; ``stack``: a stacking rule (``{i}`` in the pattern only)."""
 
     pattern: re.Pattern
     replacement: Replacement
+    stack: bool = False
 
 
 def compile_rules(rules: RulesSpec | None) -> tuple[Rule, ...]:
@@ -45,23 +55,49 @@ def compile_rules(rules: RulesSpec | None) -> tuple[Rule, ...]:
         if not (repl is None or isinstance(repl, str) or callable(repl)):
             raise MappingError(f"rule #{i} ({pattern!r}): the replacement must be a string, a function "
                                f"of the match or None, got {type(repl).__name__}")
+        layered = isinstance(pattern, str) and LAYER in pattern
+        if layered:
+            if pattern.count(LAYER) != 1:
+                raise MappingError(f"rule #{i}: {pattern!r} must contain '{LAYER}' at most once")
+            pattern = pattern.replace(LAYER, r"(?P<i>\d+)")
         try:
             compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
         except (re.error, TypeError) as e:
             raise MappingError(f"rule #{i}: {pattern!r} is not a valid regular expression: {e}") from None
-        out.append(Rule(compiled, repl))
+        if layered and isinstance(repl, str) and LAYER in repl:
+            out.append(Rule(compiled, functools.partial(_per_layer, repl)))
+        else:
+            out.append(Rule(compiled, repl, stack=layered and repl is not None))
     return tuple(out)
+
+
+def _per_layer(template: str, m: re.Match) -> str:
+    """``template`` expanded for match ``m``, its ``{i}`` the layer index without leading zeros."""
+    return m.expand(template.replace(LAYER, "\x00")).replace("\x00", str(int(m.group("i"))))
 
 
 def rename(name: str, rules: Iterable[Rule]) -> str | None:
     """``name`` rewritten by the first matching rule; None if that rule drops it."""
+    return rename_layer(name, rules)[0]
+
+
+def rename_layer(name: str, rules: Iterable[Rule]) -> tuple[str | None, int | None]:
+    """``(new name, layer index)``: the index is set when a stacking rule renamed ``name``.
+
+    Example::
+
+        rename_layer("enc/layer_3/w", compile_rules([("enc/layer_{i}/", "params/layers/")]))
+        # ('params/layers/w', 3)
+    """
     for rule in rules:
-        if rule.pattern.search(name):
+        m = rule.pattern.search(name)
+        if m:
             if rule.replacement is None:
-                return None
+                return None, None
             try:
-                return rule.pattern.sub(rule.replacement, name)
+                new = rule.pattern.sub(rule.replacement, name, count=1 if rule.stack else 0)
             except (re.error, IndexError) as e:
                 raise MappingError(f"rule {rule.pattern.pattern!r} -> {rule.replacement!r} "
                                    f"fails on {name!r}: {e}") from None
-    return name
+            return new, int(m.group("i")) if rule.stack else None
+    return name, None

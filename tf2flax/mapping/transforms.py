@@ -3,7 +3,8 @@
 A spec is one step or a list of steps, applied in order to the checkpoint tensor:
 
 - ``'transpose'`` (reverse the axes) or ``('transpose', perm)``;
-- ``('reshape', shape)`` (one ``-1`` allowed);
+- ``('reshape', shape)`` (one ``-1`` allowed; a device region that splits or merges adjacent axes
+  reads only its box of the source, see :class:`~tf2flax.plan.Reshape`);
 - ``('cast', dtype)``;
 - a callable ``f(np.ndarray) -> np.ndarray``; its output shape is worked out with ``jax.eval_shape``
   when the function traces (``jnp`` code, array methods), else it is taken to keep the shape; either
@@ -91,9 +92,9 @@ def _parse_step(step: Any, shape: tuple[int, ...], dtype: Any, where: str) -> Tr
             if op == "transpose":
                 return Transpose(tuple(int(a) for a in arg))
             if op == "reshape":
-                return Reshape(tuple(int(d) for d in arg))
+                return Reshape(tuple(int(d) for d in arg), tuple(shape))
             return Cast(np.dtype(arg))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, SyntaxError) as e:  # numpy parses some dtype strings with ast
             raise MappingError(f"transform {step!r} for {where}: bad argument ({e})") from None
     if callable(step):
         return _fn(step, shape, dtype)
