@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -151,8 +152,13 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
         return result
     meta = {"tf2flax": {"source": ckpt.path, "include_optimizer": include_optimizer}}
     before = ckpt.stats.bytes_read
-    result.tensors, result.bytes = write_orbax(plan, out_path, force=force, progress=progress,
-                                               custom_metadata=meta, team=team)
+    with contextlib.ExitStack() as stack:
+        if distributed:
+            from .distributed import wide_dtypes
+
+            stack.enter_context(wide_dtypes())
+        result.tensors, result.bytes = write_orbax(plan, out_path, force=force, progress=progress,
+                                                   custom_metadata=meta, team=team)
     result.out, result.seconds = str(out_path), time.perf_counter() - began
     result.bytes_read = ckpt.stats.bytes_read - before
     return result

@@ -20,12 +20,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import secrets
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import jax
 import numpy as np
@@ -124,6 +125,18 @@ def output_shardings(plan: Plan, shardings: Any = None, mesh: Mesh | None = None
     return out, owners
 
 
+@contextlib.contextmanager
+def wide_dtypes() -> Iterator[None]:
+    """``jax_enable_x64`` on while a distributed conversion runs, in every thread (jax.Arrays of
+    int64, float64... stay 64-bit, as numpy's do in a one-process convert); then as it was."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
 class Team:
     """The processes of one distributed conversion: what each reads, and how they agree.
 
@@ -174,16 +187,15 @@ class Team:
         return result
 
     def read(self, group: list[tuple[str, PlanEntry]]) -> list[tuple[str, Any]]:
-        """This process's regions of ``group`` as global ``jax.Array``s (64-bit dtypes kept); leaves
+        """This process's regions of ``group`` as global ``jax.Array``s (see :func:`wide_dtypes`); leaves
         another process owns are placeholders (zeros, never read nor written)."""
         mine = {p: e for p, e in group if self.owners.get(p, self.index) == self.index}
-        with jax.enable_x64(True):
-            arrays, _ = materialize(Plan(mine, None), self.shardings)
-            for path, entry in group:
-                if path not in mine:
-                    zeros = np.broadcast_to(np.zeros((), entry.dtype), entry.shape)
-                    arrays[path] = jax.make_array_from_callback(entry.shape, self.shardings[path],
-                                                                lambda idx, z=zeros: z[idx])
+        arrays, _ = materialize(Plan(mine, None), self.shardings)
+        for path, entry in group:
+            if path not in mine:
+                zeros = np.broadcast_to(np.zeros((), entry.dtype), entry.shape)
+                arrays[path] = jax.make_array_from_callback(entry.shape, self.shardings[path],
+                                                            lambda idx, z=zeros: z[idx])
         return [(path, arrays[path]) for path, _ in group]
 
     def share_bytes(self, plan: Plan) -> int:
