@@ -35,4 +35,4 @@ def check_output_url(out: str | os.PathLike) -> None:
     scheme = text.split("://", 1)[0].lower()
     why = _WHY.get(scheme, f"Orbax does not write {scheme}:// URLs")
     raise UnsupportedFormatError(f"{text}: cannot convert to this URL: {why}. Convert to a local or shared "
-                                 "directory (a gcsfuse or mountpoint-s3 mount works) and copy it afterwards")
+                                 "directory (NFS, Lustre...) and copy it afterwards")
