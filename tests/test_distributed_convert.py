@@ -25,7 +25,7 @@ import tf_writers
 SPECS = {
     "model/emb": ((4096, 256), 3, 0, np.float32),    # split by device along axis 0 (TF rows 1366/1365/1365)
     "model/proj": ((256, 1280), 3, 1, np.float32),   # split along axis 0 (the first that divides)
-    "model/w": ((520, 512), 1, 0, np.float32),      # 520 is not divisible by 8: axis 0 split by process
+    "model/w": ((1004, 264), 1, 0, np.float32),     # 1004 is not divisible by 8: axis 0 split by process
     "model/odd": ((1001, 150), 1, 0, np.float32),    # no axis divides: whole, read by one process
     "model/b": ((24,), 1, 0, np.float32),            # small: whole, on one process
     "model/count": ((5,), 1, 0, np.int64),           # 64-bit dtypes stay 64-bit
@@ -183,3 +183,35 @@ def test_cli_two_processes_summary_from_process_0(ckpt_path, reference, tmp_path
     for i, (_, _, err) in enumerate(results):
         assert f"process {i}/2: read" in err
     np.testing.assert_array_equal(_leaves(ocp.v1.load(str(out)))["model/proj"], reference["model/proj"])
+
+
+def test_default_placement_splits_large_leaves_contiguously_and_balances_the_rest():
+    """On a (2 processes, 4 devices) mesh: first axis over all devices, else over the processes, else the
+    largest axis that divides; small and indivisible leaves owned by one process, balanced by bytes."""
+    import jax
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    from tf2flax.conversion.distributed import default_shardings, split_spec
+    from tf2flax.plan import Plan
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("process", "device"))
+    every = ("process", "device")
+    assert split_spec((4096, 256), 4, mesh) == P(every, None)
+    assert split_spec((1004, 264), 4, mesh) == P("process", None)
+    assert split_spec((3, 131072), 4, mesh) == P(None, every)
+    assert split_spec((1001, 301), 4, mesh) is None          # no axis divides
+    assert split_spec((8, 8), 4, mesh) is None                # small
+    assert split_spec((), 4, mesh) is None
+
+    class Entry:
+        def __init__(self, shape):
+            self.shape, self.dtype = shape, np.dtype(np.float32)
+
+    entries = {"big": Entry((4096, 256)), "odd": Entry((1001, 301)), "a": Entry((300, 300)),
+               "b": Entry((200, 300)), "c": Entry((100, 300))}
+    shardings, owners = default_shardings(Plan(entries, None), mesh)
+    assert shardings["big"].spec == P(every, None) and "big" not in owners
+    assert owners == {"odd": 0, "a": 1, "b": 1, "c": 1}      # 1.2 MB vs 0.36 + 0.24 + 0.12 MB
+    for path, owner in owners.items():
+        first = shardings[path].mesh.devices.flat[0]          # replica 0, the one Orbax writes
+        assert first == mesh.devices[owner, 0] and shardings[path].spec == P()
