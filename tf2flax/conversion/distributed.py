@@ -39,7 +39,7 @@ from ..sharding import ShardingRules, check_sharding, resolve_shardings
 
 T = TypeVar("T")
 
-# Leaves smaller than this are not split (one copy per process is cheaper than many tiny shards).
+# Leaves smaller than this are not split but owned by one process (cheaper than many tiny shards).
 MIN_SPLIT_BYTES = 1 << 20
 DEFAULT_TIMEOUT_S = 600.0
 _KEY_PREFIX = "tf2flax/convert"
@@ -160,7 +160,11 @@ class Team:
         token = f"{_KEY_PREFIX}/{self._run}/token"
         if self.primary:
             self._client.key_value_set(token, secrets.token_hex(4))
-        self._token = self._client.blocking_key_value_get(token, int(timeout * 1000))
+        try:
+            self._token = self._client.blocking_key_value_get(token, int(timeout * 1000))
+        except Exception:  # jax raises its own XlaRuntimeError on a deadline
+            raise DistributedError(f"process 0 of {self.count} did not start the conversion within "
+                                   f"{timeout:.0f} s") from None
 
     def token(self) -> str:
         """The same random token on every process (the temporary directory's suffix)."""
