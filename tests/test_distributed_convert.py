@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ml_dtypes  # noqa: F401
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
