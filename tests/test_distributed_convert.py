@@ -130,13 +130,17 @@ def test_two_processes_equal_one_process_and_tensorflow(ckpt_path, reference, si
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "result_0.json", "result_1.json"]
 
 
-def test_output_restores_with_any_sharding(ckpt_path, reference, tmp_path):
-    """Plain Orbax restores the two-process output onto another mesh (here one process, 8 devices)."""
+def test_sharding_rules_and_output_restores_with_any_sharding(ckpt_path, reference, tmp_path):
+    """Placement by sharding rules over a mesh; plain Orbax restores the output onto another mesh
+    (here one process, 8 devices) and without any (numpy arrays)."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     out = tmp_path / "out"
-    assert all(rc == 0 for rc, _, _ in _workers(ckpt_path, out, tmp_path))
+    for rc, _, err in _workers(ckpt_path, out, tmp_path, "rules"):
+        assert rc == 0, err[-3000:]
+    for name, value in _leaves(ocp.v1.load(str(out))).items():
+        np.testing.assert_array_equal(value, reference[name])
     mesh = jax.make_mesh((2, 4), ("a", "b"))
     tree = ocp.v1.metadata(str(out)).metadata
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=NamedSharding(
