@@ -1,9 +1,9 @@
 """``init_params`` on one host, 8 CPU devices, every leaf fully sharded: tf2flax vs TensorFlow + device_put.
 
 Writes a TF2 checkpoint of 16 float32 [rows, 1024] variables (``--size-gb`` GiB in all, default
-1.1 GiB = 1.2 GB) with TensorFlow, then in this one process (8 CPU devices, a (4, 2) mesh,
-``P("x", "y")`` on every leaf, so each device's block is a strided region), best of ``--repeats``,
-methods alternating, page cache warm:
+1.125 GiB = 1.2 GB, whose rows the mesh divides) with TensorFlow, then in this one process (8 CPU
+devices, a (4, 2) mesh, ``P("x", "y")`` on every leaf, so each device's block is a strided
+region), best of ``--repeats``, methods alternating, page cache warm:
 
 - tf2flax: ``tf2flax.init_params(prefix, mapping, abstract)`` (CRC32C verified);
 - anchor: ``tf.train.load_checkpoint(prefix).get_tensor(name)`` + ``jax.device_put(value, sharding)``.
@@ -11,7 +11,7 @@ methods alternating, page cache warm:
 Both results are compared element by element once. Goal: tf2flax >= 1.5x the anchor.
 The checkpoint is deleted at the end unless ``--keep``.
 
-Usage: python benchmarks/init_params_speed.py [--size-gb 1.1] [--repeats 3] [--dir DIR] [--keep]
+Usage: python benchmarks/init_params_speed.py [--size-gb 1.125] [--repeats 3] [--dir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from versions import versions  # noqa: E402
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gb", type=float, default=1.1, help="checkpoint size in GiB (default 1.1)")
+    parser.add_argument("--size-gb", type=float, default=1.125,
+                        help="checkpoint size in GiB (default 1.125: 1.2 GB, rows divisible by the mesh)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the checkpoint (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the checkpoint")

@@ -193,3 +193,33 @@ def test_release_drops_resident_pages_and_views_read_them_back(written):
         ckpt.release("a_big")
         assert before - _rss_file() > view.nbytes // 2
         assert np.array_equal(view, expected)
+
+
+def test_read_rows_blocks_join_to_tensorflows_values(written):
+    expected = tf_writers.tf_read_all(written)
+    with tf2flax.open_checkpoint(written) as ckpt:
+        for name, value in expected.items():
+            blocks = list(ckpt.read_rows(name, chunk_bytes=64 << 10))
+            assert [first for first, _ in blocks] == list(np.cumsum([0] + [len(b) for _, b in blocks[:-1]]))
+            tf_writers.assert_tensor_equal(np.concatenate([b for _, b in blocks]), value, name)
+        assert len(list(ckpt.read_rows("a_big", chunk_bytes=64 << 10))) == -(-3000 // 16)   # 16 rows of 4 KB
+
+
+def test_read_rows_and_init_params_refuse_a_corrupted_tensor(tmp_path):
+    import jax
+
+    prefix = _write(tmp_path / "rc", seed=8)
+    with tf2flax.open_checkpoint(prefix) as ckpt:
+        offset = ckpt.info("a_big").stored.offset
+    with open(_data_file(prefix), "r+b") as f:
+        f.seek(offset + 5_000_000)
+        f.write(b"\x00\x01\x02\x03")
+    with tf2flax.open_checkpoint(prefix) as ckpt:
+        with pytest.raises(CorruptCheckpointError, match=r"a_big.*CRC32C"):
+            for _ in ckpt.read_rows("a_big"):
+                pass
+    mesh = jax.make_mesh((4, 2), ("x", "y"))
+    target = jax.ShapeDtypeStruct((3000, 1024), np.float32,
+                                  sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x", "y")))
+    with pytest.raises(CorruptCheckpointError, match=r"a_big.*CRC32C"):
+        tf2flax.init_params(prefix, {"a_big": "w"}, {"w": target}, progress=False)

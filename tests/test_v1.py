@@ -246,3 +246,35 @@ def test_fuzzed_v1_entries_give_clean_errors(v1_single, tmp_path_factory, data):
         _read_everything(_write(path, entries))
     except Tf2FlaxError:
         pass
+
+
+def test_many_slices_of_one_tensor_stay_cheap(v1_single, tmp_path):
+    """A 400 KB meta entry declaring 20,000 one-element slices: the work grows linearly (no grid, no pairs)."""
+    import time
+
+    entries = _table_entries(v1_single[0])
+    meta = SavedTensorSlices.FromString(entries[0][1])
+    tensor = meta.meta.tensor.add(name="zz/many", type=1)
+    tensor.shape.dim.add(size=20_000)
+    for i in range(20_000):
+        tensor.slice.add().extent.add(start=i, length=1)
+    entries[0] = (b"", meta.SerializeToString())
+    path = _write(tmp_path / "many", entries)
+    began = time.perf_counter()
+    ckpt = tf2flax.open_checkpoint(path)
+    assert ckpt.list_variables()[-1] == ("zz/many", [20_000])
+    with pytest.raises(CorruptCheckpointError, match="the file has no entry for this slice"):
+        ckpt.read("zz/many")
+    assert time.perf_counter() - began < 10
+
+
+def test_v1_over_http(v1_sharded, tmp_path):
+    from servers import RangeHTTPServer
+
+    prefix, expected = v1_sharded
+    shutil.copytree(Path(prefix).parent, tmp_path / "run")
+    with RangeHTTPServer(tmp_path) as http:
+        for path in (http.url + "run/", http.url + "run/model-5-00000-of-00002"):
+            ckpt = tf2flax.open_checkpoint(path)
+            assert ckpt.opened == f"V1 checkpoint: {http.url}run/model-5-00000-of-00002 (2 files)"
+            assert_reads_exactly(ckpt, expected)

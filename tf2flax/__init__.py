@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from typing import Any
-
 from . import errors
 from .bundle import Checkpoint, open_checkpoint
 

@@ -5,7 +5,8 @@ process's devices hold are read (a region replicated on several local devices is
 From a local checkpoint the reads are views of the mapped data files, so each device's block is
 copied once, from the page cache straight into the aligned buffer jax keeps (jax on CPU takes
 such a buffer without copying); no full-tensor buffer sits in between, even where a device's
-block is a strided region. Leaves are read and placed on a thread pool, with a bound on the bytes
+block is a strided region. A leaf read whole goes in one pass (``Checkpoint.read_rows``): each
+chunk of rows is checksummed while in cache and copied into the device blocks it falls in. Leaves are read and placed on a thread pool, with a bound on the bytes
 in flight, so peak host memory is this process's share of the model plus that bound.
 
 Example::
@@ -26,7 +27,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from .plan import Plan, PlanEntry
+from .plan import Cast, Plan, PlanEntry, release_source
 from .regions import Index, index_shape, normalize_index
 from .progress import human_bytes, human_rate
 
@@ -129,34 +130,41 @@ def _blocks(entry: PlanEntry, regions: list[Index]) -> dict:
     return {_key(r): entry.read(r, contiguous=False) for r in regions}
 
 
+def _streamed(entry: PlanEntry, regions: list[Index]) -> dict | None:
+    """{region key: block} of a leaf read whole in one pass (``Checkpoint.read_rows``): each chunk of
+    rows is checksummed while in the CPU's cache and copied (and cast) straight into the device
+    blocks it falls in. None where the leaf is not one checkpoint tensor, cast at most, whose
+    regions tile the whole tensor (then :func:`_blocks` reads it)."""
+    source = entry.source
+    reader, name = getattr(source, "reader", None), getattr(source, "name", None)
+    read_rows = getattr(reader, "read_rows", None)
+    shape = entry.shape
+    if (read_rows is None or not isinstance(name, str) or not shape or not regions
+            or not all(isinstance(t, Cast) for t in entry.transforms)
+            or sum(math.prod(index_shape(r)) for r in regions) != math.prod(shape)):
+        return None
+    blocks = {_key(r): _aligned_empty(index_shape(r), entry.dtype) for r in regions}
+    for first, rows in read_rows(name):
+        last = first + rows.shape[0]
+        for r in regions:
+            lo, hi = max(first, r[0].start), min(last, r[0].stop)
+            if lo < hi:
+                np.copyto(blocks[_key(r)][lo - r[0].start:hi - r[0].start],
+                          rows[(slice(lo - first, hi - first), *r[1:])], casting="unsafe")
+    return blocks
+
+
 def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Index]) -> tuple[jax.Array, int]:
     """Read one leaf and put each device's block on its device: one copy per block, from the page
-    cache (or the read buffer) into the memory the device keeps. Returns (array, regions read)."""
-    blocks = _blocks(entry, regions)
-    placed: dict = {}
-    arrays = []
-    for device, index in sharding.addressable_devices_indices_map(entry.shape).items():
-        key = _key(normalize_index(index, entry.shape))
-        first = key not in placed
-        if first:
-            placed[key] = _owned(blocks.pop(key))
-        # Another device with the same block gets a copy of its own (jax arrays may be donated).
-        arrays.append(jax.device_put(placed[key], device, may_alias=first))
-    for reader, name in _checkpoint_tensors(entry.source):  # copied out: the mapped pages may go
-        release = getattr(reader, "release", None)
-        if release is not None:
-            release(name)
-    return jax.make_array_from_single_device_arrays(entry.shape, sharding, arrays), len(placed)
-
-
-def _checkpoint_tensors(source: object) -> list[tuple[object, str]]:
-    """The (checkpoint, tensor name) pairs a source reads, as far as its fields tell."""
-    reader, name = getattr(source, "reader", None), getattr(source, "name", None)
-    if reader is not None and isinstance(name, str):
-        return [(reader, name)]
-    children = [getattr(source, "base", None), getattr(getattr(source, "entry", None), "source", None),
-                *getattr(source, "parts", ())]
-    return [pair for child in children if child is not None for pair in _checkpoint_tensors(child)]
+    cache (or the read buffer) into the aligned memory the device then keeps (jax on CPU takes it
+    without copying; devices holding the same block share it, as jax's own replicated puts do).
+    Returns (array, regions read)."""
+    streamed = _streamed(entry, regions)
+    blocks = streamed if streamed is not None else {key: _owned(b) for key, b in _blocks(entry, regions).items()}
+    release_source(entry.source)  # copied out: the mapped pages may go
+    array = jax.make_array_from_callback(entry.shape, sharding,
+                                         lambda index: blocks[_key(normalize_index(index, entry.shape))])
+    return array, len(blocks)
 
 
 def materialize(

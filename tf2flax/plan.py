@@ -185,6 +185,22 @@ class StackSource:
         return f"stack[axis={self.axis}]({self.layers[0].describe()}{last})"
 
 
+def release_source(source: object) -> None:
+    """Let go of the mapped pages of the checkpoint tensors ``source`` reads (``Checkpoint.release``),
+    once their values have been copied or written out; follows ``base``/``parts``/``layers``/``entry`` fields."""
+    reader, name = getattr(source, "reader", None), getattr(source, "name", None)
+    if reader is not None and isinstance(name, str):
+        release = getattr(reader, "release", None)
+        if release is not None:
+            release(name)
+        return
+    children = [getattr(source, "base", None), getattr(getattr(source, "entry", None), "source", None),
+                *getattr(source, "parts", ()), *getattr(source, "layers", ())]
+    for child in children:
+        if child is not None:
+            release_source(child)
+
+
 class Transform(Protocol):
     """A step from a source array to a target array."""
 

@@ -16,11 +16,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Mapping
 
 import jax
 import numpy as np
-from flax import nnx
 
 from .errors import MappingError
 
@@ -40,8 +40,24 @@ class TargetLeaf:
     value: Any
 
 
+def _nnx() -> Any:
+    """``flax.nnx`` if something has imported it, else None: an nnx object can only exist once it is
+    loaded, so dict trees (and ``convert``) never pay for importing flax (seconds: it loads IPython)."""
+    return sys.modules.get("flax.nnx")
+
+
+def _is_variable(x: Any) -> bool:
+    nnx = _nnx()
+    return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def _is_module(x: Any) -> bool:
+    nnx = _nnx()
+    return nnx is not None and isinstance(x, nnx.Module)
+
+
 def _is_leaf(x: Any) -> bool:
-    return isinstance(x, (nnx.Variable, jax.ShapeDtypeStruct))
+    return isinstance(x, jax.ShapeDtypeStruct) or _is_variable(x)
 
 
 def _key_str(k: Any) -> str:
@@ -56,12 +72,12 @@ def _path_str(keypath: tuple) -> str:
 
 
 def _tree(params: Any) -> Any:
-    return nnx.state(params) if isinstance(params, nnx.Module) else params
+    return _nnx().state(params) if _is_module(params) else params
 
 
 def _leaf(path: str, x: Any) -> TargetLeaf | None:
-    if isinstance(x, nnx.Variable):
-        if isinstance(x, nnx.RngState):
+    if _is_variable(x):
+        if isinstance(x, _nnx().RngState):
             return None
         raw = x.get_raw_value()
         return TargetLeaf(path, tuple(np.shape(raw)), raw.dtype if hasattr(raw, "dtype") else np.result_type(raw),
@@ -111,13 +127,13 @@ def unflatten_targets(params: Any, values: Mapping[str, Any]) -> Any:
         path = _path_str(keypath)
         if path not in values:
             return x
-        if isinstance(x, nnx.Variable):
+        if _is_variable(x):
             return x.replace(value=values[path])
         return values[path]
 
     new = jax.tree_util.tree_map_with_path(replace, _tree(params), is_leaf=_is_leaf)
-    if isinstance(params, nnx.Module):
-        nnx.update(params, new)
+    if _is_module(params):
+        _nnx().update(params, new)
         return params
     return new
 

@@ -30,14 +30,17 @@ from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
-from .locate import locate
+from .locate import ends_like_a_table, locate
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import parse_table
 
-# numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
-_MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
+# numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
+_MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_MAX_BYTES = int(np.iinfo(np.intp).max)
+# An index larger than this (or of unknown size: a URL) has its footer checked before it is read whole.
+_SNIFF_ABOVE = 1 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
@@ -203,6 +206,9 @@ class Checkpoint:
         index_name = prefix + ".index"
         where = store.describe(index_name)
         try:
+            size = store.size(index_name)
+            if (size is None or size > _SNIFF_ABOVE) and not ends_like_a_table(store, index_name):
+                raise DecodeError("it does not end in a table footer")  # read no more of a large foreign file
             entries = parse_table(store.read(index_name), verify_checksums=True)
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
@@ -407,6 +413,49 @@ class Checkpoint:
             out = self._read_sliced(info, region)
         return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
 
+    def read_rows(self, name: str, chunk_bytes: int = 2 << 20) -> Iterator[tuple[int, np.ndarray]]:
+        """Tensor ``name`` whole, as ``(first row, block)`` pairs of consecutive rows (axis 0) of about
+        ``chunk_bytes`` each: views of the mapped file, checksummed as they pass while they are in
+        the CPU's cache, so a caller that copies them out touches each byte of the file once.
+
+        The CRC32C mismatch of a corrupted tensor raises CorruptCheckpointError after the last
+        block: a caller must discard what it copied when the loop raises. Where no view can serve
+        (remote, ``mmap=False``, big-endian, misaligned, strings, sliced, scalars) the one block is
+        the whole tensor, read and checked as :meth:`read` does.
+
+        Example::
+
+            out = np.empty(ckpt.shape("emb"), ckpt.dtype("emb"))
+            for start, rows in ckpt.read_rows("emb"):
+                out[start:start + len(rows)] = rows
+        """
+        info = self.info(name)
+        stored, what = info.stored, f"tensor {name!r}"
+        if (stored is None or self._view is None or self.big_endian or info.dtype_enum == DT_STRING
+                or not is_supported(info.dtype_enum) or is_sub_byte(info.dtype_enum) or not stored.shape
+                or stored.size == 0):
+            yield 0, self.read(name)
+            return
+        file = self._check_extent(stored, what)
+        try:
+            view = self._view(file, stored.offset, stored.offset + stored.size)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{e} (reading {what})") from None
+        array = np.frombuffer(view, numpy_dtype(stored.dtype_enum)).reshape(stored.shape)
+        if not array.flags.aligned:
+            yield 0, self.read(name)
+            return
+        row = stored.size // stored.shape[0]
+        step = max(1, chunk_bytes // row)
+        crc, began = 0, time.perf_counter()
+        for start in range(0, stored.shape[0], step):
+            if self.verify_checksums:
+                crc = crc32c(view[start * row:(start + step) * row], crc)
+            yield start, array[start:start + step]
+        self.stats.add(stored.size, time.perf_counter() - began)
+        if self.verify_checksums and mask_crc(crc) != stored.crc32c:
+            raise CorruptCheckpointError(f"{self.store.describe(file)}: {what} fails its CRC32C check (data corrupted)")
+
     def _data_file(self, shard_id: int) -> str:
         return f"{self.prefix}.data-{shard_id:05d}-of-{self.num_shards:05d}"
 
@@ -419,6 +468,9 @@ class Checkpoint:
         if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
             raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
                                          "byte size overflows 64 bits)")
+        if info.dtype_enum == DT_STRING and math.prod(info.shape) > info.nbytes:
+            raise CorruptCheckpointError(f"{here} of shape {list(info.shape)} is stored in {info.nbytes} bytes, "
+                                         "less than one per string")
         for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
             self._check_extent(stored, f"tensor {info.name!r}")
 

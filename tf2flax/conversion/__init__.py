@@ -45,15 +45,17 @@ import numpy as np
 
 from ..bundle import Checkpoint, open_checkpoint
 from ..errors import MappingError
+from ..mapping.names import check_part_axis
 from ..naming import default_names
 from ..plan import Plan
 from ..progress import human_bytes, human_rate
+from ..storage import is_url
 from .mapfile import load_map_file
 from .orbax_writer import Solo, total_bytes, write_orbax
-from .out_dir import check_out
+from .out_dir import check_out, checkpoint_files
 from .remote_out import check_output_url
 from .plans import default_plan, float_dtype, mapped_plan
-from .tree import VALUE_KEY, check_tree, settle_paths
+from .tree import VALUE_KEY, settle_paths
 
 
 class ConvertWarning(UserWarning):
@@ -105,25 +107,28 @@ class ConvertResult:
 
 def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, mapping: Any = None,
             rules: Any = None, preset: str | None = None, transforms: Mapping[Any, Any] | None = None,
-            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, names: str = "object",
-            dry_run: bool = False, force: bool = False, progress: bool = False, distributed: bool = False,
-            shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
+            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, stack_axis: Any = None,
+            names: str = "object", dry_run: bool = False, force: bool = False, progress: bool = False,
+            distributed: bool = False, shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
             timeout: float = 600.0) -> ConvertResult:
     """Convert TensorFlow checkpoint ``ckpt`` into the Orbax checkpoint ``out`` (a new local directory).
 
-    ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``: as for :func:`tf2flax.init_params`
-    (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
+    ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``, ``stack_axis``: as for
+    :func:`tf2flax.init_params` (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
     tensors (not integers, bools, complex) to it, e.g. ``"bfloat16"``. ``include_optimizer``: keep optimizer
     state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
     paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`).
-    ``dry_run``: plan and report only, write nothing. ``force``: replace an existing ``out`` (only once
-    the new one is complete). ``progress``: a progress bar on a terminal.
+    ``dry_run``: plan and report only, write nothing (an existing ``out`` is fine). ``force``: replace an
+    existing ``out`` (only once the new one is complete), if it is an empty directory or an Orbax
+    checkpoint tf2flax wrote; an ``out`` that is or holds the checkpoint or the current directory is
+    always refused. ``progress``: a progress bar on a terminal.
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
     ``distributed``: this is one process of a ``jax.distributed`` program, and every process calls
     ``convert`` with the same arguments. Each reads only the regions its devices hold of the output
     leaves, sharded by ``shardings`` or ``sharding_rules`` over ``mesh`` (as for ``init_params``;
-    by default each large leaf is split along its largest divisible axis over all devices), and
+    by default each large leaf is split over all devices along its first axis that divides, and each
+    other leaf read by one process: see :mod:`.distributed`), and
     Orbax's multi-process save writes them into one checkpoint, equal to a one-process convert's.
     If a process fails, every process raises the same :class:`~tf2flax.errors.DistributedError`
     (a process missing for ``timeout`` seconds is named) and nothing is committed. ``bytes_read``
@@ -141,7 +146,8 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
 
         team = Team(timeout)
     plan, left_out, ckpt, out_path = team.step("plan the conversion", lambda: _plan(
-        ckpt, out, mapping, rules, preset, transforms, dtype, include_optimizer, part_axis, names, dry_run, force))
+        ckpt, out, mapping, rules, preset, transforms, dtype, include_optimizer, part_axis, stack_axis, names,
+        dry_run, force))
     if distributed:
         from .distributed import output_shardings
 
@@ -165,22 +171,23 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
 
 
 def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms: Any, dtype: Any,
-          include_optimizer: bool, part_axis: Any, names: str, dry_run: bool,
+          include_optimizer: bool, part_axis: Any, stack_axis: Any, names: str, dry_run: bool,
           force: bool) -> tuple[Plan, list[tuple[str, str]], Checkpoint, Any]:
     """The checked output path, the open checkpoint and the checked plan (and what it leaves out)."""
     check_output_url(out)
-    out_path = check_out(out, force)
+    check_part_axis(part_axis)
+    given = [] if isinstance(ckpt, Checkpoint) or is_url(os.fspath(ckpt)) else [os.fspath(ckpt)]
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
+    out_path = check_out(out, force, dry_run=dry_run, inputs=[*given, *checkpoint_files(ckpt)])
     cast_to = float_dtype(dtype)
     named = default_names(ckpt, include_optimizer, names)
     left_out = [(n.name, n.left_out) for n in named if n.left_out]
     if mapping is None and rules is None and preset is None and not transforms:
         plan = default_plan(ckpt, named, cast_to)
     else:
-        plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis)
+        plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis, stack_axis)
     plan, unwritable = _drop_unwritable(plan)
     left_out += unwritable
-    check_tree(list(plan.entries))
     if not dry_run and not plan.entries:
         raise MappingError(f"{ckpt.path}: nothing to convert ({len(left_out)} tensor(s) left out, none mapped)")
     return plan, left_out, ckpt, out_path

@@ -20,15 +20,17 @@ import numpy as np
 
 from ..bundle import Checkpoint
 from ..errors import MappingError
-from ..plan import Plan, PlanEntry
+from ..plan import Plan, PlanEntry, release_source
 from ..progress import ByteProgress
 from .out_dir import install
-from .signals import sigint_between_groups
+from .signals import signals_between_groups
 from .tree import nest
 
-# Bytes per Orbax partial save: enough groups for a smooth progress bar, few enough that Orbax's
-# finalize (which merges metadata once per group) stays fast.
-GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 32
+# Bytes per Orbax partial save. Each save and its share of the finalize cost a fixed overhead (about
+# half the CPU time of converting 0.5 GB in groups of 64 MB went to it; benchmarks/convert_memory.py),
+# so about 8 groups: still a moving progress bar, and two groups in memory stay within a quarter of
+# the checkpoint (from a local checkpoint they are views of the mapped file, released once written).
+GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 8
 T = TypeVar("T")
 
 
@@ -95,10 +97,11 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
 
     At most two groups of tensors are in memory: one being written (``ocp.v1.partial.save_async``)
     while the next is read. ``ocp.v1.partial.finalize`` completes ``OUT.tmp-<random>``, which then
-    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt the
-    temporary files are removed. ``team`` (a :class:`~.distributed.Team`) makes it one process of a
-    distributed conversion: each process reads and writes its share, all agree after every step, and
-    process 0 installs ``out``; ``(tensors, bytes)`` are then the whole checkpoint's.
+    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt
+    (SIGINT or SIGTERM) the temporary files are removed. ``team`` (a :class:`~.distributed.Team`)
+    makes it one process of a distributed conversion: each process reads and writes its share, all
+    agree after every step, and process 0 installs ``out``; ``(tensors, bytes)`` are then the whole
+    checkpoint's.
 
     Example::
 
@@ -112,13 +115,14 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     tmp = out.with_name(f"{out.name}.tmp-{team.token()}")
     ctx = ocp.v1.Context()
     ctx.array.saving.use_compression = False   # 2x faster; weights barely compress
-    ctx.memory.deepcopy_host_arrays = False    # our arrays are ours: no second copy
+    # Our arrays are ours, or read-only views of a mapped checkpoint that stay valid until written.
+    ctx.memory.deepcopy_host_arrays = False
     ctx.array.saving.use_replica_parallel = False  # replica 0 writes (distributed: the others are placeholders)
     tensors, written = 0, 0
-    pending: tuple[Any, int, str] | None = None  # the group being written while the next one is read
+    pending: tuple[Any, int, str, list] | None = None  # the group being written while the next one is read
     try:
         with ctx, ByteProgress(team.share_bytes(plan), progress, "converting") as bar, \
-                sigint_between_groups() as check:
+                signals_between_groups() as check:
             for group in _groups(plan):
                 items = team.step(f"read {group[0][0]}", lambda: _read_and_finish(team, group, pending, bar))
                 pending = None
@@ -127,7 +131,7 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
                 tensors, written = tensors + len(group), written + sum(_nbytes(entry) for _, entry in group)
                 label = f"converting ({tensors}/{len(plan.entries)} tensors)"
                 share = team.share_bytes(Plan(dict(group), plan.report))
-                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), share, label)
+                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), share, label, group)
                 del items
             last, pending = pending, None
             if last is not None:
@@ -152,7 +156,7 @@ def _install(team: Any, tmp: Path, out: Path, force: bool) -> None:
         install(tmp, out, force)
 
 
-def _read_and_finish(team: Any, group: list[tuple[str, PlanEntry]], pending: tuple[Any, int, str] | None,
+def _read_and_finish(team: Any, group: list[tuple[str, PlanEntry]], pending: tuple[Any, int, str, list] | None,
                      bar: ByteProgress) -> list[tuple[str, Any]]:
     """Read ``group`` (this process's share), then wait for the previous group's write."""
     items = team.read(group)
@@ -161,9 +165,11 @@ def _read_and_finish(team: Any, group: list[tuple[str, PlanEntry]], pending: tup
     return items
 
 
-def _finish(pending: tuple[Any, int, str], bar: ByteProgress) -> None:
-    response, size, label = pending
+def _finish(pending: tuple[Any, int, str, list], bar: ByteProgress) -> None:
+    response, size, label, group = pending
     response.result()
+    for _, entry in group:  # written: a mapped checkpoint's pages of it leave resident memory
+        release_source(entry.source)
     bar.advance(size, description=label)
 
 

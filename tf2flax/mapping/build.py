@@ -23,7 +23,7 @@ from ..plan import (Cast, Plan, PlanEntry, RegionSource, Report, Reshape, Source
 from ..targets import TargetLeaf
 from .assignment import Load, TargetVars, assign, auto_assign
 from .hints import dtype_name, shape_hint
-from .names import CheckpointNames, PartAxis, axis_for
+from .names import CheckpointNames, PartAxis, axis_for, check_part_axis
 from .presets import Preset, get_preset
 from .rules import RulesSpec, compile_rules
 from .stacking import Fit, StackAxis, Stacking, check_stack_axis
@@ -65,6 +65,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
                           preset="keras")
         print(plan.report.summary())
     """
+    check_part_axis(part_axis)
     if isinstance(ckpt, str) or hasattr(ckpt, "__fspath__"):
         from .. import open_checkpoint
 
