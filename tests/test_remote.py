@@ -25,7 +25,7 @@ import pytest
 import tf2flax
 import tf_writers
 from servers import S3_ENV, MotoS3, RangeHTTPServer
-from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError, UnsupportedFormatError
 from tf2flax.storage import KvStore, _ByteBudget, kvstore_spec, redact_url
 
 BUCKET = "tf2flax-ckpts"
@@ -235,6 +235,18 @@ def test_s3_convert_to_orbax(s3, big_ckpt, tmp_path):
     restored = ocp.StandardCheckpointer().restore(tmp_path / "out" / "state")
     for key, value in big_ckpt[1].items():
         np.testing.assert_array_equal(np.asarray(restored["params"][key.split("/")[1]]), value)
+
+
+def test_s3_output_is_refused_up_front_and_nothing_is_written(s3, served):
+    """Orbax 0.12 cannot write s3://: the CLI says so in one line (exit 2) before reading or writing."""
+    before = {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    out = subprocess.run([sys.executable, "-m", "tf2flax", "convert", str(served / "tf2"), f"s3://{BUCKET}/orbax/"],
+                         capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().startswith(f"tf2flax: error: s3://{BUCKET}/orbax/: cannot convert to this URL: "
+                                         "Orbax 0.12 cannot write s3://"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])} == before
 
 
 def test_s3_cli_ls(s3, served):
@@ -628,6 +640,15 @@ def test_gs_url_reads_through_the_gcs_driver(gcs, served):
             tf2flax.open_checkpoint("gs://tf2flax-gcs/run/")
     finally:
         gcs.denied = ()
+
+
+def test_gs_output_is_refused_up_front_and_nothing_is_requested(gcs, served):
+    """Orbax's partial save would commit on GCS by copying every object (not atomic): refused, no request."""
+    gcs.reset()
+    with pytest.raises(UnsupportedFormatError, match=r"gs://tf2flax-gcs/out: cannot convert to this URL: .*"
+                       r"not atomic\. Convert to a local or shared directory"):
+        tf2flax.convert(served / "tf2", "gs://tf2flax-gcs/out")
+    assert gcs.requests == 0
 
 
 # ---- file:// -------------------------------------------------------------------------------------

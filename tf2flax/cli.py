@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
     conv.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    dist = conv.add_argument_group("distributed", "one process of a jax.distributed conversion (every "
+                                   "process runs the same command; see docs/convert.md)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="join a jax.distributed program (from the environment, or the flags below)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (JAX_COORDINATOR_ADDRESS)")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="how many processes (JAX_NUM_PROCESSES)")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process's index (JAX_PROCESS_ID)")
+    dist.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                      help="seconds to wait for the other processes at each step (default 600)")
     conv.set_defaults(func=_convert)
 
     ls = sub.add_parser("ls", parents=[common], help="list a checkpoint's tensors",
@@ -135,13 +144,23 @@ def _convert(args: argparse.Namespace) -> int:
         options["preset"] = args.preset
     if args.names:
         options["names"] = args.names
+    primary = True
+    if args.distributed:
+        from .conversion.launch import join_distributed
+
+        primary = join_distributed(args.coordinator, args.num_processes, args.process_id, args.timeout) == 0
+        options.update(distributed=True, timeout=args.timeout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvertWarning)
         result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
-        if issubclass(w.category, ConvertWarning):
+        if issubclass(w.category, ConvertWarning) and primary:
             print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000))}", file=sys.stderr)
+    if args.distributed and not args.quiet and not args.dry_run:
+        print(f"tf2flax: {result.share_summary()}", file=sys.stderr)
+    if not primary:
+        return 0
     if args.dry_run:
         print(_printable_lines(result.describe()))
     if not args.quiet or args.dry_run:

@@ -78,3 +78,7 @@ def short_repr(value: object) -> str:
     bounded.maxlevel, bounded.maxstring, bounded.maxother = 4, 80, 80
     bounded.maxlist = bounded.maxtuple = bounded.maxdict = 6
     return bounded.repr(value)
+
+
+class DistributedError(Tf2FlaxError, RuntimeError):
+    """A process of a distributed conversion failed or did not answer; every process raises the same."""
