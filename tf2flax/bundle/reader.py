@@ -401,19 +401,23 @@ class Checkpoint:
         if not is_supported(info.dtype_enum):
             numpy_dtype(info.dtype_enum, f"{self.path}: tensor {name!r}")
         self._check_readable(info)
-        try:
-            index = expand_index(index, len(info.shape))
-            region = normalize_index(index, info.shape)
-        except RegionError as e:
-            raise RegionError(f"{self.path}: tensor {name!r} of shape {list(info.shape)}: {e}") from None
-        squeeze = {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
+        region, squeeze = self._region(info, index)
         if info.dtype_enum == DT_STRING:
             out = self._read_strings(info, region)
         elif info.stored is not None:
             out = self._read_dense(info.stored, region, f"tensor {name!r}")
         else:
             out = self._read_sliced(info, region)
-        return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
+        return _squeezed(out, squeeze)
+
+    def _region(self, info: TensorInfo, index: Any) -> tuple[Index, set[int]]:
+        """``index`` as a box of tensor ``info``, and the axes that integers select (dropped from the result)."""
+        try:
+            index = expand_index(index, len(info.shape))
+            region = normalize_index(index, info.shape)
+        except RegionError as e:
+            raise RegionError(f"{self.path}: tensor {info.name!r} of shape {list(info.shape)}: {e}") from None
+        return region, {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
 
     def read_rows(self, name: str, chunk_bytes: int = 2 << 20) -> Iterator[tuple[int, np.ndarray]]:
         """Tensor ``name`` whole, as ``(first row, block)`` pairs of consecutive rows (axis 0) of about
@@ -659,6 +663,11 @@ class TensorSlice:
 
     def __repr__(self) -> str:
         return f"TensorSlice({self.name!r}, shape={list(self.shape)}, dtype={self.dtype.name})"
+
+
+def _squeezed(array: np.ndarray, axes: set[int]) -> np.ndarray:
+    """``array`` without the (size-1) ``axes`` that integer indices selected."""
+    return array.reshape([d for i, d in enumerate(array.shape) if i not in axes]) if axes else array
 
 
 def _length_crc(lengths: list[int], order: str = "<") -> int:

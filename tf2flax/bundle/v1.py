@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from ..errors import CorruptCheckpointError, RegionError, UnsupportedFormatError
-from ..regions import Index, expand_index, index_shape, normalize_index
+from ..errors import CorruptCheckpointError, UnsupportedFormatError
+from ..regions import Index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError
 from .dtypes import DT_STRING, is_supported, numpy_dtype
 from .locate import describe_v1
 from .protos import SavedTensorSlices
-from .reader import Checkpoint, ReadStats, StoredTensor, TensorInfo, _slice_region, _slices_problem
+from .reader import Checkpoint, ReadStats, StoredTensor, TensorInfo, _slice_region, _slices_problem, _squeezed
 from .slice_key import encode_slice_key
 from .table import FOOTER_SIZE, TableFile
 
@@ -203,17 +203,12 @@ class V1Checkpoint(Checkpoint):
         if info.dtype_enum not in _FIELDS:
             raise UnsupportedFormatError(f"{self.path}: tensor {name!r}: DataType {info.dtype_enum} is not a type "
                                          "V1 checkpoints store")
-        try:
-            index = expand_index(index, len(info.shape))
-            region = normalize_index(index, info.shape)
-        except RegionError as e:
-            raise RegionError(f"{self.path}: tensor {name!r} of shape {list(info.shape)}: {e}") from None
-        squeeze = {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
+        region, squeeze = self._region(info, index)
         parts = info.slices or ((normalize_index(None, info.shape), info.stored),)
         if info.stored is not None:  # saved whole: the decoded slice is the tensor
             values = self._slice_values(info, parts[0][0], info.stored)
             out = values if region == parts[0][0] else np.ascontiguousarray(values[region])
-            return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
+            return _squeezed(out, squeeze)
         out = np.empty(index_shape(region), info.dtype)
         for part_region, stored in parts if out.size else ():
             lo = [max(a.start, b.start) for a, b in zip(region, part_region)]
@@ -223,7 +218,7 @@ class V1Checkpoint(Checkpoint):
             local = tuple(slice(l - p.start, h - p.start) for l, h, p in zip(lo, hi, part_region))
             dest = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))
             out[dest] = self._slice_values(info, part_region, stored)[local]
-        return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
+        return _squeezed(out, squeeze)
 
     def _slice_values(self, info: TensorInfo, region: Index, stored: StoredTensor) -> np.ndarray:
         """One saved slice of ``info``, decoded whole, as TensorFlow's ``CopySliceData`` reads it."""
