@@ -558,7 +558,7 @@ def test_cli_never_prints_credentials(http_log, served, tmp_path):
     assert header.returncode == 0 and header.stdout.splitlines()[0] == (
         "V2 checkpoint: " + http_log.url.replace("//", "//***@") + "tf2/ckpt-2"), header.stdout
     to_url = run("convert", base + "tf2/", base + "out?sig=SIGSECRET")
-    assert to_url.returncode == 2 and "convert writes to a local directory" in to_url.stderr
+    assert to_url.returncode == 2 and "cannot convert to this URL" in to_url.stderr
     missing = run("ls", base + "tf2/ckpt-9?sig=SIGSECRET")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no checkpoint here" in missing.stderr
     converted = run("convert", base + "big/", str(tmp_path / "out"))
