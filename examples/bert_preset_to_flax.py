@@ -36,7 +36,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import tf2flax
 
 HERE = Path(__file__).resolve().parent
-CHECKPOINTS = {"tf1": HERE / "bert_tiny", "garden": HERE / "bert_tiny_garden" / "bert_model.ckpt"}
+# layout -> (directory with bert_config.json and TensorFlow's outputs, checkpoint)
+CHECKPOINTS = {"tf1": (HERE / "bert_tiny", HERE / "bert_tiny"),
+               "garden": (HERE / "bert_tiny_garden", HERE / "bert_tiny_garden" / "bert_model.ckpt")}
 LN_EPSILON = 1e-12
 
 
@@ -187,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     mesh = jax.make_mesh((2, jax.device_count() // 2), ("layers", "model"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
     worst = 0.0
-    for layout, checkpoint in CHECKPOINTS.items():
-        directory = HERE / checkpoint.relative_to(HERE).parts[0]
+    for layout, (directory, checkpoint) in CHECKPOINTS.items():
         cfg = json.loads((directory / "bert_config.json").read_text())
         recorded = dict(np.load(directory / "reference_outputs.npz"))
         inputs = [recorded[k] for k in ("input_ids", "token_type_ids", "input_mask")]
-        for how, scan, shardings in (("plain", False, None), ("scanned, layer axis sharded", True, layer_axis_sharded(mesh)),
-                                     ("scanned, hidden axis sharded", True, hidden_axis_sharded(mesh))):
+        loads = (("plain", False, None), ("scanned, layer axis sharded", True, layer_axis_sharded(mesh)),
+                 ("scanned, hidden axis sharded", True, hidden_axis_sharded(mesh)))
+        for how, scan, shardings in loads:
             model, variables, result = load(checkpoint, cfg, scan, shardings)
             print(f"[{layout}, {how}] {result.report.summary().splitlines()[0]}; {result.stats.summary()}; "
                   f"{result.stats.full_reads} read whole")

@@ -94,6 +94,14 @@ def write_slice_grid(directory: Path, n: int = 1600) -> str:
     return write_bundle(directory / "grid", entries, b"\x00" * 4)
 
 
+def write_string_bomb(directory: Path, n: int = 10 ** 9) -> str:
+    """A sliced DT_STRING tensor of n strings whose one slice stores 5 bytes (strings have no size check)."""
+    whole = ((0, -1),)
+    entries = {b"s": entry(DT_STRING, (n,), size=0, slices=[whole]),
+               encode_slice_key("s", whole): entry(DT_STRING, (n,), size=5)}
+    return write_bundle(directory / "strings", entries, b"\x00" * 5)
+
+
 def write_prefix_bomb(directory: Path, n: int = 70000) -> str:
     """An index block of n entries whose keys each extend the previous one by a byte."""
     body = bytearray()
@@ -103,7 +111,7 @@ def write_prefix_bomb(directory: Path, n: int = 70000) -> str:
     return write_bundle(directory / "keys", {}, index=raw_table(block))
 
 
-def write_path_bomb(directory: Path, chain: int = 2000, width: int = 2, layers: int = 40) -> str:
+def write_path_bomb(directory: Path, chain: int = 1200, width: int = 2, layers: int = 40) -> str:
     """An object graph: a long chain of nodes, then ``layers`` fully connected layers of ``width``.
 
     Every node of the last layer is reached by width**layers paths, each as long as the chain.
@@ -120,7 +128,7 @@ def write_path_bomb(directory: Path, chain: int = 2000, width: int = 2, layers: 
                 nodes[p].children.add(node_id=c, local_name=f"l{k}")
         previous = ids
     for i, node in enumerate(nodes):
-        node.attributes.add(name="VARIABLE_VALUE", full_name=f"v{i}", checkpoint_key=f"k{i}")
+        node.attributes.add(name="VARIABLE_VALUE", full_name=f"v{i}", checkpoint_key=f"k{i}/.ATTRIBUTES/VARIABLE_VALUE")
     value_entry, data = string_tensor(graph.SerializeToString())
     return write_bundle(directory / "graph", {b"_CHECKPOINTABLE_OBJECT_GRAPH": value_entry}, data)
 
@@ -134,6 +142,8 @@ def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
+with open("/proc/self/clear_refs", "w") as f:  # restart the peak from the current resident size
+    f.write("5")
 base = hwm()
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 vm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:")][0]

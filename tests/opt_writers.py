@@ -241,3 +241,51 @@ def _keras3(directory: Path, opt) -> TrainedRun:
     g = step()
     return TrainedRun(prefix, params, slots, STEPS, {n: np.asarray(x) for n, x in g.items()},
                       {n: np.asarray(x.numpy()) for n, x in by_name.items()})
+
+
+def tf1_adam_layers(directory: Path) -> TrainedRun:
+    """TF1 Adam on two same-shape layers (``layer_0/kernel``, ``layer_1/kernel``: for ``{i}`` stacking)
+    and a partitioned variable ``emb`` [8, 4] in 2 parts (saved, with its slots, as sliced tensors)."""
+    T = tf()
+    graph = T.Graph()
+    with graph.as_default():
+        rng = np.random.default_rng(5)
+        v = {}
+        for name in ("layer_0/kernel", "layer_1/kernel"):
+            with T.compat.v1.variable_scope(name.split("/")[0]):
+                v[name] = T.compat.v1.get_variable("kernel", initializer=rng.standard_normal((4, 4)).astype(np.float32))
+        emb = T.compat.v1.get_variable("emb", shape=(8, 4), initializer=T.compat.v1.random_normal_initializer(seed=1),
+                                       partitioner=T.compat.v1.fixed_size_partitioner(2))
+        x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+        loss = T.reduce_mean(T.square(T.matmul(T.matmul(x, v["layer_0/kernel"]), v["layer_1/kernel"]) - y)) \
+            + T.reduce_mean(T.square(T.convert_to_tensor(emb) - x))
+        opt = T.compat.v1.train.AdamOptimizer(LR)
+        train = opt.minimize(loss, global_step=T.compat.v1.train.get_or_create_global_step())
+        with T.compat.v1.Session(graph=graph) as sess:
+            sess.run(T.compat.v1.global_variables_initializer())
+            for _ in range(STEPS):
+                sess.run(train)
+            prefix = T.compat.v1.train.Saver().save(sess, str(directory / "model.ckpt"))
+            slots = sess.run({f"{n}/{s}": opt.get_slot(x, s) for n, x in v.items() for s in ("m", "v")})
+            slots["emb/m"] = np.concatenate(sess.run([opt.get_slot(p, "m") for p in emb]))
+            params = sess.run(v)
+            params["emb"] = sess.run(T.convert_to_tensor(emb))
+    return TrainedRun(prefix, params, slots, STEPS, {}, {})
+
+
+def tf1_adam_wide(directory: Path) -> str:
+    """TF1 Adam, 2 steps, on one [64, 16] kernel ``w`` (for the two-process test: slots big enough that
+    each process's share shows in the bytes it reads)."""
+    T = tf()
+    graph = T.Graph()
+    with graph.as_default():
+        rng = np.random.default_rng(7)
+        w = T.compat.v1.get_variable("w", initializer=rng.standard_normal((64, 16)).astype(np.float32))
+        x = rng.standard_normal((8, 64)).astype(np.float32)
+        train = T.compat.v1.train.AdamOptimizer(LR).minimize(
+            T.reduce_mean(T.square(T.matmul(x, w))), global_step=T.compat.v1.train.get_or_create_global_step())
+        with T.compat.v1.Session(graph=graph) as sess:
+            sess.run(T.compat.v1.global_variables_initializer())
+            for _ in range(2):
+                sess.run(train)
+            return T.compat.v1.train.Saver().save(sess, str(directory / "model.ckpt"))

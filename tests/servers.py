@@ -22,6 +22,8 @@ import json
 import os
 import re
 import shutil
+import ssl
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -205,15 +207,18 @@ class RangeHTTPServer:
     answers wrong: ``"short"`` (half the bytes asked, with a matching Content-Range), ``"shifted"``
     (the range one byte later) or ``"stall"`` (half the body, then nothing until the server closes).
     With ``gcs=True`` it answers Google Cloud Storage's JSON API instead (point tensorstore at it with
-    ``TENSORSTORE_GCS_HTTP_URL``): ``gs://BUCKET/OBJECT`` is the file ``root/BUCKET/OBJECT``.
+    ``TENSORSTORE_GCS_HTTP_URL``): ``gs://BUCKET/OBJECT`` is the file ``root/BUCKET/OBJECT``. With
+    ``tls=True`` it speaks HTTPS with a self-signed certificate, which clients rightly refuse.
     """
 
     def __init__(self, root: str | os.PathLike, honour_range: bool = True, gcs: bool = False,
-                 latency: float = 0.0):
+                 latency: float = 0.0, tls: bool = False):
         self._server = _Server(Path(root).resolve(), honour_range, gcs)
         self._server.latency = latency
+        if tls:
+            self._server.socket = _self_signed_context().wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/"
         self._thread = threading.Thread(target=self._server.serve_forever, name="range-http", daemon=True)
         self._thread.start()
 
@@ -281,6 +286,36 @@ class RangeHTTPServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _self_signed_context() -> ssl.SSLContext:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1 (``cryptography``, a
+    dependency of moto)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        (Path(d) / "key.pem").write_bytes(pem)
+        context.load_cert_chain(Path(d) / "cert.pem", Path(d) / "key.pem")
+    return context
 
 
 # ----------------------------------------------------------------------------------------------

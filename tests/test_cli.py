@@ -154,7 +154,34 @@ def test_ls_bad_input_and_debug_traceback(tmp_path):
     done = cli("ls", tmp_path / "nothing")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     debug = cli("ls", tmp_path / "nothing", "--debug")
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "CheckpointNotFoundError" in debug.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "CheckpointNotFoundError" in debug.stderr
+    assert debug.stderr.endswith(done.stderr)
+
+
+def test_convert_debug_exits_2_with_a_traceback(tf1_ckpt, tmp_path):
+    map_file = tmp_path / "map.yaml"
+    map_file.write_text('part_axis: "x"\n')
+    done = cli("convert", tf1_ckpt.prefix, tmp_path / "out", "--map", map_file, "--debug")
+    assert done.returncode == 2 and "Traceback" in done.stderr and "MappingError" in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("tf2flax: error: map file ")
+    assert sorted(os.listdir(tmp_path)) == ["map.yaml"]
+
+
+def test_force_refuses_the_checkpoint_directory_and_the_current_one(tmp_path):
+    run = tmp_path / "run"
+    prefix = tf_writers.write_raw_bundle(run / "model.ckpt-1", {"w": np.ones(3, np.float32)})
+    (run / "train.py").write_text("print('training')")
+    before = sorted(p.name for p in run.iterdir())
+    for out, message in ((run, "holds the checkpoint being converted"), (".", "holds the checkpoint being converted"),
+                         (tmp_path, "holds the checkpoint being converted")):
+        done = cli("convert", prefix, out, "--force", cwd=run)
+        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1
+    work = tmp_path / "work"
+    work.mkdir()
+    done = cli("convert", prefix, ".", "--force", cwd=work)
+    assert done.returncode == 2 and "holds the current directory" in done.stderr
+    assert sorted(p.name for p in run.iterdir()) == before and os.listdir(work) == []
+    assert cli("convert", prefix, run, "--dry-run").returncode == 0  # a dry run writes nothing: no refusal
 
 
 def test_progress_bar_on_a_terminal_only(tf1_ckpt, tmp_path):
@@ -180,7 +207,11 @@ def test_progress_bar_on_a_terminal_only(tf1_ckpt, tmp_path):
     assert "converting" in text and "━" in text and "converted 12 tensors" in text
 
 
-def test_sigint_leaves_no_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum, status, message", [
+    (signal.SIGINT, 130, "tf2flax: interrupted"),
+    (signal.SIGTERM, 143, ""),
+])
+def test_sigint_and_sigterm_leave_no_checkpoint(tmp_path, signum, status, message):
     rng = np.random.default_rng(0)
     prefix = tf_writers.write_raw_bundle(tmp_path / "big" / "model", {
         f"layer_{i}": rng.standard_normal((2048, 4096), dtype=np.float32) for i in range(8)})  # 8 x 32 MiB
@@ -191,7 +222,7 @@ def test_sigint_leaves_no_checkpoint(tmp_path):
     while not any(p.name.startswith("out.tmp-") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "convert ended before it could be interrupted"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and stderr.strip().endswith("tf2flax: interrupted")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+    assert proc.returncode == status and stderr.strip().endswith(message) and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]  # no OUT, no OUT.tmp-*, no Orbax tmp dirs

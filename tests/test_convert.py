@@ -27,6 +27,7 @@ from tf2flax.errors import MappingError, OutputExistsError
 
 convert_module = importlib.import_module("tf2flax.conversion")
 orbax_writer = importlib.import_module("tf2flax.conversion.orbax_writer")
+mapfile = importlib.import_module("tf2flax.conversion.mapfile")
 
 RESTORE = textwrap.dedent("""
     import json, pickle, sys
@@ -185,20 +186,59 @@ def test_map_file_matches_python_mapping(tmp_path):
         "transforms": {".*/kernel": "transpose", "params/a": [("reshape", [4, -1]), ("cast", "bfloat16")],
                        "params/b": ("transpose", [1, 0]), "params/c": ("cast", "float16")}}
     assert convert_module.load_map_file(json_file)["rules"] == {"^x/": None}
+    anchored = tmp_path / "anchored.yaml"  # an anchor without aliases is plain YAML
+    anchored.write_text("map: &m {sequential/: params/}\n")
+    assert mapfile.load_map_file(anchored) == {"mapping": {"sequential/": "params/"}}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("map: [1", "not valid YAML (line 1, column 8)"),
-    ("maps: {}", "unknown key(s) ['maps']"),
-    ("- a\n- b", "expected a mapping"),
-    ("transforms: {k: [flip, 1]}", "is not a transform"),
-    ("preset: [keras]", "preset must be a name"),
-])
-def test_bad_map_files(tmp_path, text, message):
-    path = tmp_path / "bad.yaml"
+def alias_bomb() -> str:
+    """354 bytes of YAML whose last map entry is 9**9 strings when walked (a 2 GB message, printed)."""
+    lines = ["map:", "  z1: &1 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  z{n}: &{n} [" + ",".join([f"*{n - 1}"] * 9) + "]" for n in range(2, 10)]
+    return "\n".join(lines + ["  a: *9"])
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.yaml", "map: [1", "not valid YAML (line 1, column 8)"),
+    ("bad.yaml", "maps: {}", "unknown key(s) ['maps']"),
+    ("bad.yaml", "- a\n- b", "expected a mapping"),
+    ("bad.yaml", "transforms: {k: [flip, 1]}", "is not a transform"),
+    ("bad.yaml", "preset: [keras]", "preset must be a name"),
+    ("bad.yaml", "rules: 5", "rules must be a list of [pattern, replacement] pairs, or a mapping, got 5"),
+    ("bad.yaml", "map: 5", "map must be a mapping of checkpoint name to output path"),
+    ("bad.yaml", 'part_axis: "x"', "part_axis must be an axis (an int) or a mapping of variable name to axis, got 'x'"),
+    ("bad.yaml", "part_axis: {a: 1.5}", "part_axis must be an axis"),
+    ("bad.yaml", "part_axis: true", "part_axis must be an axis"),
+    ("bomb.yaml", alias_bomb(), "aliases (*1) are not allowed in map files"),
+    ("deep.yaml", "map: " + "[" * 100000 + "]" * 100000, "nested more than 32 levels deep"),
+    ("deep.yaml", "map:\n  " + "- " * 100000 + "x", "nested more than 32 levels deep"),
+    ("deep.yaml", "map: " + "{a: " * 100000 + "1" + "}" * 100000, "nested more than 32 levels deep"),
+    ("deep.json", '{"map": ' + "[" * 100000 + "]" * 100000 + "}", "nested more than 32 levels deep"),
+    ("deep.json", '{"map": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels deep"),
+    ("big.yaml", "map: {}\n" + "#" * (16 << 20), "larger than 16 MB"),
+    ("long.json", '{"rules": [["' + "x" * 5000 + '", "y"]]}', "(5000 characters) is longer than 4096 characters"),
+    ("long.yaml", "map: {k: " + "v" * 5000 + "}", "(5000 characters) is longer than 4096 characters"),
+    ("bad.yaml", "transforms: {k: " + "[flip, " * 25 + "1" + "]" * 25 + "}", "is not a transform"),
+], ids=["yaml", "key", "list", "transform", "preset", "rules", "map", "part_axis_str", "part_axis_float",
+        "part_axis_bool", "alias_bomb", "deep_yaml", "deep_block_yaml", "deep_mapping_yaml", "deep_json", "json_40_deep", "too_big", "long_rule",
+        "long_value", "deep_transform"])
+def test_bad_map_files(tmp_path, name, text, message):
+    path = tmp_path / name
     path.write_text(text)
-    with pytest.raises(MappingError, match=re.escape(message)):
-        convert_module.load_map_file(path)
+    with pytest.raises(MappingError, match=re.escape(message)) as caught:
+        mapfile.load_map_file(path)
+    assert str(path) in str(caught.value) and len(str(caught.value)) < 600
+
+
+def test_bad_part_axis_and_rules_through_the_api(tf1_ckpt, tmp_path):
+    for options in ({"part_axis": "x"}, {"part_axis": "x", "rules": []}, {"part_axis": {"part/rows": "0"}},
+                    {"rules": 5}):
+        with pytest.raises(MappingError, match="part_axis must be an axis|rules must be a list"):
+            tf2flax.convert(tf1_ckpt.prefix, tmp_path / "out", dry_run=True, **options)
+    params = {"dense": {"kernel": np.zeros((4, 6), np.float32)}}
+    with pytest.raises(MappingError, match="part_axis must be an axis"):
+        tf2flax.init_params(tf1_ckpt.prefix, None, params, part_axis="x")
+    assert os.listdir(tmp_path) == []
 
 
 def test_optimizer_slots_and_name_conflicts(tmp_path):
@@ -227,6 +267,56 @@ def test_optimizer_slots_and_name_conflicts(tmp_path):
         tf2flax.convert(prefix, tmp_path / "scope-out", mapping={"w": "x", "w/Adam": "x/m"}, include_optimizer=True)
 
 
+def test_colliding_output_paths_are_refused_naming_both_sources(tmp_path):
+    tf1 = tf_writers.write_raw_bundle(tmp_path / "tf1" / "model", {
+        "w": np.ones(2, np.float32), "w/__value__": np.zeros(3, np.float32), "a/k": np.ones(1, np.float32),
+        "b/k": np.zeros(1, np.float32)})
+    for options in ({}, {"include_optimizer": True}, {"rules": []}):  # 'w' settles at 'w/__value__'
+        with pytest.raises(MappingError, match=r"model: checkpoint tensors 'w' and 'w/__value__' would both be "
+                                               r"written to 'w/__value__'"):
+            quiet_convert(tf1, tmp_path / "out", dry_run=True, **options)
+    with pytest.raises(MappingError, match="checkpoint tensors 'a/k' and 'b/k' would both be written to 'x/k'"):
+        quiet_convert(tf1, tmp_path / "out", mapping={"a/": "x/", "b/": "x/"}, dry_run=True)
+    with pytest.raises(MappingError, match="checkpoint tensors 'a/k' and 'b/k' would both be written to 'k'"):
+        quiet_convert(tf1, tmp_path / "out", rules=[["^[ab]/", ""], ["^w", "v"]], dry_run=True)
+    same = quiet_convert(tf1, tmp_path / "out", mapping={"a/": "x/", "a/k": "x/k"}, dry_run=True)
+    assert dict(same.report.matched) == {"x/k": "a/k"}  # one tensor named twice is no collision
+
+    T = tf_writers.tf()
+    model = T.Module()
+    model.x = T.Variable(np.zeros(1, np.float32), name="same")  # shared full_name: both keep object paths
+    model.y = T.Variable(np.ones(2, np.float32), name="same")
+    model.z = T.Variable(np.full(3, 2, np.float32), name="model/y")  # a unique full_name: model y's path
+    tf2 = T.train.Checkpoint(model=model).save(str(tmp_path / "tf2" / "ckpt"))
+    assert sorted(quiet_convert(tf2, tmp_path / "out", dry_run=True).plan.entries) == ["model/x", "model/y",
+                                                                                       "model/z"]
+    with pytest.raises(MappingError, match=r"ckpt-1: checkpoint tensors 'model/y/.ATTRIBUTES/VARIABLE_VALUE' and "
+                                           r"'model/z/.ATTRIBUTES/VARIABLE_VALUE' would both be written to 'model/y'"):
+        quiet_convert(tf2, tmp_path / "out", names="full", dry_run=True)
+    assert sorted(os.listdir(tmp_path)) == ["tf1", "tf2"]
+
+
+def test_deep_long_names_cost_little_and_are_refused(tmp_path):
+    import tracemalloc
+
+    long_name = "a/" * 19999 + "a"  # 40 KB; settling all its scopes used to cost 400 MB (200 KB: 9.7 GB)
+    prefix = tf_writers.write_raw_bundle(tmp_path / "long" / "model", {long_name: np.ones(2, np.float32),
+                                                                         "ok": np.ones(1, np.float32)})
+    ckpt = tf2flax.open_checkpoint(prefix)
+    for options in ({}, {"rules": [["^ok$", "fine"]]}):
+        tracemalloc.start()
+        try:
+            with pytest.raises(MappingError, match=r"long/model: tensor 'a/a/a.*\.\.\. \(39999 characters\)"
+                                                   r".*: a path 20000 levels deep and 39999 characters long") as caught:
+                tf2flax.convert(ckpt, tmp_path / "out", dry_run=True, **options)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 50 << 20 and len(str(caught.value)) < 600
+    settled = convert_module.settle_paths([f"s{i}/" * 50 + "v" for i in range(2000)] + ["s1", "s1/a" * 2])
+    assert settled["s1"] == "s1/__value__" and settled["s1/a" * 2] == "s1/a" * 2
+
+
 def test_dry_run_existing_output_and_force(tf1_ckpt, tmp_path):
     out = tmp_path / "out"
     dry = quiet_convert(tf1_ckpt.prefix, out, dry_run=True)
@@ -238,16 +328,72 @@ def test_dry_run_existing_output_and_force(tf1_ckpt, tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="already exists"):
         tf2flax.convert(tf1_ckpt.prefix, out)
-    assert os.listdir(out) == ["keep.txt"]
+    assert quiet_convert(tf1_ckpt.prefix, out, dry_run=True).out is None  # a dry run writes nothing: no refusal
+    with pytest.raises(OutputExistsError, match="has no readable _CHECKPOINT_METADATA"):
+        quiet_convert(tf1_ckpt.prefix, out, force=True)  # --force replaces only what tf2flax wrote
+    assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
+    (out / "keep.txt").unlink()
 
     def boom(x):
         raise RuntimeError("transform failed")
 
+    quiet_convert(tf1_ckpt.prefix, out, force=True)  # an empty directory may be replaced
     with pytest.raises(RuntimeError, match="transform failed"):  # a failed forced run keeps the old output
         quiet_convert(tf1_ckpt.prefix, out, force=True, transforms={"dense/bias": boom})
-    assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
-    quiet_convert(tf1_ckpt.prefix, out, force=True)
-    assert "keep.txt" not in os.listdir(out) and sorted(os.listdir(tmp_path)) == ["out"]
+    before = sorted(os.listdir(out))
+    assert "_CHECKPOINT_METADATA" in before and sorted(os.listdir(tmp_path)) == ["out"]
+    quiet_convert(tf1_ckpt.prefix, out, force=True, include_optimizer=True)  # our own output may be replaced
+    assert sorted(os.listdir(out)) == before and sorted(os.listdir(tmp_path)) == ["out"]
+    meta = json.loads((out / "_CHECKPOINT_METADATA").read_text())["custom_metadata"]["tf2flax"]
+    assert meta["include_optimizer"] is True
+
+
+def test_force_never_deletes_the_input_or_unrelated_files(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    prefix = tf_writers.write_raw_bundle(run / "model.ckpt-1", {"w": np.ones((2, 3), np.float32)})
+    (run / "train.py").write_text("print('training')")
+    snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.chdir(run)
+    refused = {run: "holds the checkpoint being converted", tmp_path: "holds the checkpoint being converted",
+               Path("."): "holds the checkpoint being converted"}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    snapshot[other / "notes.txt"] = b"keep"
+    refused[other] = "has no readable _CHECKPOINT_METADATA"
+    work = tmp_path / "work"
+    work.mkdir()
+    refused[tmp_path / "work"] = "holds the current directory"
+    import orbax.checkpoint as ocp
+
+    ocp.v1.save(tmp_path / "foreign", {"x": np.ones(2, np.float32)})  # someone else's Orbax checkpoint
+    refused[tmp_path / "foreign"] = "an Orbax checkpoint that tf2flax did not write"
+    for out, message in refused.items():
+        if out == tmp_path / "work":
+            monkeypatch.chdir(work)
+        with pytest.raises(OutputExistsError, match=message):
+            quiet_convert(prefix, out, force=True)
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign", "other", "run", "work"]
+    monkeypatch.chdir(run)
+    quiet_convert(prefix, run / "orbax")  # an OUT inside the checkpoint's directory is fine
+    assert (run / "orbax" / "_CHECKPOINT_METADATA").is_file()
+
+
+def test_dangling_symlink_out_is_refused_up_front(tf1_ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "nowhere")
+    read = []
+
+    def spy(x):
+        read.append(x)
+        return x
+
+    for force in (False, True):
+        with pytest.raises(OutputExistsError, match="symbolic link to .*nowhere.*does not exist"):
+            quiet_convert(tf1_ckpt.prefix, out, force=force, transforms={".*": spy})
+    assert not [x for x in read if isinstance(x, np.ndarray)]  # refused before reading any tensor
+    assert sorted(os.listdir(tmp_path)) == ["out"] and out.is_symlink()
 
 
 def test_interrupt_leaves_nothing(tf1_ckpt, tmp_path, monkeypatch):

@@ -297,3 +297,28 @@ def test_large_non_checkpoint_file_reads_only_head_and_footer(tmp_path):
         with pytest.raises(CheckpointNotFoundError, match="not a TensorFlow checkpoint"):
             tf2flax.open_checkpoint(http.url + "big.bin")
         assert http.bytes_sent < 4096, http.log
+
+
+def test_serving_base_directory_and_variables_directory(tmp_path):
+    """TF Serving's base path holds numbered versions: the highest is read, as Serving does. A
+    SavedModel's variables/ directory named itself opens its checkpoint too."""
+    shutil.copytree(SERVING, tmp_path / "base" / "00000123")
+    shutil.copytree(SERVING, tmp_path / "base" / "7")
+    (tmp_path / "base" / "999").mkdir()  # not a SavedModel: ignored
+    ckpt = tf2flax.open_checkpoint(tmp_path / "base")
+    assert ckpt.opened == f"SavedModel variables: {tmp_path}/base/00000123/variables/variables"
+    assert tf2flax.open_checkpoint(SERVING / "variables").path == str(SERVING / "variables" / "variables")
+    with RangeHTTPServer(REALWORLD) as http:
+        url = http.url + "serving_half_plus_two_tf2_cpu/variables/"
+        assert tf2flax.open_checkpoint(url).path == url + "variables"
+
+
+def test_large_foreign_index_reads_only_its_footer(tmp_path):
+    """A large local file named like an index: its footer is checked before it is read whole."""
+    prefix = tmp_path / "fake"
+    with open(str(prefix) + ".index", "wb") as f:
+        f.truncate(2 << 30)
+    before = _rss_kib()
+    with pytest.raises(CorruptCheckpointError, match=r"fake\.index: not a valid checkpoint index: it does not end"):
+        tf2flax.open_checkpoint(prefix)
+    assert _rss_kib() - before < 50_000

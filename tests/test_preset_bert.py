@@ -18,6 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tf2flax
+from mapping_fakes import FakeCheckpoint
 from tf2flax.mapping import build_plan
 from tf2flax.targets import flatten_targets
 
@@ -160,3 +161,20 @@ def test_garden_generator_reproduces_the_shipped_checkpoint(tmp_path):
     recorded = np.load(tmp_path / "garden" / "reference_outputs.npz")
     np.testing.assert_allclose(recorded["sequence_output"], np.load(GARDEN / "reference_outputs.npz")["sequence_output"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_model_garden_attribute_paths_map_like_layer_with_weights():
+    """BertEncoderV2 also tracks its layers as attributes; a checkpoint may name variables that way."""
+    garden = tf2flax.open_checkpoint(GARDEN / "bert_model.ckpt")
+    attributes = {0: "_embedding_layer", 1: "_position_embedding_layer", 2: "_type_embedding_layer",
+                  3: "_embedding_norm_layer", 4: "_transformer_layers/0", 5: "_transformer_layers/1", 6: "_pooler_layer"}
+    tensors = {}
+    for key in garden.names:
+        m = re.match(r"^encoder/layer_with_weights-(\d+)/(.+)/\.ATTRIBUTES/VARIABLE_VALUE$", key)
+        if m:
+            tensors[f"model/encoder/{attributes[int(m.group(1))]}/{m.group(2)}"] = garden.read(key)
+    assert len(tensors) == 39
+    plan = build_plan(FakeCheckpoint(tensors), None, flatten_targets(tree(flax_bert_params(True))), preset="bert")
+    assert not plan.report.unused and not plan.report.unset
+    for path, want in expected_values(True).items():
+        np.testing.assert_array_equal(plan.entries[path].read(), want, err_msg=path)

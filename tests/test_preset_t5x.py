@@ -212,3 +212,21 @@ def test_tf_written_t5_scanned_on_8_devices(mtf):
             np.testing.assert_array_equal(np.asarray(shard.data), want[shard.index])
     assert result.stats.full_reads == 0
     assert ("relpos_bias" in str(loaded["target"]["encoder"]["layers"])) == (version == "1.1")
+
+
+def test_params_tree_without_the_target_level():
+    params = {k[len("target/"):]: v for k, v in PARAMS.items()}
+    plan = build_plan(json_checkpoint(), {"target/": "/"}, flatten_targets(tree(params)), preset="t5x")
+    assert {t: e.describe() for t, e in plan.entries.items()} == {
+        t: f"{t} <- {TF_NAMES['target/' + t]}" for t in params}
+
+
+def test_preview_of_the_real_checkpoint_names_every_tensor_as_the_importer():
+    from tf2flax.mapping.presets import preview
+
+    shown = preview("t5x", tf2flax.open_checkpoint(REALWORLD))
+    for target, v in EXPECTED["full_state"].items():
+        if v.get("tf_name"):
+            assert shown[v["tf_name"]]["becomes"] == target
+    assert shown["encoder/block_001/layer_000/SelfAttention/k"]["scanned"] == "target/encoder/layers/attention/key/kernel[1]"
+    assert shown["encoder/block_001/layer_000/SelfAttention/k_slot_v"]["left_out"] == "optimizer state"

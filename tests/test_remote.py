@@ -25,7 +25,7 @@ import pytest
 import tf2flax
 import tf_writers
 from servers import S3_ENV, MotoS3, RangeHTTPServer
-from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError, UnsupportedFormatError
 from tf2flax.storage import KvStore, _ByteBudget, kvstore_spec, redact_url
 
 BUCKET = "tf2flax-ckpts"
@@ -237,6 +237,18 @@ def test_s3_convert_to_orbax(s3, big_ckpt, tmp_path):
         np.testing.assert_array_equal(np.asarray(restored["params"][key.split("/")[1]]), value)
 
 
+def test_s3_output_is_refused_up_front_and_nothing_is_written(s3, served):
+    """Orbax 0.12 cannot write s3://: the CLI says so in one line (exit 2) before reading or writing."""
+    before = {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    out = subprocess.run([sys.executable, "-m", "tf2flax", "convert", str(served / "tf2"), f"s3://{BUCKET}/orbax/"],
+                         capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().startswith(f"tf2flax: error: s3://{BUCKET}/orbax/: cannot convert to this URL: "
+                                         "Orbax 0.12 cannot write s3://"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])} == before
+
+
 def test_s3_cli_ls(s3, served):
     out = subprocess.run([sys.executable, "-m", "tf2flax", "ls", f"s3://{BUCKET}/tf2/"],
                          capture_output=True, text=True, timeout=120, env=os.environ.copy())
@@ -335,6 +347,16 @@ def test_http_transient_errors_are_retried(http_log, big_ckpt):
     with pytest.raises(StorageError, match=r"http://127\.0\.0\.1:\d+/big/model\.ckpt-5\.data-00000-of-00001: read failed"):
         ckpt.read("model/w")
 
+    # A burst of 503s across the concurrent ranges of one read: each range is retried, the bytes are right.
+    store = KvStore(http_log.url + "big/", chunk_bytes=64 << 10, inflight_bytes=512 << 10)
+    name = "model.ckpt-5.data-00000-of-00001"
+    expected = store.read(name, 0, 1 << 20)
+    http_log.reset()
+    http_log.fail_next(6)
+    assert store.read(name, 0, 1 << 20) == expected
+    assert sorted(r.status for r in http_log.log) == [206] * 16 + [503] * 6
+    assert store._budget.used == 0
+
 
 def test_http_missing_and_denied_name_the_url(http_log):
     with pytest.raises(CheckpointNotFoundError, match=f"{http_log.url}tf2/ckpt-7"):
@@ -429,6 +451,15 @@ def test_http_stalled_transfer_fails_after_bounded_retries_naming_the_url(served
     assert 2 <= len(data_requests) <= 2 * math.ceil((1024 * 512 * 4) / (8 << 20)) + 2  # bounded: a try, a retry
 
 
+def test_a_stall_timeout_the_transport_cannot_take_is_not_silently_ignored(http_log):
+    KvStore(http_log.url)  # the process's HTTP transport takes its stall timeout from the first remote store
+    with pytest.warns(UserWarning, match=r"stall_timeout=7 is not applied: this process's HTTP transport already "
+                                         r"waits \d+ s"):
+        KvStore(http_log.url, stall_timeout=7)
+    with pytest.raises(StorageError, match="stall_timeout=-1 must be a positive number of seconds"):
+        KvStore(http_log.url, stall_timeout=-1)
+
+
 def test_https_against_a_plain_http_server_fails_at_once(http_log, monkeypatch):
     """A TLS failure cannot be fixed by retrying: no backoff (8 retries here would take a minute)."""
     monkeypatch.setenv("TF2FLAX_RETRIES", "8")
@@ -441,6 +472,18 @@ def test_https_against_a_plain_http_server_fails_at_once(http_log, monkeypatch):
     assert time.monotonic() - began < 10
 
 
+def test_https_with_a_self_signed_certificate_fails_at_once(served, monkeypatch):
+    monkeypatch.setenv("TF2FLAX_RETRIES", "8")
+    monkeypatch.setenv("TF2FLAX_RETRY_DELAY", "2")
+    with RangeHTTPServer(served, tls=True) as server:
+        assert server.url.startswith("https://")
+        began = time.monotonic()
+        with pytest.raises(StorageError, match=rf"{server.url}big/checkpoint: read failed, not retried \(a retry "
+                                               r"cannot fix this\): .*(?i:certificate)"):
+            tf2flax.open_checkpoint(server.url + "big/")
+        assert time.monotonic() - began < 10
+
+
 # ---- no credential or signed query string is ever shown -----------------------------------------
 
 def test_redact_url_hides_userinfo_query_and_fragment_and_clips_long_text():
@@ -451,6 +494,9 @@ def test_redact_url_hides_userinfo_query_and_fragment_and_clips_long_text():
     assert redact_url("s3://bucket/run/ckpt-1") == "s3://bucket/run/ckpt-1"
     long = redact_url("http://h/" + "x" * 1_000_000 + "?token=s3cr3t")
     assert len(long) < 1100 and "s3cr3t" not in long and long.startswith("http://h/xxx") and long.endswith("=***")
+    # A megabyte-long name beside a URL (a quadratic scan for the scheme would never finish).
+    message = redact_url("n" * 1_000_000 + "0" * 1_000_000 + " in http://u:s3cr3t@h/x", limit=10**7)
+    assert message.endswith(" in http://***@h/x") and len(message) == 2_000_000 + len(" in http://***@h/x")
 
 
 def _secret_url(url: str) -> str:
@@ -508,6 +554,11 @@ def test_cli_never_prints_credentials(http_log, served, tmp_path):
     ls = run("ls", "--json", base + "tf2/")
     assert ls.returncode == 0, ls.stderr
     assert json.loads(ls.stdout)["checkpoint"] == http_log.url.replace("//", "//***@") + "tf2/ckpt-2"
+    header = run("ls", base + "tf2/")
+    assert header.returncode == 0 and header.stdout.splitlines()[0] == (
+        "V2 checkpoint: " + http_log.url.replace("//", "//***@") + "tf2/ckpt-2"), header.stdout
+    to_url = run("convert", base + "tf2/", base + "out?sig=SIGSECRET")
+    assert to_url.returncode == 2 and "convert writes to a local directory" in to_url.stderr
     missing = run("ls", base + "tf2/ckpt-9?sig=SIGSECRET")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no checkpoint here" in missing.stderr
     converted = run("convert", base + "big/", str(tmp_path / "out"))
@@ -515,7 +566,7 @@ def test_cli_never_prints_credentials(http_log, served, tmp_path):
     assert "converted 4 tensors" in converted.stdout
     written = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert b"***@127.0.0.1" in written  # the source, as recorded in the output's metadata
-    for text in (ls.stdout, ls.stderr, missing.stdout, missing.stderr, converted.stdout, converted.stderr,
+    for text in (ls.stdout, ls.stderr, header.stdout, header.stderr, to_url.stderr, missing.stdout, missing.stderr, converted.stdout, converted.stderr,
                  written.decode("latin-1")):
         _no_secret(text)
 
@@ -589,6 +640,15 @@ def test_gs_url_reads_through_the_gcs_driver(gcs, served):
             tf2flax.open_checkpoint("gs://tf2flax-gcs/run/")
     finally:
         gcs.denied = ()
+
+
+def test_gs_output_is_refused_up_front_and_nothing_is_requested(gcs, served):
+    """Orbax's partial save would commit on GCS by copying every object (not atomic): refused, no request."""
+    gcs.reset()
+    with pytest.raises(UnsupportedFormatError, match=r"gs://tf2flax-gcs/out: cannot convert to this URL: .*"
+                       r"not atomic\. Convert to a local or shared directory"):
+        tf2flax.convert(served / "tf2", "gs://tf2flax-gcs/out")
+    assert gcs.requests == 0
 
 
 # ---- file:// -------------------------------------------------------------------------------------

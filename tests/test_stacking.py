@@ -6,6 +6,12 @@ variables) loaded onto 8 CPU devices with the layer axis sharded, unsharded and 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -14,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import tf2flax
 from family_writers import seeded, write_tf1_variables
 from mapping_fakes import FakeCheckpoint
+from tf_writers import tf_read_all
 from tf2flax.errors import MappingError
 from tf2flax.mapping import build_plan
 from tf2flax.targets import flatten_targets
@@ -180,7 +187,7 @@ def abstract(mesh, specs: dict[str, P]) -> dict:
 ])
 def test_sharded_stacks_equal_tensorflow_values(layered, mesh_shape, specs):
     prefix, _ = layered
-    reference = {k: v for k, v in tf_read(prefix).items()}
+    reference = tf_read_all(prefix)
     mesh = jax.make_mesh(mesh_shape, ("x", "y")[: len(mesh_shape)])
     ckpt = tf2flax.open_checkpoint(prefix)
     params, result = tf2flax.init_params(ckpt, {"bert/encoder/layer_{i}/": "params/layers/"},
@@ -198,7 +205,7 @@ def test_sharded_stacks_equal_tensorflow_values(layered, mesh_shape, specs):
 
 
 def test_half_the_layers_read_about_half_the_bytes(layered):
-    """What a process whose devices hold layers 0..1 of every stacked leaf reads."""
+    """What a process whose devices hold layers 0..1 of every stacked leaf reads (one process)."""
     prefix, values = layered
     ckpt = tf2flax.open_checkpoint(prefix)
     p = build_plan(ckpt, {"bert/encoder/layer_{i}/": "params/layers/"}, flatten_targets(stacked_targets()))
@@ -210,7 +217,23 @@ def test_half_the_layers_read_about_half_the_bytes(layered):
     assert ckpt.stats.bytes_read - before == total // 2
 
 
-def tf_read(prefix: str) -> dict[str, np.ndarray]:
-    from tf_writers import tf_read_all
 
-    return tf_read_all(prefix)
+
+def test_two_processes_each_holding_half_the_layers_read_half(layered, tmp_path):
+    """Real multi-process JAX (jax.distributed on 127.0.0.1): 2 processes x 4 CPU devices, the layer
+    axis split over the processes."""
+    prefix, values = layered
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Path(__file__).with_name("stacked_worker.py")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, str(worker), str(i), str(port), prefix, str(tmp_path)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    total = sum(v.nbytes for k, v in values.items() if k.startswith("bert/encoder/"))
+    for i in range(2):
+        assert int((tmp_path / f"bytes_read_{i}").read_text()) == total // 2

@@ -7,7 +7,10 @@ slices. Damaged V1 files are fuzzed like the V2 table parser: only tf2flax error
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -138,6 +141,11 @@ def test_copied_run_reads_its_own_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tf2flax.open_checkpoint(run2 / "model")  # named directly: no state file, no warning
+    done = subprocess.run([sys.executable, "-m", "tf2flax", "ls", str(run2)], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith(f"V1 checkpoint: {run2}/model\n")
+    assert done.stderr == (f"tf2flax: warning: {run2}/checkpoint names '{run1}/model'; reading the copy in the "
+                           f"directory you named, {run2}/model\n")
 
 
 def test_state_file_alone_follows_its_absolute_path(tmp_path):
@@ -246,3 +254,44 @@ def test_fuzzed_v1_entries_give_clean_errors(v1_single, tmp_path_factory, data):
         _read_everything(_write(path, entries))
     except Tf2FlaxError:
         pass
+
+
+def test_many_slices_of_one_tensor_stay_cheap(v1_single, tmp_path):
+    """A 400 KB meta entry declaring 20,000 one-element slices: the work grows linearly (no grid, no pairs)."""
+    import time
+
+    entries = _table_entries(v1_single[0])
+    meta = SavedTensorSlices.FromString(entries[0][1])
+    tensor = meta.meta.tensor.add(name="zz/many", type=1)
+    tensor.shape.dim.add(size=20_000)
+    for i in range(20_000):
+        tensor.slice.add().extent.add(start=i, length=1)
+    entries[0] = (b"", meta.SerializeToString())
+    path = _write(tmp_path / "many", entries)
+    began = time.perf_counter()
+    ckpt = tf2flax.open_checkpoint(path)
+    assert ckpt.list_variables()[-1] == ("zz/many", [20_000])
+    with pytest.raises(CorruptCheckpointError, match="the file has no entry for this slice"):
+        ckpt.read("zz/many")
+    assert time.perf_counter() - began < 10
+
+
+def test_v1_over_http(v1_sharded, tmp_path):
+    from servers import RangeHTTPServer
+
+    prefix, expected = v1_sharded
+    shutil.copytree(Path(prefix).parent, tmp_path / "run")
+    with RangeHTTPServer(tmp_path) as http:
+        for path in (http.url + "run/", http.url + "run/model-5-00000-of-00002"):
+            ckpt = tf2flax.open_checkpoint(path)
+            assert ckpt.opened == f"V1 checkpoint: {http.url}run/model-5-00000-of-00002 (2 files)"
+            assert_reads_exactly(ckpt, expected)
+
+
+def test_snappy_compressed_v1_file_reads_as_tensorflow_reads_it(v1_single, tmp_path):
+    """V1 tables from TF builds with snappy: TensorFlow's own reader is the judge of the rewritten file."""
+    path = tmp_path / "model"
+    path.write_bytes(tf_writers.build_table(_table_entries(v1_single[0]), 512, compression=1))
+    expected = tf_writers.tf_v1_read_all(str(path))
+    assert sorted(expected) == sorted(v1_single[1])
+    assert_reads_exactly(tf2flax.open_checkpoint(path), expected)

@@ -1,12 +1,15 @@
-"""The command line: ``python -m tf2flax convert|ls``.
+"""The command line: ``python -m tf2flax convert|ls|presets``.
 
 Bad input (a missing path, something that is not a checkpoint, a bad map file, an existing output
-without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2, without
-a traceback unless ``--debug``; an interrupt exits with 130. Neither leaves a finished-looking output.
+without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2 (with
+``--debug``, after a traceback); an interrupt exits with 130, SIGTERM with 143. None of them leaves a
+finished-looking output.
 
 Example::
 
     python -m tf2flax ls /runs/bert/model.ckpt-1000 --names full
+    python -m tf2flax ls /runs/bert/model.ckpt-1000 --preset bert      # what each tensor becomes
+    python -m tf2flax presets
     python -m tf2flax convert /runs/bert/model.ckpt-1000 /ckpts/bert --map bert.yaml --dtype bfloat16
 """
 
@@ -17,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from typing import Any, Sequence
 
@@ -37,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Convert a TensorFlow checkpoint to an Orbax checkpoint, streamed.")
     conv.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
     conv.add_argument("out", metavar="OUT", help="the Orbax checkpoint directory to create")
-    conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis, names")
+    conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis, stack_axis, names")
     conv.add_argument("--preset", metavar="NAME", help="renames for a framework's naming (e.g. keras)")
     conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
     conv.add_argument("--include-optimizer", action="store_true",
@@ -47,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
     conv.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    dist = conv.add_argument_group("distributed", "one process of a jax.distributed conversion (every "
+                                   "process runs the same command; see docs/convert.md)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="join a jax.distributed program (from the environment, or the flags below)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (JAX_COORDINATOR_ADDRESS)")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="how many processes (JAX_NUM_PROCESSES)")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process's index (JAX_PROCESS_ID)")
+    dist.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                      help="seconds to wait for the other processes at each step (default 600)")
     conv.set_defaults(func=_convert)
 
     ls = sub.add_parser("ls", parents=[common], help="list a checkpoint's tensors",
@@ -55,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--names", choices=("key", "object", "full"), default="key",
                     help="key: checkpoint keys; object: TF2 object paths (model side); full: TF2 full names")
+    ls.add_argument("--preset", metavar="NAME", help="also show what each tensor becomes under a preset "
+                    "(see 'tf2flax presets')")
     ls.set_defaults(func=_ls)
+
+    presets = sub.add_parser("presets", parents=[common], help="list the presets",
+                             description="List the presets (renames for a framework's or model family's naming).")
+    presets.set_defaults(func=_presets)
     return parser
 
 
@@ -74,17 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
-            raise
+            traceback.print_exc()
         print("tf2flax: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `tf2flax ls ... | head`: the reader left, nothing more to say
         sys.stderr.close()
         return 0
     except (Tf2FlaxError, OSError) as e:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, then the same line and status as without --debug
+            traceback.print_exc()
         print(f"tf2flax: error: {redact_url(str(e), limit=2000)}", file=sys.stderr)
         return 2
+
+
+def _printable(text: str) -> str:
+    """``text`` with unprintable characters escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``):
+    a tensor name in human output cannot move the cursor, recolour or reorder the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _printable_lines(text: str) -> str:
+    return "\n".join(_printable(line) for line in text.split("\n"))
 
 
 def _one_line_warning(show: Any) -> Any:
@@ -115,17 +144,36 @@ def _convert(args: argparse.Namespace) -> int:
         options["preset"] = args.preset
     if args.names:
         options["names"] = args.names
+    primary = True
+    if args.distributed:
+        from .conversion.launch import join_distributed
+
+        primary = join_distributed(args.coordinator, args.num_processes, args.process_id, args.timeout) == 0
+        options.update(distributed=True, timeout=args.timeout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvertWarning)
         result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
-        if issubclass(w.category, ConvertWarning):
-            print(f"tf2flax: warning: {redact_url(str(w.message), limit=2000)}", file=sys.stderr)
+        if issubclass(w.category, ConvertWarning) and primary:
+            print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000))}", file=sys.stderr)
+    if args.distributed and not args.quiet and not args.dry_run:
+        print(f"tf2flax: {result.share_summary()}", file=sys.stderr)
+    if not primary:
+        return 0
     if args.dry_run:
-        print(result.describe())
+        print(_printable_lines(result.describe()))
     if not args.quiet or args.dry_run:
-        print(result.summary())
+        print(_printable_lines(result.summary()))
+    return 0
+
+
+# ---- presets -----------------------------------------------------------------------------------------
+
+def _presets(args: argparse.Namespace) -> int:
+    from .mapping.presets import describe_presets
+
+    print("\n".join(describe_presets()))
     return 0
 
 
@@ -138,6 +186,7 @@ def _ls(args: argparse.Namespace) -> int:
 
     ckpt = open_checkpoint(args.ckpt)
     shown = display_names(ckpt, args.names)
+    becomes = _preset_names(args.preset, ckpt) if args.preset else None
     rows = []
     for key in ckpt.names:
         info = ckpt.info(key)
@@ -145,7 +194,7 @@ def _ls(args: argparse.Namespace) -> int:
             "name": shown[key], "key": key, "shape": list(info.shape),
             "dtype": "string" if info.dtype_enum == DT_STRING else info.dtype.name,
             "bytes": info.nbytes, "shards": list(info.shards), "sliced": info.is_sliced,
-            "slices": len(info.slices),
+            "slices": len(info.slices), **(becomes[key] if becomes else {}),
         })
     rows.sort(key=lambda r: r["name"])
     total = {"tensors": len(rows), "bytes": sum(r["bytes"] for r in rows), "shards": ckpt.num_shards,
@@ -156,15 +205,34 @@ def _ls(args: argparse.Namespace) -> int:
                    "tensors": rows, "total": total}, sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
-    print(ckpt.opened)
+    print(_printable(ckpt.opened))
     _print_table(rows, total)
     return 0
 
 
+def _preset_names(preset: str, ckpt: Any) -> dict[str, dict]:
+    from .mapping.presets import preview
+
+    return preview(preset, ckpt)
+
+
+def _becomes(row: dict) -> str:
+    """The ``becomes`` cell: the renamed name, ``[i]`` for a stacked layer, the scanned name after ``|``,
+    and why a load leaves the tensor out, if it does."""
+    if row["becomes"] is None:
+        return "(dropped)"
+    name = row["becomes"] + (f"[{row['layer']}]" if row["layer"] is not None else "")
+    name += f" | {row['scanned']}" if row["scanned"] else ""
+    return name + (f" ({row['left_out']})" if row["left_out"] else "")
+
+
 def _print_table(rows: list[dict], total: dict) -> None:
     header = ("name", "shape", "dtype", "size", "shard", "sliced")
-    cells = [(r["name"], "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
+    cells = [(_printable(r["name"]), "[" + ", ".join(map(str, r["shape"])) + "]", r["dtype"], human_bytes(r["bytes"]),
               ",".join(map(str, r["shards"])), f"yes ({r['slices']})" if r["sliced"] else "") for r in rows]
+    if rows and "becomes" in rows[0]:
+        header += ("becomes",)
+        cells = [c + (_becomes(r),) for c, r in zip(cells, rows)]
     footer = (f"{total['tensors']} tensors, {human_bytes(total['bytes'])} in {total['shards']} shard(s)"
               + (f", {total['sliced']} sliced" if total["sliced"] else ""))
     if sys.stdout.isatty():

@@ -52,3 +52,33 @@ class StorageError(Tf2FlaxError, OSError):
 
 class OutputExistsError(Tf2FlaxError, FileExistsError):
     """An output path exists and overwriting was not asked for."""
+
+
+def clip(text: str, limit: int = 120) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters (the rest counted): a hostile name or
+    value never makes a message of megabytes.
+
+    Example::
+
+        clip("a/" * 100000, 10)      # "'a/a/a/a/a/'... (200000 characters)"
+    """
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` bounded in size and depth (``reprlib``), for messages about user input.
+
+    Example::
+
+        short_repr([["x"] * 9] * 9)      # "[['x', 'x', 'x', 'x', 'x', 'x', ...], ...]"
+    """
+    import reprlib
+
+    bounded = reprlib.Repr()
+    bounded.maxlevel, bounded.maxstring, bounded.maxother = 4, 80, 80
+    bounded.maxlist = bounded.maxtuple = bounded.maxdict = 6
+    return bounded.repr(value)
+
+
+class DistributedError(Tf2FlaxError, RuntimeError):
+    """A process of a distributed conversion failed or did not answer; every process raises the same."""

@@ -11,13 +11,13 @@ Example::
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from .errors import MappingError
+from .patterns import compile_pattern
 
 ShardingRules = Sequence[tuple[str, PartitionSpec]]
 
@@ -51,14 +51,14 @@ def resolve_shardings(
 
     Precedence: ``shardings`` (a dict by path, a pytree shaped like the params, or a function
     ``(path, leaf) -> Sharding | None``), then ``rules`` with ``mesh`` (first regex that
-    ``re.search``-matches the path wins; unmatched leaves are replicated over the mesh), then the
+    ``re.search``-matches the path (on RE2) wins; unmatched leaves are replicated over the mesh), then the
     sharding each target leaf carries (``jax.Array.sharding``, ``ShapeDtypeStruct.sharding``).
     """
     resolved = {path: leaf.sharding for path, leaf in targets.items() if getattr(leaf, "sharding", None) is not None}
     if rules is not None:
         if mesh is None:
             raise MappingError("sharding rules need a mesh: pass mesh=jax.make_mesh(...)")
-        compiled = [(re.compile(pattern), spec) for pattern, spec in rules]
+        compiled = [(compile_pattern(pattern, "sharding rule"), spec) for pattern, spec in rules]
         for path in targets:
             spec = next((spec for pattern, spec in compiled if pattern.search(path)), PartitionSpec())
             resolved[path] = NamedSharding(mesh, spec)

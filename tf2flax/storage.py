@@ -35,7 +35,8 @@ def is_url(path: str) -> bool:
 
 #: Longest path or URL a message shows whole; longer ones keep their start and end.
 SHOWN_CHARS = 1000
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:,;.)]")
+# A bounded scheme, not inside a word: linear time on megabyte-long names.
+_URL = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s'\"<>]*[^\s'\"<>:,;.)]")
 
 
 def redact_url(text: str, limit: int = SHOWN_CHARS) -> str:
@@ -234,7 +235,7 @@ STALL_RETRIES = 2
 #: curl errors that a retry cannot fix: a bad URL or protocol, an unknown host, TLS handshake and
 #: certificate failures (https:// against a plain HTTP server, a self-signed or expired certificate).
 _PERMANENT_CURL_CODES = frozenset({1, 3, 4, 6, 35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
-_RETRIED_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNKNOWN")
+_RETRIED_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
 _CURL_CODE = re.compile(r"curl_code='(\d+)'")
 _RANGE_REPLY = re.compile(r"Requested byte range \[(\d+), (\d+)\) was not satisfied by response with byte range "
                           r"\[(\d+), (\d+)\) and total size (\d+)")
@@ -321,6 +322,8 @@ def _configure_transport(stall_timeout: float | None) -> int:
     or S3 request creates the transport: the first remote store's setting holds for the process.
     """
     global _transport_stall
+    if stall_timeout is not None and not stall_timeout > 0:
+        raise StorageError(f"stall_timeout={stall_timeout!r} must be a positive number of seconds")
     wanted = math.ceil(stall_timeout or _env_number("TF2FLAX_STALL_TIMEOUT", STALL_SECONDS))
     with _shared_lock:
         if _transport_stall is None:
@@ -421,17 +424,26 @@ class KvStore:
         except Exception as e:  # a malformed key or range is refused before any I/O
             raise StorageError(f"{self.describe(name)}: read failed: {_short(str(e))}") from None
 
-    def _value(self, future: Any, name: str, byte_range: slice | None = None) -> bytes:
-        try:
+    def _retried(self, future: Any, name: str, byte_range: slice | None) -> tuple[str, Any]:
+        """After a failed first attempt: (kind of failure, the retried request); raises when a retry
+        cannot help. The retry goes through tensorstore's backoff, concurrently with other requests."""
+        message = str(future.exception())
+        kind = _failure_kind(message)
+        if kind not in ("stall", "transient"):
+            raise self._error(name, byte_range, message, kind)
+        return kind, self._start(name, byte_range, self._opened(self._retries(kind) - 1))
+
+    def _value(self, future: Any, name: str, byte_range: slice | None = None,
+               retry: tuple[str, Any] | None = None) -> bytes:
+        """The bytes a request read: its first attempt's, else its retry's (``retry``, if started)."""
+        if retry is None and future.exception() is not None:
+            retry = self._retried(future, name, byte_range)
+        if retry is None:
             result = future.result()
-        except Exception as e:
-            message = str(e)
-            kind = _failure_kind(message)
-            if kind not in ("stall", "transient"):
-                raise self._error(name, byte_range, message, kind) from None
-            retries = self._retries(kind)
-            try:  # the retried request: tensorstore's exponential backoff, concurrently with the others
-                result = self._start(name, byte_range, self._opened(retries - 1)).result()
+        else:
+            kind, again = retry
+            try:
+                result = again.result()
             except Exception as e:
                 raise self._error(name, byte_range, str(e), kind) from None
         if result.state == "missing":
@@ -526,13 +538,18 @@ class KvStore:
             return
         budget = self._budget
         chunk = min(self.chunk_bytes, budget.limit)
-        pending: collections.deque = collections.deque()  # (future, position in out, length)
+        pending: collections.deque = collections.deque()  # [future, position in out, length, retry]
 
         def finish() -> None:
-            future, pos, length = pending.popleft()
+            future, pos, length, retry = pending.popleft()
             try:
                 rng = slice(offset + pos, offset + pos + length)
-                data = self._value(future, name, rng)
+                if retry is None and future.exception() is not None:  # waits for the first attempt
+                    for item in pending:  # those that failed with it (a burst of 503s) retry with it
+                        if item[3] is None and item[0].done() and item[0].exception() is not None:
+                            item[3] = self._retried(item[0], name, slice(offset + item[1], offset + item[1] + item[2]))
+                    retry = self._retried(future, name, rng)
+                data = self._value(future, name, rng, retry)
                 if len(data) != length:
                     raise self._short_reply(name, rng.start, length, len(data))
                 out[pos:pos + length] = data
@@ -555,14 +572,16 @@ class KvStore:
                 except BaseException:
                     budget.release(length)
                     raise
-                pending.append((future, pos, length))
+                pending.append([future, pos, length, None])
                 pos += length
             while pending:
                 finish()
         finally:
             while pending:  # an error: let the other reads run out, return their budget
-                future, _, length = pending.popleft()
+                future, _, length, retry = pending.popleft()
                 future.cancel()
+                if retry is not None:
+                    retry[1].cancel()
                 budget.release(length)
 
     def close(self) -> None:

@@ -5,7 +5,8 @@ What is found:
 - a V2 checkpoint (``prefix.index`` + ``prefix.data-*``), named by prefix, by one of its files, or by a
   directory whose ``checkpoint`` state file names it (as TensorFlow's ``latest_checkpoint``);
 - a SavedModel or TF Hub module directory (``saved_model.pb``/``.pbtxt``, ``tfhub_module.pb``, or
-  just ``variables/variables.index``): its ``variables/variables`` checkpoint;
+  just ``variables/variables.index``): its ``variables/variables`` checkpoint; a TF Serving base
+  directory of numbered versions: the highest version's;
 - a V1 checkpoint: one table file named exactly the prefix, or shards ``name-00000-of-00002``... (a
   state file names them ``name-?????-of-00002``).
 
@@ -67,8 +68,15 @@ class Location:
         if self.container:
             return f"{self.container} variables: {where}"
         if self.format == "v1":
+            where = describe_v1(self.store, self.prefix, self.files)
             return f"V1 checkpoint: {where}" + (f" ({len(self.files)} files)" if len(self.files) > 1 else "")
         return f"V2 checkpoint: {where}"
+
+
+def describe_v1(store: Store, prefix: str, files: tuple[str, ...]) -> str:
+    """A V1 checkpoint's name for messages: its pattern (``model-?????-of-00002``), or for URLs, where
+    ``?`` starts a query string, its first file."""
+    return store.describe(files[0] if "?" in prefix and is_url(store.location) else prefix)
 
 
 def _parse_state(store: Store) -> list[str]:
@@ -82,22 +90,33 @@ def _parse_state(store: Store) -> list[str]:
     return paths + [p for p in reversed(state.all_model_checkpoint_paths) if p not in paths]
 
 
+def _tail(store: Store, name: str) -> bytes:
+    """The last 48 bytes of ``name`` (fewer if it is shorter), whatever its size."""
+    size = store.size(name)
+    if size is None:  # a URL: a suffix range
+        try:
+            return store.read(name, -FOOTER_SIZE)
+        except CorruptCheckpointError:  # shorter than the range
+            return b""
+    return store.read(name, size - FOOTER_SIZE, size) if size >= FOOTER_SIZE else b""
+
+
+def ends_like_a_table(store: Store, name: str) -> bool:
+    """Whether file ``name`` ends in a table footer: a check of 48 bytes before reading a large index."""
+    return is_table_footer(_tail(store, name))
+
+
 def _sniff(store: Store, name: str) -> str:
     """What file ``name`` is, from its first 8 and last 48 bytes: "table", "zip", "hdf5" or "other"."""
     try:
         head = store.read(name, 0, 8)
-        size = store.size(name)
-        if size is None:  # a URL: a suffix range, whatever the file's size
-            tail = store.read(name, -FOOTER_SIZE)
-        else:
-            tail = store.read(name, size - FOOTER_SIZE, size) if size >= FOOTER_SIZE else b""
-    except CorruptCheckpointError:  # shorter than 8 or 48 bytes
+    except CorruptCheckpointError:  # shorter than 8 bytes
         return "other"
     if head.startswith(_ZIP):
         return "zip"
     if head.startswith(_HDF5):
         return "hdf5"
-    return "table" if is_table_footer(tail) else "other"
+    return "table" if ends_like_a_table(store, name) else "other"
 
 
 def _v1_files(store: Store, prefix: str) -> tuple[str, ...] | None:
@@ -183,12 +202,26 @@ def _saved_model(store: Store, directory: str) -> Location | None:
     return None
 
 
+def _latest_version(store: Store) -> str | None:
+    """TF Serving's layout: a base directory of numbered SavedModel versions; the highest, as Serving picks."""
+    if not isinstance(store, LocalStore):
+        return None
+    versions = [d for d in os.listdir(store.location) if d.isdigit()
+                and any(os.path.isfile(os.path.join(store.location, d, f)) for f in SAVED_MODEL_FILES)]
+    return os.path.join(store.location, max(versions, key=int)) if versions else None
+
+
 def _from_directory(store: Store, directory: str) -> Location:
     if store.exists(STATE_FILE):
         return _from_state_file(store, directory)
     saved = _saved_model(store, directory)
     if saved is not None:
         return saved
+    if store.exists("variables.index"):  # a SavedModel's variables/ directory itself
+        return Location(store, "variables")
+    version = _latest_version(store)
+    if version is not None:
+        return _from_directory(_directory_store(version), version)
     if isinstance(store, LocalStore):
         indexes = sorted(f[: -len(".index")] for f in os.listdir(store.location) if f.endswith(".index"))
         if len(indexes) == 1:

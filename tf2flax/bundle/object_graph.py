@@ -85,14 +85,14 @@ class ObjectGraph:
 
 
 def _model_paths(graph: Any, budget: int) -> dict[int, str]:
-    """The first breadth-first path to each node with attributes that crosses no optimizer.
+    """The first breadth-first path to each node that crosses no optimizer.
 
-    One visit per node, so shared objects cost nothing extra; paths are joined only for the nodes
-    that need one, after checking that together they stay under ``budget`` characters (ValueError).
+    One visit per node, so shared objects cost nothing extra; the paths are joined only after
+    checking that together they stay under ``budget`` characters (ValueError).
     """
     nodes = graph.nodes
     optimizers = {i for i, n in enumerate(nodes) if n.slot_variables}
-    parent: dict[int, tuple[int, str]] = {}
+    parent: dict[int, tuple[int, str]] = {}  # in breadth-first order: parents before children
     length = {0: -1}  # a path's length in characters; the root's children have no leading "/"
     queue = collections.deque([0])
     while queue:
@@ -106,17 +106,12 @@ def _model_paths(graph: Any, budget: int) -> dict[int, str]:
             parent[cid] = (node_id, name)
             length[cid] = length[node_id] + 1 + len(name)
             queue.append(cid)
-    wanted = [i for i in parent if nodes[i].attributes]
-    total = sum(length[i] * len(nodes[i].attributes) for i in wanted)
+    total = sum(length[i] * (1 + len(nodes[i].attributes)) for i in parent)
     if total > budget:
         raise ValueError(f"its object paths add up to {total} characters, more than the {budget} that a "
                          "graph of this size can need (a hostile or damaged graph)")
-    paths = {}
-    for node_id in wanted:
-        names = []
-        at = node_id
-        while at:
-            at, name = parent[at]
-            names.append(name)
-        paths[node_id] = "/".join(reversed(names))
+    paths = {0: ""}
+    for node_id, (up, name) in parent.items():
+        paths[node_id] = f"{paths[up]}/{name}" if up else name
+    del paths[0]
     return paths

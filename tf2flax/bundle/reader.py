@@ -30,14 +30,17 @@ from ..regions import Index, expand_index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
-from .locate import locate
+from .locate import ends_like_a_table, locate
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import parse_table
 
-# numpy's limits on an array: dimensions (NPY_MAXDIMS) and bytes.
-_MAX_RANK, _MAX_BYTES = 64, int(np.iinfo(np.intp).max)
+# numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
+_MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_MAX_BYTES = int(np.iinfo(np.intp).max)
+# A local index larger than this has its footer checked before it is read whole.
+_SNIFF_ABOVE = 1 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
@@ -203,6 +206,9 @@ class Checkpoint:
         index_name = prefix + ".index"
         where = store.describe(index_name)
         try:
+            size = store.size(index_name)  # known for local files; remote ones are read as they come
+            if size is not None and size > _SNIFF_ABOVE and not ends_like_a_table(store, index_name):
+                raise DecodeError("it does not end in a table footer")  # read no more of a large foreign file
             entries = parse_table(store.read(index_name), verify_checksums=True)
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
@@ -395,19 +401,23 @@ class Checkpoint:
         if not is_supported(info.dtype_enum):
             numpy_dtype(info.dtype_enum, f"{self.path}: tensor {name!r}")
         self._check_readable(info)
-        try:
-            index = expand_index(index, len(info.shape))
-            region = normalize_index(index, info.shape)
-        except RegionError as e:
-            raise RegionError(f"{self.path}: tensor {name!r} of shape {list(info.shape)}: {e}") from None
-        squeeze = {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
+        region, squeeze = self._region(info, index)
         if info.dtype_enum == DT_STRING:
             out = self._read_strings(info, region)
         elif info.stored is not None:
             out = self._read_dense(info.stored, region, f"tensor {name!r}")
         else:
             out = self._read_sliced(info, region)
-        return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
+        return _squeezed(out, squeeze)
+
+    def _region(self, info: TensorInfo, index: Any) -> tuple[Index, set[int]]:
+        """``index`` as a box of tensor ``info``, and the axes that integers select (dropped from the result)."""
+        try:
+            index = expand_index(index, len(info.shape))
+            region = normalize_index(index, info.shape)
+        except RegionError as e:
+            raise RegionError(f"{self.path}: tensor {info.name!r} of shape {list(info.shape)}: {e}") from None
+        return region, {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
 
     def read_rows(self, name: str, chunk_bytes: int = 2 << 20) -> Iterator[tuple[int, np.ndarray]]:
         """Tensor ``name`` whole, as ``(first row, block)`` pairs of consecutive rows (axis 0) of about
@@ -464,6 +474,9 @@ class Checkpoint:
         if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
             raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
                                          "byte size overflows 64 bits)")
+        if info.dtype_enum == DT_STRING and math.prod(info.shape) > info.nbytes:
+            raise CorruptCheckpointError(f"{here} of shape {list(info.shape)} is stored in {info.nbytes} bytes, "
+                                         "less than one per string")
         for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
             self._check_extent(stored, f"tensor {info.name!r}")
 
@@ -650,6 +663,11 @@ class TensorSlice:
 
     def __repr__(self) -> str:
         return f"TensorSlice({self.name!r}, shape={list(self.shape)}, dtype={self.dtype.name})"
+
+
+def _squeezed(array: np.ndarray, axes: set[int]) -> np.ndarray:
+    """``array`` without the (size-1) ``axes`` that integer indices selected."""
+    return array.reshape([d for i, d in enumerate(array.shape) if i not in axes]) if axes else array
 
 
 def _length_crc(lengths: list[int], order: str = "<") -> int:

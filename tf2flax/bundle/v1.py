@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from ..errors import CorruptCheckpointError, RegionError, UnsupportedFormatError
-from ..regions import Index, expand_index, index_shape, normalize_index
+from ..errors import CorruptCheckpointError, UnsupportedFormatError
+from ..regions import Index, index_shape, normalize_index
 from ..storage import Store
 from .coding import DecodeError
 from .dtypes import DT_STRING, is_supported, numpy_dtype
+from .locate import describe_v1
 from .protos import SavedTensorSlices
-from .reader import Checkpoint, ReadStats, StoredTensor, TensorInfo, _slice_region, _slices_problem
+from .reader import Checkpoint, ReadStats, StoredTensor, TensorInfo, _slice_region, _slices_problem, _squeezed
 from .slice_key import encode_slice_key
 from .table import FOOTER_SIZE, TableFile
 
@@ -57,11 +58,12 @@ _MAX_ELEMENTS_PER_BYTE = 33
 
 @dataclasses.dataclass
 class _Tensor:
-    """A tensor as the ``meta`` entries declare it: dtype, shape, and (extents, file) per saved slice."""
+    """A tensor as the ``meta`` entries declare it: dtype, shape, and (extents, file, region) per saved slice."""
 
     dtype_enum: int
     shape: tuple[int, ...]
-    slices: list[tuple[tuple[tuple[int, int], ...], int]]
+    slices: list[tuple[tuple[tuple[int, int], ...], int, Index]] = dataclasses.field(default_factory=list)
+    seen: set[tuple[tuple[int, int], ...]] = dataclasses.field(default_factory=set)
 
 
 class V1Checkpoint(Checkpoint):
@@ -82,7 +84,7 @@ class V1Checkpoint(Checkpoint):
         self.store = store
         self.prefix = prefix
         self.files = tuple(files)
-        self.path = store.describe(prefix)
+        self.path = describe_v1(store, prefix, self.files)
         self.opened = f"V1 checkpoint: {self.path}"
         self.verify_checksums = verify_checksums
         self.verify_regions = verify_checksums and verify_regions
@@ -140,17 +142,18 @@ class V1Checkpoint(Checkpoint):
             if ssm.shape.unknown_rank or any(d.size < 0 for d in ssm.shape.dim):
                 raise CorruptCheckpointError(f"{here}: shape {ssm.shape} is not a known, non-negative shape")
             shape = tuple(d.size for d in ssm.shape.dim)
-            tensor = self._tensors.setdefault(ssm.name, _Tensor(ssm.type, shape, []))
+            tensor = self._tensors.setdefault(ssm.name, _Tensor(ssm.type, shape))
             if tensor.shape != shape or tensor.dtype_enum != ssm.type:
                 raise CorruptCheckpointError(
                     f"{here}: declared with shape {list(shape)} and DataType {ssm.type} here, but shape "
                     f"{list(tensor.shape)} and DataType {tensor.dtype_enum} in another file")
             for proto in ssm.slice:
                 extents = tuple((e.start, e.length if e.HasField("length") else -1) for e in proto.extent)
-                _slice_region(extents, shape, here)  # in range, right rank
-                if any(extents == known for known, _ in tensor.slices):
+                region = _slice_region(extents, shape, here)  # in range, right rank
+                if extents in tensor.seen:
                     raise CorruptCheckpointError(f"{here}: slice {list(extents)} is saved twice")
-                tensor.slices.append((extents, shard))
+                tensor.seen.add(extents)
+                tensor.slices.append((extents, shard, region))
 
     # ---- metadata ------------------------------------------------------------------------------
     def _decode_info(self, name: str) -> TensorInfo:
@@ -158,8 +161,7 @@ class V1Checkpoint(Checkpoint):
         tensor = self._tensors[name]
         dtype = numpy_dtype(tensor.dtype_enum, here) if is_supported(tensor.dtype_enum) else np.dtype(object)
         parts = []
-        for extents, shard in tensor.slices:
-            region = _slice_region(extents, tensor.shape, here)
+        for extents, shard, region in tensor.slices:
             shape = index_shape(region)
             table = self._tables[shard]
             block = table.block_of(encode_slice_key(name, extents))
@@ -201,14 +203,13 @@ class V1Checkpoint(Checkpoint):
         if info.dtype_enum not in _FIELDS:
             raise UnsupportedFormatError(f"{self.path}: tensor {name!r}: DataType {info.dtype_enum} is not a type "
                                          "V1 checkpoints store")
-        try:
-            index = expand_index(index, len(info.shape))
-            region = normalize_index(index, info.shape)
-        except RegionError as e:
-            raise RegionError(f"{self.path}: tensor {name!r} of shape {list(info.shape)}: {e}") from None
-        squeeze = {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
-        out = np.empty(index_shape(region), info.dtype)
+        region, squeeze = self._region(info, index)
         parts = info.slices or ((normalize_index(None, info.shape), info.stored),)
+        if info.stored is not None:  # saved whole: the decoded slice is the tensor
+            values = self._slice_values(info, parts[0][0], info.stored)
+            out = values if region == parts[0][0] else np.ascontiguousarray(values[region])
+            return _squeezed(out, squeeze)
+        out = np.empty(index_shape(region), info.dtype)
         for part_region, stored in parts if out.size else ():
             lo = [max(a.start, b.start) for a, b in zip(region, part_region)]
             hi = [min(a.stop, b.stop) for a, b in zip(region, part_region)]
@@ -217,7 +218,7 @@ class V1Checkpoint(Checkpoint):
             local = tuple(slice(l - p.start, h - p.start) for l, h, p in zip(lo, hi, part_region))
             dest = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))
             out[dest] = self._slice_values(info, part_region, stored)[local]
-        return out.reshape([d for i, d in enumerate(out.shape) if i not in squeeze]) if squeeze else out
+        return _squeezed(out, squeeze)
 
     def _slice_values(self, info: TensorInfo, region: Index, stored: StoredTensor) -> np.ndarray:
         """One saved slice of ``info``, decoded whole, as TensorFlow's ``CopySliceData`` reads it."""

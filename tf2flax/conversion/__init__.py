@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -44,14 +45,17 @@ import numpy as np
 
 from ..bundle import Checkpoint, open_checkpoint
 from ..errors import MappingError
+from ..mapping.names import check_part_axis
 from ..naming import default_names
 from ..plan import Plan
 from ..progress import human_bytes, human_rate
+from ..storage import is_url
 from .mapfile import load_map_file
-from .orbax_writer import total_bytes, write_orbax
-from .out_dir import check_out
+from .orbax_writer import Solo, total_bytes, write_orbax
+from .out_dir import check_out, checkpoint_files
+from .remote_out import check_output_url
 from .plans import default_plan, float_dtype, mapped_plan
-from .tree import VALUE_KEY, check_tree, settle_paths
+from .tree import VALUE_KEY, settle_paths
 
 
 class ConvertWarning(UserWarning):
@@ -73,6 +77,7 @@ class ConvertResult:
     tensors: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    bytes_read: int = 0
 
     @property
     def report(self) -> Any:
@@ -85,6 +90,13 @@ class ConvertResult:
         return (f"converted {self.tensors} tensors, {human_bytes(self.bytes)} in {self.seconds:.1f} s "
                 f"({human_rate(self.bytes, self.seconds)}) -> {self.out}")
 
+    def share_summary(self) -> str:
+        """One line: what this process read (its share, in a distributed conversion)."""
+        import jax
+
+        return (f"process {jax.process_index()}/{jax.process_count()}: read {human_bytes(self.bytes_read)} "
+                f"in {self.seconds:.1f} s ({human_rate(self.bytes_read, self.seconds)})")
+
     def describe(self) -> str:
         """The plan (one line per leaf, with shape and dtype), the report, and what was left out."""
         lines = [f"{e.describe()}  {list(e.shape)} {np.dtype(e.dtype).name}" for e in self.plan.entries.values()]
@@ -95,18 +107,32 @@ class ConvertResult:
 
 def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, mapping: Any = None,
             rules: Any = None, preset: str | None = None, transforms: Mapping[Any, Any] | None = None,
-            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, names: str = "object",
-            dry_run: bool = False, force: bool = False, progress: bool = False) -> ConvertResult:
+            dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, stack_axis: Any = None,
+            names: str = "object", dry_run: bool = False, force: bool = False, progress: bool = False,
+            distributed: bool = False, shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
+            timeout: float = 600.0) -> ConvertResult:
     """Convert TensorFlow checkpoint ``ckpt`` into the Orbax checkpoint ``out`` (a new local directory).
 
-    ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``: as for :func:`tf2flax.init_params`
-    (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
+    ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``, ``stack_axis``: as for
+    :func:`tf2flax.init_params` (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
     tensors (not integers, bools, complex) to it, e.g. ``"bfloat16"``. ``include_optimizer``: keep optimizer
     state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
     paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`).
-    ``dry_run``: plan and report only, write nothing. ``force``: replace an existing ``out`` (only once
-    the new one is complete). ``progress``: a progress bar on a terminal.
+    ``dry_run``: plan and report only, write nothing (an existing ``out`` is fine). ``force``: replace an
+    existing ``out`` (only once the new one is complete), if it is an empty directory or an Orbax
+    checkpoint tf2flax wrote; an ``out`` that is or holds the checkpoint or the current directory is
+    always refused. ``progress``: a progress bar on a terminal.
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
+
+    ``distributed``: this is one process of a ``jax.distributed`` program, and every process calls
+    ``convert`` with the same arguments. Each reads only the regions its devices hold of the output
+    leaves, sharded by ``shardings`` or ``sharding_rules`` over ``mesh`` (as for ``init_params``;
+    by default each large leaf is split over all devices along its first axis that divides, and each
+    other leaf read by one process: see :mod:`.distributed`), and
+    Orbax's multi-process save writes them into one checkpoint, equal to a one-process convert's.
+    If a process fails, every process raises the same :class:`~tf2flax.errors.DistributedError`
+    (a process missing for ``timeout`` seconds is named) and nothing is committed. ``bytes_read``
+    and the progress bar are this process's; ``tensors`` and ``bytes`` the whole checkpoint's.
 
     Example::
 
@@ -114,27 +140,57 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
         r.report.unused          # checkpoint tensors the map did not cover
     """
     began = time.perf_counter()
-    out_path = check_out(out, force)
+    team: Any = Solo()
+    if distributed:
+        from .distributed import Team
+
+        team = Team(timeout)
+    plan, left_out, ckpt, out_path = team.step("plan the conversion", lambda: _plan(
+        ckpt, out, mapping, rules, preset, transforms, dtype, include_optimizer, part_axis, stack_axis, names,
+        dry_run, force))
+    if distributed:
+        from .distributed import output_shardings
+
+        team.shardings, team.owners = team.step(
+            "place the output", lambda: output_shardings(plan, shardings, mesh, sharding_rules))
+    result = ConvertResult(plan, left_out, None)
+    if dry_run:
+        return result
+    meta = {"tf2flax": {"source": ckpt.path, "include_optimizer": include_optimizer}}
+    before = ckpt.stats.bytes_read
+    with contextlib.ExitStack() as stack:
+        if distributed:
+            from .distributed import wide_dtypes
+
+            stack.enter_context(wide_dtypes())
+        result.tensors, result.bytes = write_orbax(plan, out_path, force=force, progress=progress,
+                                                   custom_metadata=meta, team=team)
+    result.out, result.seconds = str(out_path), time.perf_counter() - began
+    result.bytes_read = ckpt.stats.bytes_read - before
+    return result
+
+
+def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms: Any, dtype: Any,
+          include_optimizer: bool, part_axis: Any, stack_axis: Any, names: str, dry_run: bool,
+          force: bool) -> tuple[Plan, list[tuple[str, str]], Checkpoint, Any]:
+    """The checked output path, the open checkpoint and the checked plan (and what it leaves out)."""
+    check_output_url(out)
+    check_part_axis(part_axis)
+    given = [] if isinstance(ckpt, Checkpoint) or is_url(os.fspath(ckpt)) else [os.fspath(ckpt)]
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
+    out_path = check_out(out, force, dry_run=dry_run, inputs=[*given, *checkpoint_files(ckpt)])
     cast_to = float_dtype(dtype)
     named = default_names(ckpt, include_optimizer, names)
     left_out = [(n.name, n.left_out) for n in named if n.left_out]
     if mapping is None and rules is None and preset is None and not transforms:
         plan = default_plan(ckpt, named, cast_to)
     else:
-        plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis)
+        plan = mapped_plan(ckpt, named, mapping, rules, preset, transforms, cast_to, part_axis, stack_axis)
     plan, unwritable = _drop_unwritable(plan)
     left_out += unwritable
-    check_tree(list(plan.entries))
-    result = ConvertResult(plan, left_out, None)
-    if dry_run:
-        return result
-    if not plan.entries:
+    if not dry_run and not plan.entries:
         raise MappingError(f"{ckpt.path}: nothing to convert ({len(left_out)} tensor(s) left out, none mapped)")
-    meta = {"tf2flax": {"source": ckpt.path, "include_optimizer": include_optimizer}}
-    result.tensors, result.bytes = write_orbax(plan, out_path, force=force, progress=progress, custom_metadata=meta)
-    result.out, result.seconds = str(out_path), time.perf_counter() - began
-    return result
+    return plan, left_out, ckpt, out_path
 
 
 def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
@@ -152,7 +208,7 @@ def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
     for why, paths in kinds.items():
         if paths:
             warnings.warn(f"left out {len(paths)} {why}(s), which Orbax cannot store: {', '.join(paths)}",
-                          ConvertWarning, stacklevel=3)
+                          ConvertWarning, stacklevel=6)  # the caller of convert()
             for p in paths:
                 plan.report.matched.pop(p, None)
                 plan.report.unused.append(plan.entries[p].source.describe())

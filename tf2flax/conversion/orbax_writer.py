@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..errors import MappingError
 from ..plan import Plan, PlanEntry, release_source
 from ..progress import ByteProgress
 from .out_dir import install
-from .signals import sigint_between_groups
+from .signals import signals_between_groups
 from .tree import nest
 
 # Bytes per Orbax partial save. Each save and its share of the finalize cost a fixed overhead (CPU
@@ -32,6 +32,7 @@ from .tree import nest
 # checkpoint, views of the mapped file, released once written), and 4 groups keep them within half
 # the checkpoint (peak <= 0.5 x checkpoint + 0.5 GB).
 GROUP_MIN_BYTES, GROUP_MAX_BYTES, GROUPS = 64 << 20, 512 << 20, 4
+T = TypeVar("T")
 
 
 def _location(entry: PlanEntry) -> tuple[int, int]:
@@ -69,14 +70,39 @@ def _groups(plan: Plan) -> Iterator[list[tuple[str, PlanEntry]]]:
         yield group
 
 
+class Solo:
+    """One process: reads whole tensors as numpy arrays and has nobody to agree with. The interface
+    a distributed conversion's :class:`~.distributed.Team` shares."""
+
+    primary = True
+
+    def token(self) -> str:
+        return secrets.token_hex(4)
+
+    def step(self, name: str, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def read(self, group: list[tuple[str, PlanEntry]]) -> list[tuple[str, Any]]:
+        return [(path, _read(path, entry)) for path, entry in group]
+
+    def share_bytes(self, plan: Plan) -> int:
+        return total_bytes(plan)
+
+    def committed(self, tmp: Path) -> None:
+        pass
+
+
 def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, progress: bool = False,
-                custom_metadata: dict | None = None) -> tuple[int, int]:
+                custom_metadata: dict | None = None, team: Any = None) -> tuple[int, int]:
     """Write every entry of ``plan`` to the new Orbax checkpoint ``out``; returns ``(tensors, bytes)``.
 
     At most two groups of tensors are in memory: one being written (``ocp.v1.partial.save_async``)
     while the next is read. ``ocp.v1.partial.finalize`` completes ``OUT.tmp-<random>``, which then
-    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt the
-    temporary files are removed.
+    becomes ``out`` (replacing an existing ``out`` only with ``force``). On any error or interrupt
+    (SIGINT or SIGTERM) the temporary files are removed. ``team`` (a :class:`~.distributed.Team`)
+    makes it one process of a distributed conversion: each process reads and writes its share, all
+    agree after every step, and process 0 installs ``out``; ``(tensors, bytes)`` are then the whole
+    checkpoint's.
 
     Example::
 
@@ -84,42 +110,60 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     """
     import orbax.checkpoint as ocp
 
+    team = team or Solo()
     out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
+    team.step("create the output's parent", lambda: out.parent.mkdir(parents=True, exist_ok=True))
+    tmp = out.with_name(f"{out.name}.tmp-{team.token()}")
     ctx = ocp.v1.Context()
     ctx.array.saving.use_compression = False   # 2x faster; weights barely compress
     # Our arrays are ours, or read-only views of a mapped checkpoint that stay valid until written.
     ctx.memory.deepcopy_host_arrays = False
-    total, tensors, written = total_bytes(plan), 0, 0
+    ctx.array.saving.use_replica_parallel = False  # replica 0 writes (distributed: the others are placeholders)
+    tensors, written = 0, 0
     pending: tuple[Any, int, str, list] | None = None  # the group being written while the next one is read
     try:
-        with ctx, ByteProgress(total, progress, "converting") as bar, sigint_between_groups() as check:
+        with ctx, ByteProgress(team.share_bytes(plan), progress, "converting") as bar, \
+                signals_between_groups() as check:
             for group in _groups(plan):
-                items = [(path, _read(path, entry)) for path, entry in group]
-                check()
-                if pending is not None:
-                    _finish(pending, bar)
-                size = sum(a.nbytes for _, a in items)
-                meta = custom_metadata if not tensors else None
-                tensors, written = tensors + len(group), written + size
-                label = f"converting ({tensors}/{len(plan.entries)} tensors)"
-                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), size, label, group)
-                del items
-            if pending is not None:
-                _finish(pending, bar)
+                items = team.step(f"read {group[0][0]}", lambda: _read_and_finish(team, group, pending, bar))
                 pending = None
+                check()
+                meta = custom_metadata if not tensors else None
+                tensors, written = tensors + len(group), written + sum(_nbytes(entry) for _, entry in group)
+                label = f"converting ({tensors}/{len(plan.entries)} tensors)"
+                share = team.share_bytes(Plan(dict(group), plan.report))
+                pending = (ocp.v1.partial.save_async(tmp, nest(items), custom_metadata=meta), share, label, group)
+                del items
+            last, pending = pending, None
+            if last is not None:
+                team.step("write the last tensors", lambda: _finish(last, bar))
             check()
             ocp.v1.partial.finalize(tmp)
-        install(tmp, out, force)
+            team.step("install the output", lambda: _install(team, tmp, out, force))
     except BaseException:
         if pending is not None:  # let Orbax's writer threads stop before removing their files
             with contextlib.suppress(BaseException):
                 pending[0].result()
-        for leftover in tmp.parent.glob(glob.escape(tmp.name) + "*"):  # Orbax adds suffixes of its own
-            shutil.rmtree(leftover, ignore_errors=True)
+        if team.primary:
+            for leftover in tmp.parent.glob(glob.escape(tmp.name) + "*"):  # Orbax adds suffixes of its own
+                shutil.rmtree(leftover, ignore_errors=True)
         raise
     return tensors, written
+
+
+def _install(team: Any, tmp: Path, out: Path, force: bool) -> None:
+    if team.primary:
+        team.committed(tmp)
+        install(tmp, out, force)
+
+
+def _read_and_finish(team: Any, group: list[tuple[str, PlanEntry]], pending: tuple[Any, int, str, list] | None,
+                     bar: ByteProgress) -> list[tuple[str, Any]]:
+    """Read ``group`` (this process's share), then wait for the previous group's write."""
+    items = team.read(group)
+    if pending is not None:
+        _finish(pending, bar)
+    return items
 
 
 def _finish(pending: tuple[Any, int, str, list], bar: ByteProgress) -> None:

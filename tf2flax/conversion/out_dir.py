@@ -1,44 +1,112 @@
 """The output directory of a conversion: checked before any work, installed atomically at the end.
 
+Nothing is lost: an OUT that is or holds the checkpoint being converted, or the current directory, is
+refused; ``force`` replaces only an empty directory or an Orbax checkpoint tf2flax wrote (its
+``_CHECKPOINT_METADATA`` says so, and it holds nothing else), and only once the new one is complete.
+
 Example::
 
-    out = check_out("/ckpts/bert", force=False)     # OutputExistsError if it exists
+    out = check_out("/ckpts/bert", force=False, inputs=checkpoint_files(ckpt))
     install(tmp, out, force=False)                  # rename the finished temporary directory
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any, Iterable
 
-from ..errors import OutputExistsError, UnsupportedFormatError
-from ..storage import is_url
+from ..errors import OutputExistsError, UnsupportedFormatError, clip
+from ..storage import LocalStore, is_url, redact_url
+
+# What Orbax writes at the top of a checkpoint, besides one directory (holding _METADATA) per item.
+ORBAX_FILES = ("_CHECKPOINT_METADATA", "orbax.checkpoint", "commit_success.txt")
+_METADATA_MAX_BYTES = 1 << 20
 
 
-def check_out(out: str | os.PathLike, force: bool) -> Path:
-    """``out`` as an absolute local path; refuses a URL, and an existing ``out`` unless ``force``."""
+def checkpoint_files(ckpt: Any) -> list[str]:
+    """Where an open checkpoint's files are: its local prefix (the index and data files, or a V1
+    file, lie beside it); nothing for a remote one."""
+    if not isinstance(getattr(ckpt, "store", None), LocalStore):
+        return []
+    return [ckpt.store.describe(ckpt.prefix)]
+
+
+def check_out(out: str | os.PathLike, force: bool, *, dry_run: bool = False, inputs: Iterable[str] = ()) -> Path:
+    """``out`` as an absolute local path, once it is safe to write (``dry_run``: only not a URL).
+
+    Refused: a URL; an existing ``out`` (even a dangling symbolic link) unless ``force``; an ``out``
+    that is or holds one of ``inputs`` or the current directory; with ``force``, an ``out`` that is not
+    an empty directory or an Orbax checkpoint written by tf2flax.
+    """
     if is_url(os.fspath(out)):
-        raise UnsupportedFormatError(f"{os.fspath(out)}: convert writes to a local directory; copy it "
+        raise UnsupportedFormatError(f"{redact_url(os.fspath(out))}: convert writes to a local directory; copy it "
                                      "to cloud storage afterwards")
-    path = Path(out).absolute()
-    if path.exists() and not force:
+    path = Path(os.path.abspath(out))
+    if dry_run or not (path.exists() or path.is_symlink()):
+        return path
+    for what, held in [*(("the checkpoint being converted", p) for p in inputs), ("the current directory", ".")]:
+        if _holds(path, held):
+            raise OutputExistsError(f"{path} is or holds {what} ({os.path.abspath(held)}); choose another OUT")
+    if path.is_symlink() and not path.exists():
+        raise OutputExistsError(f"{path} is a symbolic link to {clip(os.readlink(path))}, which does not exist; "
+                                "remove the link or choose another OUT")
+    if not force:
         raise OutputExistsError(f"{path} already exists; use --force (force=True) to replace it")
+    check_replaceable(path)
     return path
 
 
+def _holds(out: Path, inside: str) -> bool:
+    """Whether ``inside`` is ``out`` or below it, by the paths as written and as resolved."""
+    outs = {os.path.abspath(out), os.path.realpath(out)}
+    insides = {os.path.abspath(inside), os.path.realpath(inside)}
+    return any(i == o or i.startswith(o.rstrip(os.sep) + os.sep) for o in outs for i in insides)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is an empty directory or an Orbax checkpoint tf2flax wrote."""
+    why = _not_ours(path)
+    if why:
+        raise OutputExistsError(f"{path} {why}; --force replaces only an empty directory or an Orbax "
+                                "checkpoint written by tf2flax: remove it yourself or choose another OUT")
+
+
+def _not_ours(path: Path) -> str | None:
+    if path.is_symlink():
+        return "is a symbolic link"
+    if not path.is_dir():
+        return "is not a directory"
+    names = os.listdir(path)
+    if not names:
+        return None
+    try:
+        with open(path / ORBAX_FILES[0], "rb") as f:
+            meta = json.loads(f.read(_METADATA_MAX_BYTES))
+    except (OSError, ValueError):
+        return f"has no readable {ORBAX_FILES[0]} (not an Orbax checkpoint)"
+    custom = meta.get("custom_metadata") if isinstance(meta, dict) else None
+    if not (isinstance(custom, dict) and "tf2flax" in custom):
+        return "is an Orbax checkpoint that tf2flax did not write"
+    others = sorted(n for n in names if n not in ORBAX_FILES and not (path / n / "_METADATA").is_file())
+    if others:
+        return f"holds files Orbax did not write ({', '.join(clip(n, 60) for n in others[:5])})"
+    return None
+
+
 def install(tmp: Path, out: Path, force: bool) -> None:
-    """Rename the finished ``tmp`` to ``out``; an existing ``out`` (``force``) goes only after that."""
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` (``force``, and still replaceable)
+    goes only after that."""
     if not out.exists() and not out.is_symlink():
         os.rename(tmp, out)
         return
     if not force:
         raise OutputExistsError(f"{out} appeared while converting; the conversion is discarded")
+    check_replaceable(out)
     old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
     os.rename(out, old)
     os.rename(tmp, out)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
+    shutil.rmtree(old)

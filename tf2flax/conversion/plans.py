@@ -10,15 +10,16 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..bundle import Checkpoint
-from ..errors import MappingError
+from ..errors import MappingError, clip, short_repr
 from ..naming import DefaultName
 from ..plan import Cast, Plan, PlanEntry, TensorSource
-from .tree import settle_paths
+from .tree import check_path, check_tree, settle_paths
 
 
 def default_plan(ckpt: Checkpoint, names: list[DefaultName], cast_to: np.dtype | None) -> Plan:
@@ -26,7 +27,10 @@ def default_plan(ckpt: Checkpoint, names: list[DefaultName], cast_to: np.dtype |
     from ..mapping import MappingReport
 
     kept = [n for n in names if n.left_out is None]
+    for n in kept:
+        check_path(n.name, n.key, ckpt.path)
     paths = settle_paths([n.name for n in kept])
+    check_tree([(paths[n.name], n.key) for n in kept], ckpt.path)
     entries = {}
     for n in kept:
         source = TensorSource(ckpt, n.key)
@@ -38,38 +42,68 @@ def default_plan(ckpt: Checkpoint, names: list[DefaultName], cast_to: np.dtype |
 
 
 def mapped_plan(ckpt: Checkpoint, names: list[DefaultName], mapping: Any, rules: Any, preset: Any,
-                transforms: Mapping[Any, Any] | None, cast_to: np.dtype | None, part_axis: Any) -> Plan:
-    """The plan of a map, rules, preset or transforms: target leaves derived from the checkpoint."""
+                transforms: Mapping[Any, Any] | None, cast_to: np.dtype | None, part_axis: Any,
+                stack_axis: Any = None) -> Plan:
+    """The plan of a map, rules, preset or transforms: target leaves derived from the checkpoint.
+
+    ``{i}`` stacks (in map keys, or stacking rules) define leaves with a layer axis, at ``stack_axis``
+    (or the preset's), as long as the number of layers found.
+    """
     from ..mapping import build_plan, compile_rules, get_preset
     from ..mapping.assignment import normalize
     from ..mapping.names import CheckpointNames
-    from ..mapping.rules import rename
+    from ..mapping.rules import rename_layer
+    from ..mapping.stacking import Stacking, check_stack_axis
     from ..mapping.transforms import TransformSpecs, parse_spec
     from ..targets import TargetLeaf
 
     found = get_preset(preset)
-    stages = ([found.rules] if found else []) + [compile_rules(rules)]
+    stages = ([found.rules_for(list(ckpt.names))] if found else []) + [compile_rules(rules)]
+    check_stack_axis(stack_axis)
+    stacking = Stacking(stack_axis if stack_axis is not None or not found else found.stack_axis)
+
+    def renamed_layer(name: str) -> tuple[str | None, int | None]:
+        layer = None
+        for stage in stages:
+            name, index = rename_layer(name, stage)
+            if name is None:
+                return None, None
+            layer = index if index is not None else layer
+        return name, layer
 
     def renamed(name: str) -> str | None:
-        for stage in stages:
-            name = rename(name, stage)
-            if name is None:
-                return None
-        return name
+        new, layer = renamed_layer(name)
+        return new if layer is None else None
 
     kept = [n for n in names if n.left_out is None]
-    sources: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    leaves: list[tuple[str, str, tuple[tuple[int, ...], np.dtype]]] = []  # (path, source, (shape, dtype))
     if mapping is None:
-        pairs = [(r, r, n.key) for n in kept if (r := renamed(n.name)) is not None]
-        settled = settle_paths([p for _, p, _ in pairs])
-        pairs = [(r, settled[p], key) for r, p, key in pairs]
-        for _, path, key in pairs:
-            sources[path] = (ckpt.shape(key), ckpt.dtype(key))
-        mapping = [(r, path) for r, path, _ in pairs]
+        pairs, stacks = [], {}
+        for n in kept:
+            r, layer = renamed_layer(n.name)
+            if r is None:
+                continue
+            check_path(r, n.key, ckpt.path)
+            if layer is None:
+                pairs.append((r, n.key))
+            elif layer in stacks.setdefault(r, {}):
+                raise MappingError(f"{ckpt.path}: checkpoint tensors {short_repr(stacks[r][layer])} and "
+                                   f"{short_repr(n.key)} are both layer {layer} of {short_repr(r)}; rename one of them")
+            else:
+                stacks[r][layer] = n.key
+        settled = settle_paths([r for r, _ in pairs] + list(stacks))
+        leaves = [(settled[r], key, (ckpt.shape(key), ckpt.dtype(key))) for r, key in pairs]
+        for name, layers in stacks.items():
+            first = layers[min(layers)]
+            leaves.append((settled[name], _layers_source(layers),
+                           (_stacked_shape(ckpt.shape(first), len(layers), stacking, settled[name]), ckpt.dtype(first))))
+        mapping = [(r, settled[r]) for r, _ in pairs] + [(name, settled[name]) for name in stacks]
     else:
         resolver = CheckpointNames(ckpt, stages, None, part_axis)
         for key, target in sorted(normalize(mapping), key=lambda p: str(p[0])):
-            sources.update(_targets_of(key, target, kept, renamed, resolver, ckpt))
+            leaves += _targets_of(key, target, kept, renamed, resolver, ckpt, stacking)
+    check_tree(list(dict.fromkeys((path, source) for path, source, _ in leaves)), ckpt.path)
+    sources = {path: shape_dtype for path, _, shape_dtype in leaves}
     specs = TransformSpecs(transforms, _path_key)
     targets = {}
     for path, (shape, dtype) in sources.items():
@@ -80,34 +114,97 @@ def mapped_plan(ckpt: Checkpoint, names: list[DefaultName], mapping: Any, rules:
             dtype = cast_to
         targets[path] = TargetLeaf(path, tuple(shape), np.dtype(dtype), None, None)
     return build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms,
-                      part_axis=part_axis)
+                      part_axis=part_axis, stack_axis=stack_axis)
+
+
+def _stacked_shape(layer: tuple[int, ...], count: int, stacking: Any, path: str) -> tuple[int, ...]:
+    """The shape of ``count`` layers of shape ``layer`` stacked at ``path``'s stack axis."""
+    shape = list(layer)
+    shape.insert(stacking.axis_for(path, len(layer) + 1), count)
+    return tuple(shape)
+
+
+def _layers_source(layers: dict[int, str]) -> str:
+    """How a stacked leaf's source is named in messages: its first layer's tensor and the count."""
+    return f"{layers[min(layers)]} (and {len(layers) - 1} more layers)"
+
+
+Leaf = tuple[str, str, tuple[tuple[int, ...], np.dtype]]
 
 
 def _targets_of(key: Any, target: Any, kept: list[DefaultName], renamed: Callable[[str], str | None],
-                resolver: Any, ckpt: Checkpoint) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """The output leaves one map entry defines: ``path -> (shape, dtype)`` of its source."""
-    where = f"map entry {key!r}: {target!r}"
+                resolver: Any, ckpt: Checkpoint, stacking: Any) -> list[Leaf]:
+    """The output leaves one map entry defines: ``(path, source, (shape, dtype))``."""
+    from ..mapping.stacking import LAYER
+
+    where = f"map entry {short_repr(key)}: {short_repr(target)}"
     if not isinstance(key, str) or not isinstance(target, str):
         raise MappingError(f"{where}: convert needs string checkpoint names and output paths (splitting a "
                            "tensor into a list of targets needs a model: use tf2flax.init_params)")
+    if LAYER in key:
+        return _layer_targets(key, target, kept, renamed, resolver, ckpt, stacking, where)
     if not key.endswith("/"):
         if target.endswith("/") or not target:
             raise MappingError(f"{where}: a tensor maps to a leaf path; to map a scope, end both sides with '/'")
         found = resolver.resolve(key)
         if found is None:
-            raise MappingError(f"{where}: checkpoint {ckpt.path} has no tensor {key!r}.{resolver.suggest(key)}")
-        return {target: (tuple(found.source.shape), found.source.dtype)}
+            raise MappingError(f"{where}: checkpoint {ckpt.path} has no tensor {clip(key)}.{resolver.suggest(key)}")
+        check_path(target, key, ckpt.path)
+        return [(target, ", ".join(found.keys), (tuple(found.source.shape), found.source.dtype))]
     if "/" not in target:
         raise MappingError(f"{where}: a scope target ends with '/', e.g. '{target}/'")
     scope = target[: target.rindex("/")]
-    out = {}
+    out = []
     for n in kept:
         for name in (n.name, *n.aliases):
             r = renamed(name)
             if r is not None and (key == "/" or (r.startswith(key) and len(r) > len(key))):
                 rest = r if key == "/" else r[len(key):]
-                out[f"{scope}/{rest}" if scope else rest] = (ckpt.shape(n.key), ckpt.dtype(n.key))
+                path = f"{scope}/{rest}" if scope else rest
+                check_path(path, n.key, ckpt.path)
+                out.append((path, n.key, (ckpt.shape(n.key), ckpt.dtype(n.key))))
                 break
+    return out
+
+
+def _layer_targets(key: str, target: str, kept: list[DefaultName], renamed: Callable[[str], str | None],
+                   resolver: Any, ckpt: Checkpoint, stacking: Any, where: str) -> list[Leaf]:
+    """The output leaves of a ``{i}`` entry: one per layer (``{i}`` on both sides) or stacked."""
+    from ..mapping.stacking import LAYER, layer_matches, split_layer
+
+    found = layer_matches(key, resolver.names(), where, scope=key.endswith("/"))
+    if not found:
+        raise MappingError(f"{where}: no checkpoint name matches {key!r}.{resolver.suggest(key)}")
+    if LAYER in target:
+        out = []
+        for i, text in found.items():
+            out += _targets_of(key.replace(LAYER, text), target.replace(LAYER, str(i)), kept, renamed,
+                               resolver, ckpt, stacking)
+        return out
+    if not key.endswith("/"):
+        first_key = key.replace(LAYER, found[min(found)])
+        first = resolver.resolve(first_key).source
+        check_path(target, first_key, ckpt.path)
+        return [(target, _layers_source({i: key.replace(LAYER, t) for i, t in found.items()}),
+                 (_stacked_shape(tuple(first.shape), len(found), stacking, target), first.dtype))]
+    before, after = split_layer(key, where)
+    tail = re.compile(r"(\d+)" + re.escape(after) + r"(.+)")
+    scope = target[: target.rindex("/")] if "/" in target else ""
+    rests: dict[str, dict[int, str]] = {}
+    for n in kept:  # as for scopes: the tensors convert keeps (no optimizer state)
+        for name in (n.name, *n.aliases):
+            r = renamed(name)
+            m = tail.fullmatch(r, len(before)) if r is not None and r.startswith(before) else None
+            if m:
+                rests.setdefault(m.group(2), {})[int(m.group(1))] = r
+                break
+    out = []
+    for rest, layers in rests.items():
+        path = f"{scope}/{rest}" if scope else rest
+        check_path(path, layers[min(layers)], ckpt.path)
+        first = resolver.resolve(layers[min(layers)]).source
+        out.append((path, _layers_source(layers), (_stacked_shape(tuple(first.shape), len(layers), stacking, path),
+                                                   first.dtype)))
     return out
 
 

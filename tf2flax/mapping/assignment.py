@@ -30,7 +30,7 @@ import functools
 import re
 from typing import Any, Callable, Mapping
 
-from ..errors import MappingError
+from ..errors import MappingError, short_repr
 from ..plan import StackSource
 from ..targets import TargetLeaf, handle_index
 from .hints import close_matches
@@ -116,7 +116,7 @@ def normalize(mapping: Any) -> list[tuple[Any, Any]]:
         for i, pair in enumerate(mapping):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                 raise MappingError(f"assignment map item #{i} must be a (checkpoint_name, target) pair, "
-                                   f"got {pair!r}")
+                                   f"got {short_repr(pair)}")
         return [tuple(p) for p in mapping]
     raise MappingError(f"the assignment map must be a dict or a list of (checkpoint_name, target) pairs, "
                        f"got {type(mapping).__name__}")

@@ -17,13 +17,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import MappingError
+from ..errors import MappingError, clip
 from ..plan import (Cast, Plan, PlanEntry, RegionSource, Report, Reshape, Source, Transform, Transpose, axis_groups,
                     can_cast)
 from ..targets import TargetLeaf
 from .assignment import Load, TargetVars, assign, auto_assign
 from .hints import dtype_name, shape_hint
-from .names import CheckpointNames, PartAxis, axis_for
+from .names import CheckpointNames, PartAxis, axis_for, check_part_axis
 from .presets import Preset, get_preset
 from .rules import RulesSpec, compile_rules
 from .stacking import Fit, StackAxis, Stacking, check_stack_axis
@@ -65,6 +65,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
                           preset="keras")
         print(plan.report.summary())
     """
+    check_part_axis(part_axis)
     if isinstance(ckpt, str) or hasattr(ckpt, "__fspath__"):
         from .. import open_checkpoint
 
@@ -99,7 +100,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
                 notes.append(f"{entry.target!r}: {old[1].origin} is overridden by {load.origin}")
             entries[entry.target] = (entry, load)
     bad = specs.unmatched_keys([*targets, *tvars.bases.values()])
-    errors += [f"transforms key {k!r} matches no target leaf.{tvars.suggest(k)}" for k in bad]
+    errors += [f"transforms key {clip(str(k))} matches no target leaf.{tvars.suggest(k)}" for k in bad]
     if errors:
         head = errors[0] if len(errors) == 1 else f"{len(errors)} problems:\n- " + "\n- ".join(errors)
         raise MappingError(head)

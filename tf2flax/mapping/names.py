@@ -27,8 +27,10 @@ import functools
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from ..bundle.object_graph import VALUE_SUFFIX as _VALUE_SUFFIX
-from ..errors import MappingError
+from ..errors import MappingError, short_repr
 from ..naming import left_out_reason
 from ..plan import ConcatSource, Source, TensorSource
 from .hints import close_matches
@@ -65,6 +67,24 @@ class Resolved:
     name: str
     source: Source
     keys: tuple[str, ...]
+
+
+def check_part_axis(part_axis: Any, where: str = "part_axis") -> None:
+    """Refuse a ``part_axis`` that is not None, an int or a ``{variable name: int}`` mapping, whether or
+    not anything is concatenated or split.
+
+    Example::
+
+        check_part_axis({"dense/kernel": 1})      # fine; check_part_axis("x") raises MappingError
+    """
+    def is_axis(a: Any) -> bool:
+        return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+
+    axes = part_axis.values() if isinstance(part_axis, Mapping) else [part_axis] if part_axis is not None else []
+    keys = part_axis.keys() if isinstance(part_axis, Mapping) else []
+    if not all(is_axis(a) for a in axes) or not all(isinstance(k, str) for k in keys):
+        raise MappingError(f"{where}: part_axis must be an axis (an int) or a mapping of variable name to axis, "
+                           f"got {short_repr(part_axis)}")
 
 
 def axis_for(part_axis: PartAxis, name: str) -> int | None:

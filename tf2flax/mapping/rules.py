@@ -4,6 +4,7 @@ A rule is ``(pattern, replacement)``: the first rule whose pattern is found in a
 rewrites it with ``re.sub`` (replacement: a template such as ``r'\\1/scale'`` or a function of the
 match); later rules are not tried. A replacement of ``None`` drops the name: the tensor is not
 addressable by it and is never reported as unused. Names no rule matches are kept as they are.
+String patterns run on RE2, in time linear in the name (see ``tf2flax.patterns``).
 
 ``{i}`` in a pattern matches a decimal layer index (a regex group named ``i``). With ``{i}`` in the
 replacement too, the rule renames layer by layer (``block_007`` -> ``layers_7``); without, it is a
@@ -22,11 +23,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
-from ..errors import MappingError
+from ..errors import MappingError, short_repr
+from ..patterns import SUB_ERRORS, compile_pattern
 
-Replacement = Union[str, Callable[[re.Match], str], None]
+Replacement = Union[str, Callable[[Any], str], None]
 RulesSpec = Union[Mapping[str, Replacement], Iterable[tuple[Union[str, re.Pattern], Replacement]]]
 
 
@@ -37,7 +39,7 @@ LAYER = "{i}"
 class Rule:
     """One compiled rename; ``stack``: a stacking rule (``{i}`` in the pattern only)."""
 
-    pattern: re.Pattern
+    pattern: Any  # an RE2 pattern, or the re.Pattern given
     replacement: Replacement
     stack: bool = False
 
@@ -46,6 +48,8 @@ def compile_rules(rules: RulesSpec | None) -> tuple[Rule, ...]:
     """Validate and compile ``rules`` (a dict or a sequence of ``(pattern, replacement)`` pairs)."""
     if rules is None:
         return ()
+    if not isinstance(rules, (Mapping, list, tuple)):
+        raise MappingError(f"rules must be a list of (pattern, replacement) pairs or a mapping, got {short_repr(rules)}")
     items = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
     out = []
     for i, item in enumerate(items):
@@ -60,10 +64,7 @@ def compile_rules(rules: RulesSpec | None) -> tuple[Rule, ...]:
             if pattern.count(LAYER) != 1:
                 raise MappingError(f"rule #{i}: {pattern!r} must contain '{LAYER}' at most once")
             pattern = pattern.replace(LAYER, r"(?P<i>\d+)")
-        try:
-            compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise MappingError(f"rule #{i}: {pattern!r} is not a valid regular expression: {e}") from None
+        compiled = compile_pattern(pattern, f"rule #{i}")
         if layered and isinstance(repl, str) and LAYER in repl:
             out.append(Rule(compiled, functools.partial(_per_layer, repl)))
         else:
@@ -71,7 +72,7 @@ def compile_rules(rules: RulesSpec | None) -> tuple[Rule, ...]:
     return tuple(out)
 
 
-def _per_layer(template: str, m: re.Match) -> str:
+def _per_layer(template: str, m: Any) -> str:
     """``template`` expanded for match ``m``, its ``{i}`` the layer index without leading zeros."""
     return m.expand(template.replace(LAYER, "\x00")).replace("\x00", str(int(m.group("i"))))
 
@@ -96,7 +97,7 @@ def rename_layer(name: str, rules: Iterable[Rule]) -> tuple[str | None, int | No
                 return None, None
             try:
                 new = rule.pattern.sub(rule.replacement, name, count=1 if rule.stack else 0)
-            except (re.error, IndexError) as e:
+            except SUB_ERRORS as e:
                 raise MappingError(f"rule {rule.pattern.pattern!r} -> {rule.replacement!r} "
                                    f"fails on {name!r}: {e}") from None
             return new, int(m.group("i")) if rule.stack else None

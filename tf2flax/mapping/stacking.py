@@ -24,6 +24,7 @@ import re
 from typing import Callable, Mapping
 
 from ..errors import MappingError
+from ..patterns import compile_pattern
 from ..plan import Source
 
 LAYER = "{i}"
@@ -44,7 +45,8 @@ class Stacking:
         """The stack axis of target ``var`` (of rank ``rank``), as a non-negative int."""
         axis = self.axis
         if isinstance(axis, Mapping):
-            axis = next((a for pattern, a in axis.items() if re.fullmatch(pattern, var)), None)
+            axis = next((a for pattern, a in axis.items()
+                         if compile_pattern(pattern, "stack_axis key").fullmatch(var)), None)
         axis = 0 if axis is None else axis
         if not isinstance(axis, int) or isinstance(axis, bool):
             raise MappingError(f"stack_axis for {var!r} must be an int, got {axis!r}")
@@ -60,10 +62,7 @@ def check_stack_axis(axis: StackAxis) -> None:
     if not isinstance(axis, Mapping):
         raise MappingError(f"stack_axis must be an int or a {{target regex: int}} dict, got {axis!r}")
     for pattern, value in axis.items():
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise MappingError(f"stack_axis key {pattern!r} is not a valid regular expression: {e}") from None
+        compile_pattern(pattern, "stack_axis key")
         if not isinstance(value, int) or isinstance(value, bool):
             raise MappingError(f"stack_axis[{pattern!r}] must be an int, got {value!r}")
 

@@ -12,7 +12,7 @@ A spec is one step or a list of steps, applied in order to the checkpoint tensor
 - a plan transform (``Transpose``, ``Reshape``, ``Cast``, ``Fn``, or anything with their methods).
 
 A key is a target path (exact match first) or else a regex that must match a whole path
-(``re.fullmatch``); the first matching regex, in the dict's order, wins. A key may also be an
+(``re.fullmatch``, on RE2); the first matching regex, in the dict's order, wins. A key may also be an
 ``nnx.Variable`` handle. For a partitioned target (``<var>/part_<n>`` leaves), the key is ``<var>``
 and the transforms apply to the whole tensor before it is split.
 
@@ -25,13 +25,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
 from ..errors import MappingError
+from ..patterns import compile_pattern
 from ..plan import Cast, Fn, Reshape, Transform, Transpose
 
 _OPS = ("transpose", "reshape", "cast")
@@ -41,12 +41,12 @@ class TransformSpecs:
     """Compiled ``transforms`` keys: exact paths first, then full-match regexes in order."""
 
     def __init__(self, transforms: Mapping[Any, Any] | None, resolve_key: Callable[[Any], str]) -> None:
-        self.keys: list[tuple[str, re.Pattern | None, Any]] = []
+        self.keys: list[tuple[str, Any, Any]] = []
         for key, spec in (transforms or {}).items():
             path = resolve_key(key)
             try:
-                pattern = re.compile(path)
-            except re.error:
+                pattern = compile_pattern(path, "transforms key")
+            except MappingError:  # not a regex: an exact path only
                 pattern = None
             self.keys.append((path, pattern, spec))
 

@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 from typing import Any, Mapping, Sequence
@@ -33,15 +32,19 @@ from ..mapping import build_plan
 from ..materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
 from ..plan import Cast, Plan, PlanEntry, TensorSource, can_cast
 from ..progress import ByteProgress
-from ..regions import Index
 from ..restore import as_checkpoint
 from ..sharding import ShardingRules, check_sharding, keypath_str, resolve_shardings
 from ..targets import TargetLeaf, flatten_targets, unflatten_targets
-from .slots import Slots, find_slots, strip_value_suffix
+from .counts import step_count
+from .follow import Scale, ValueSource, rebase
+from .slots import SlotKey, Slots, find_slots, strip_value_suffix
 
 _SLOT_STATES = (optax.ScaleByAdamState, optax.TraceState, optax.FactoredState)
+# a callable hyperparameter of inject_hyperparams keeps its own step count (optax has no public name for it)
+_WRAPPED_SCHEDULE = getattr(getattr(optax.schedules, "_inject", None), "WrappedScheduleState", None)
 _COUNTERS = {optax.ScaleByScheduleState: "count", optax.InjectHyperparamsState: "count",
-             optax.InjectStatefulHyperparamsState: "count", optax.MultiStepsState: "gradient_step"}
+             optax.InjectStatefulHyperparamsState: "count", optax.MultiStepsState: "gradient_step",
+             **({_WRAPPED_SCHEDULE: "count"} if _WRAPPED_SCHEDULE else {})}
 _NODES = (*_SLOT_STATES, *_COUNTERS)
 _STATE_NAMES = {optax.ScaleByAdamState: "ScaleByAdamState (adam, adamw)",
                 optax.TraceState: "TraceState (sgd with momentum)",
@@ -82,49 +85,6 @@ class OptStateReport:
         return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class ValueSource:
-    """A value known without reading the checkpoint (the step count)."""
-
-    value: np.ndarray
-    label: str
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.value.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.value.dtype
-
-    def read(self, index: Index) -> np.ndarray:
-        return self.value[index]
-
-    def describe(self) -> str:
-        return self.label
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    """``x * factor``; region-aware (Keras SGD's momentum is ``-learning_rate`` x optax's trace)."""
-
-    region_aware = True
-
-    factor: float
-
-    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return shape
-
-    def out_dtype(self, dtype: np.dtype) -> np.dtype:
-        return dtype
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        return (array * np.asarray(self.factor, array.dtype)).astype(array.dtype)
-
-    def source_index(self, index: Index) -> Index:
-        return index
-
-
 def init_opt_state(
     ckpt: str | os.PathLike | Checkpoint,
     mapping: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
@@ -135,11 +95,13 @@ def init_opt_state(
     preset: Any = None,
     transforms: Mapping[Any, Any] | None = None,
     part_axis: int | Mapping[str, int] | None = None,
+    stack_axis: int | Mapping[str, int] | None = None,
     family: str | None = None,
     count: int | None = None,
     b1: float | None = None,
     learning_rate: float | None = None,
     strict: bool = False,
+    dry_run: bool = False,
     report: bool = False,
     return_report: bool = False,
     shardings: Any = None,
@@ -150,19 +112,20 @@ def init_opt_state(
 ) -> Any:
     """``opt_state`` with its moments and step count loaded from the optimizer slots of ``ckpt``.
 
-    ``mapping`` and ``rules``/``preset``/``transforms``/``part_axis`` are those of the ``init_params``
+    ``mapping`` and ``rules``/``preset``/``transforms``/``part_axis``/``stack_axis`` are those of the ``init_params``
     call that loaded ``params``; so are ``shardings``/``mesh``/``sharding_rules``, which place each
     moment like its parameter (otherwise a leaf keeps the sharding it carries). Filled: every
     ``ScaleByAdamState`` (``count``, ``mu``, ``nu``), ``TraceState`` and ``FactoredState`` in the
     state, also inside ``chain``/``inject_hyperparams``/``MultiSteps``, whose counters
     (``InjectHyperparamsState.count``, ``MultiStepsState.gradient_step``, ``ScaleByScheduleState.count``)
-    get the step count too.
+    and the counts of ``inject_hyperparams``' schedules get the step count too.
 
     ``family`` picks a slot family when a checkpoint has several; ``count`` overrides the step count,
     which is otherwise the iteration counter, or for TF1 Adam ``beta1_power`` = b1^(count+1) when
     ``b1`` is given (or found in ``inject_hyperparams``). ``learning_rate`` converts Keras SGD's
     momentum (which holds ``-lr * trace``) when the checkpoint stores no learning rate.
-    ``strict=True`` fails on unused slots or unset state leaves. ``return_report=True`` returns
+    ``strict=True`` fails on unused slots or unset state leaves. ``dry_run=True`` validates everything
+    and returns the :class:`OptStateReport` without reading any slot. ``return_report=True`` returns
     ``(opt_state, OptStateReport)``; ``report=True`` prints its summary to stderr.
 
     Example::
@@ -173,7 +136,7 @@ def init_opt_state(
     ckpt = as_checkpoint(ckpt)
     param_targets = flatten_targets(params)
     plan = build_plan(ckpt, mapping, param_targets, rules=rules, preset=preset, transforms=transforms,
-                      part_axis=part_axis)
+                      part_axis=part_axis, stack_axis=stack_axis)
     slots = find_slots(ckpt, family)
     nodes = _find_nodes(opt_state)
     slot_nodes = [(p, n) for p, n in nodes if isinstance(n, _SLOT_STATES)]
@@ -182,7 +145,7 @@ def init_opt_state(
                            f"{slots.description} slots into")
     for path, node in slot_nodes:
         _check_family(slots, path, node)
-    step, source, notes = _count(ckpt, slots, count, b1 if b1 is not None else _hyperparam(nodes, "b1"))
+    step, source, notes = step_count(ckpt, slots, count, b1 if b1 is not None else _hyperparam(nodes, "b1"))
     state_targets = flatten_targets(opt_state)
     param_placement = resolve_shardings(param_targets, shardings, mesh=mesh, rules=sharding_rules)
     builder = _Builder(ckpt, slots, plan, state_targets, param_placement, learning_rate)
@@ -199,6 +162,8 @@ def init_opt_state(
             check_sharding(path, entry.shape, builder.placement[path])
     if report:
         print(rep.summary(), file=sys.stderr)
+    if dry_run:
+        return rep
     before = ckpt.stats.bytes_read
     with ByteProgress(planned_bytes(state_plan, builder.placement), progress, description="optimizer state") as bar:
         values, rep.stats = materialize(state_plan, builder.placement, bytes_in_flight=bytes_in_flight,
@@ -250,33 +215,6 @@ def _suggest(slots: Slots) -> str:
     if roles & {"trace", "velocity"}:
         return "optax.sgd(learning_rate, momentum=...)"
     return "optax.adafactor"
-
-
-def _count(ckpt: Any, slots: Slots, count: int | None, b1: float | None) -> tuple[int | None, str, list[str]]:
-    """The step count, where it came from, and notes."""
-    notes: list[str] = []
-    step_key = slots.counters.get("step")
-    step = int(np.asarray(ckpt.read(step_key))) if step_key else None
-    if count is not None:
-        return int(count), "given", notes
-    power_key = slots.counters.get("beta1_power")
-    if power_key and b1 is not None:
-        power = float(np.asarray(ckpt.read(power_key)))
-        exponent = math.log(power) / math.log(b1) if 0 < power < 1 and 0 < b1 < 1 else float("nan")
-        if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-2 and power > 1e-30:
-            t = round(exponent) - 1
-            if step is not None and step != t:
-                notes.append(f"{strip_value_suffix(step_key)} is {step} but beta1_power = b1^{t + 1}: "
-                             f"count {t} follows beta1_power, which TF's bias correction used")
-            return t, f"{strip_value_suffix(power_key)} = {b1}^{t + 1}", notes
-        notes.append(f"{strip_value_suffix(power_key)} = {power} is no integer power of b1 = {b1} "
-                     "(underflowed, or another b1)")
-    if step is not None:
-        if power_key and b1 is None:
-            notes.append("count taken from the step counter; pass b1= to take it from beta1_power instead")
-        return step, strip_value_suffix(step_key), notes
-    notes.append("the checkpoint has no step counter: count is not set (pass count=...)")
-    return None, "none found", notes
 
 
 class _Builder:
@@ -353,14 +291,10 @@ class _Builder:
             self._factored(param, entry, leaves)
             return
         for field, path in leaves.items():
-            role = "mu" if field == "mu" else "nu" if field == "nu" else None
-            scale = None
-            if field == "trace":
-                role = "velocity" if "velocity" in self.slots.roles else "trace"
-                scale = -1.0 / self._learning_rate() if role == "velocity" else None
-            if role is None:
-                continue
-            self._moment(param, entry, role, path, scale)
+            if field == "trace" and "velocity" in self.slots.roles:
+                self._moment(param, entry, "velocity", path, -1.0 / self._learning_rate())
+            elif field in ("mu", "nu", "trace"):
+                self._moment(param, entry, field, path, None)
 
     def _learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -370,7 +304,7 @@ class _Builder:
         raise MappingError(f"{self.slots.description}: Keras SGD's momentum slot holds -learning_rate x the "
                            "trace, and the checkpoint stores no learning rate: pass learning_rate=...")
 
-    def _slot(self, key: str, role: str, param: str) -> str:
+    def _slot(self, key: str, role: str, param: str) -> SlotKey:
         slot = self.slots.by_param.get(key, {}).get(role)
         if slot is None:
             have = self.slots.by_param.get(key)
@@ -382,7 +316,7 @@ class _Builder:
 
     def _moment(self, param: str, entry: PlanEntry, role: str, path: str, scale: float | None) -> None:
         try:
-            source = _rebase(entry.source, lambda key: self._slot(key, role, param), self.used)
+            source = rebase(entry.source, lambda key: self._slot(key, role, param), self.used)
         except MappingError as e:
             self.errors.append(str(e))
             return
@@ -410,21 +344,19 @@ class _Builder:
         self.params.setdefault(param, {})[path] = source.describe()
 
     def _factored(self, param: str, entry: PlanEntry, leaves: dict[str, str]) -> None:
-        """Adafactor's second moment: ``v`` (full shape), or ``v_row``/``v_col`` (one axis reduced each)."""
+        """Adafactor's second moment: ``v`` (full shape, follows the parameter like any moment), or
+        ``v_row``/``v_col`` (one axis reduced each; parameters read whole from one tensor only)."""
         shapes = {f: self.targets[p].shape for f, p in leaves.items()}
-        key = entry.source.name if isinstance(entry.source, TensorSource) else None
-        have = self.slots.by_param.get(key, {}) if key else {}
-        factored_state = shapes.get("v") == (1,) and shapes.get("v_row") != (1,)
-        factored_ckpt = "vr" in have or "vc" in have
-        if not (isinstance(entry.source, TensorSource)
-                and all(isinstance(t, Cast) for t in entry.transforms)):
-            self.errors.append(f"parameter {param!r}: Adafactor slots are loaded only for parameters read "
-                               f"whole from one tensor, without transforms (it comes from {entry.describe()})")
-            return
+        keys: list[str] = []
+        rebase(entry.source, lambda k: keys.append(k) or k, set())
+        have = {role for k in keys for role in self.slots.by_param.get(k, {})} & {"vr", "vc", "v"}
         if not have:
-            self.errors.append(f"parameter {param!r} is loaded from {strip_value_suffix(key)!r}, which has no "
-                               f"Adafactor slots ({key}_slot_vr/_slot_vc or _slot_v) in the checkpoint")
+            self.errors.append(f"parameter {param!r} is loaded from {', '.join(map(strip_value_suffix, keys))}, "
+                               "which has no Adafactor slots (<var>_slot_vr/_slot_vc or <var>_slot_v) in the "
+                               "checkpoint")
             return
+        factored_state = shapes.get("v") == (1,) and shapes.get("v_row") != (1,)
+        factored_ckpt = bool(have & {"vr", "vc"})
         if factored_state != factored_ckpt:
             kind = lambda f: "factored (v_row/v_col)" if f else "unfactored (full v)"  # noqa: E731
             self.errors.append(
@@ -433,29 +365,27 @@ class _Builder:
                 "min_dim_size_to_factor= to the TF optimizer's")
             return
         if not factored_ckpt:
-            self._direct(param, leaves["v"], have["v"])
+            self._moment(param, entry, "v", leaves["v"], None)
             return
-        by_removed = _mtf_removed(entry.shape, have, self.ckpt)
+        if not (isinstance(entry.source, TensorSource) and all(isinstance(t, Cast) for t in entry.transforms)):
+            self.errors.append(f"parameter {param!r}: factored Adafactor slots are loaded only for parameters read "
+                               f"whole from one tensor, without transforms (it comes from {entry.describe()})")
+            return
+        slots = self.slots.by_param[entry.source.name]
+        by_removed = _mtf_removed(entry.shape, slots, self.ckpt)
         for field, opt_axis in (("v_row", _optax_axes(entry.shape)[1]), ("v_col", _optax_axes(entry.shape)[0])):
             slot = by_removed.get(opt_axis)
             if slot is None:
                 self.errors.append(f"parameter {param!r} of shape {list(entry.shape)}: optax reduces axis "
                                    f"{opt_axis} for {field}, Mesh-TF's slots reduce axes {sorted(by_removed)}")
                 continue
-            self._direct(param, leaves[field], slot)
+            self.used.add(slot)
+            self._finish(param, leaves[field], TensorSource(self.ckpt, slot), ())
             sharding = self.param_placement.get(param)
             if isinstance(sharding, NamedSharding) and leaves[field] in self.entries:
                 spec = tuple(sharding.spec) + (None,) * (len(entry.shape) - len(sharding.spec))
                 self.placement[leaves[field]] = NamedSharding(
                     sharding.mesh, PartitionSpec(*(s for i, s in enumerate(spec) if i != opt_axis)))
-
-    def _direct(self, param: str, path: str, slot: str) -> None:
-        self.used.add(slot)
-        self._finish(param, path, TensorSource(self.ckpt, slot), ())
-        if path in self.entries and self.targets[path].shape == self.plan.entries[param].shape \
-                and param in self.param_placement:
-            self.placement[path] = self.param_placement[param]
-
 
 def _optax_axes(shape: tuple[int, ...]) -> tuple[int, int]:
     """(d1, d0): optax's two largest axes (d0 the largest; ties go to the later axis)."""
@@ -469,34 +399,6 @@ def _mtf_removed(shape: tuple[int, ...], have: Mapping[str, str], ckpt: Any) -> 
     out = {}
     for role, axis in (("vr", ranked[0]), ("vc", ranked[1])):
         key = have.get(role)
-        if key is not None and tuple(ckpt.shape(key)) == tuple(d for i, d in enumerate(shape) if i != axis):
+        if isinstance(key, str) and tuple(ckpt.shape(key)) == tuple(d for i, d in enumerate(shape) if i != axis):
             out[axis] = key
     return out
-
-
-def _rebase(source: Any, slot_of: Any, used: set[str]) -> Any:
-    """``source`` with every checkpoint tensor replaced by its slot (``slot_of(key)``), structure kept."""
-    if isinstance(source, TensorSource):
-        slot = slot_of(source.name)
-        used.add(slot)
-        changes = {"name": slot}
-        if hasattr(source, "label"):
-            changes["label"] = strip_value_suffix(slot)
-        return dataclasses.replace(source, **changes)
-    if isinstance(source, PlanEntry):
-        return dataclasses.replace(source, source=_rebase(source.source, slot_of, used),
-                                   transforms=tuple(t for t in source.transforms if not isinstance(t, Cast)))
-    if isinstance(source, (tuple, list)):
-        return type(source)(_rebase(s, slot_of, used) for s in source)
-    if dataclasses.is_dataclass(source) and not isinstance(source, type):
-        changes = {f.name: _rebase(getattr(source, f.name), slot_of, used) for f in dataclasses.fields(source)
-                   if _holds_source(getattr(source, f.name))}
-        return dataclasses.replace(source, **changes) if changes else source
-    return source
-
-
-def _holds_source(value: Any) -> bool:
-    if isinstance(value, (tuple, list)):
-        return any(_holds_source(v) for v in value)
-    return isinstance(value, (TensorSource, PlanEntry)) or (
-        dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "describe"))

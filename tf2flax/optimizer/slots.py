@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from ..bundle.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
 from ..bundle.protos import TrackableObjectGraph
@@ -54,21 +54,26 @@ _TF1 = [
     ("tf1_momentum", re.compile(r"^(.+)/(Momentum)$"), {"Momentum": "trace"}),
     ("mtf_adafactor", re.compile(r"^(.+)_slot_(vr|vc|v|m)$"), {"vr": "vr", "vc": "vc", "v": "v", "m": "m"}),
 ]
+_PART = re.compile(r"^(.*)/part_(\d+)$")
 _KERAS3 = re.compile(r"^[^/]+/(.+)_(momentum|velocity)$")
 _KERAS2 = re.compile(r"^[^/]+/(m|v)/(.+)$")
+
+
+SlotKey = Union[str, tuple[str, ...]]
 
 
 @dataclasses.dataclass
 class Slots:
     """The slots of one family in a checkpoint.
 
-    ``by_param``: parameter checkpoint key -> {role: slot key}; ``counters``: ``step``,
+    ``by_param``: parameter checkpoint key -> {role: slot key, or the keys of its parts in order when a
+    partitioned variable saved whole has its slots saved per part (``<var>/part_<n>/adam_m``)}; ``counters``: ``step``,
     ``beta1_power``, ``beta2_power`` -> checkpoint key, where present; ``learning_rate``: the key of
     a stored learning rate (Keras), if any.
     """
 
     family: str
-    by_param: dict[str, dict[str, str]]
+    by_param: dict[str, dict[str, SlotKey]]
     counters: dict[str, str] = dataclasses.field(default_factory=dict)
     learning_rate: str | None = None
 
@@ -81,7 +86,8 @@ class Slots:
         return {r for slots in self.by_param.values() for r in slots}
 
     def slot_keys(self) -> set[str]:
-        return {k for slots in self.by_param.values() for k in slots.values()}
+        return {k for slots in self.by_param.values() for key in slots.values()
+                for k in ((key,) if isinstance(key, str) else key)}
 
 
 def find_slots(ckpt: Any, family: str | None = None) -> Slots:
@@ -112,11 +118,22 @@ def _tf1_families(ckpt: Any) -> list[Slots]:
     names = set(ckpt.names)
     out = []
     for family, pattern, roles in _TF1:
-        by_param: dict[str, dict[str, str]] = {}
+        by_param: dict[str, dict[str, SlotKey]] = {}
+        parts: dict[str, dict[str, dict[int, str]]] = {}
         for key in sorted(names):
             m = pattern.match(key)
-            if m and m.group(1) in names:
+            if not m:
+                continue
+            if m.group(1) in names:
                 by_param.setdefault(m.group(1), {})[roles[m.group(2)]] = key
+                continue
+            part = _PART.match(m.group(1))
+            if part and part.group(1) in names:  # a partitioned variable saved whole, its slots per part (BERT)
+                parts.setdefault(part.group(1), {}).setdefault(roles[m.group(2)], {})[int(part.group(2))] = key
+        for var, by_role in parts.items():
+            for role, found in by_role.items():
+                if sorted(found) == list(range(len(found))) and role not in by_param.get(var, {}):
+                    by_param.setdefault(var, {})[role] = tuple(found[i] for i in range(len(found)))
         counters = {}
         if "global_step" in names:
             counters["step"] = "global_step"

@@ -25,7 +25,10 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...errors import MappingError
+from ..rules import rename_layer
 from .base import Preset
 from .bert import BERT
 from .keras import KERAS
@@ -43,4 +46,39 @@ def get_preset(preset: str | Preset | None) -> Preset | None:
     return PRESETS[preset]
 
 
-__all__ = ["PRESETS", "Preset", "get_preset"]
+def preview(preset: str | Preset, ckpt: Any) -> dict[str, dict[str, Any]]:
+    """What each tensor of ``ckpt`` becomes under ``preset``: ``{key: {"becomes", "layer", "scanned",
+    "left_out"}}``.
+
+    ``becomes`` is the renamed name (None: dropped), ``layer`` the layer index a stacking rule took
+    out of it, ``scanned`` the preset's scanned name (``"<name>[<layer>]"``) if it has one, ``left_out``
+    why a load leaves it out by default (optimizer state, bookkeeping) or None.
+
+    Example::
+
+        preview("t5x", ckpt)["shared/embedding"]["becomes"]     # 'target/token_embedder/embedding'
+    """
+    from ...naming import default_names
+
+    found = get_preset(preset)
+    rules = found.rules_for(list(ckpt.names))
+    out = {}
+    for n in default_names(ckpt):
+        candidates = [n.name, *n.aliases]
+        renamed = [(c, *rename_layer(c, rules)) for c in candidates]
+        name, new, layer = next((r for r in renamed if r[1] != r[0] or r[2] is not None), renamed[0])
+        scanned, index = rename_layer(new, found.scan) if new is not None and layer is None else (None, None)
+        skipped = found.skip is not None and any(found.skip(c) for c in candidates)
+        out[n.key] = {"becomes": new, "layer": layer,
+                      "scanned": f"{scanned}[{index}]" if index is not None else None,
+                      "left_out": n.left_out or ("optimizer state" if skipped else None)}
+    return out
+
+
+def describe_presets() -> list[str]:
+    """One line per preset: its name and what it does."""
+    width = max(map(len, PRESETS))
+    return [f"{name.ljust(width)}  {p.description}" for name, p in sorted(PRESETS.items())]
+
+
+__all__ = ["PRESETS", "Preset", "describe_presets", "get_preset", "preview"]

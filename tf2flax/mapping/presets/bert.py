@@ -21,7 +21,9 @@ The TF2 Model Garden layout (``BertEncoder``, saved as ``encoder`` of a ``tf.tra
 3 the embedding LayerNorm, 4 .. L+3 the transformer blocks (``_attention_layer/_query_dense``,
 ``_key_dense``, ``_value_dense``, ``_output_dense`` (or ``_attention_output_dense``),
 ``_attention_layer_norm``, ``_intermediate_dense``, ``_output_dense``, ``_output_layer_norm``) and
-L+4 the pooler. Its EinsumDense kernels are 3-D (query ``[H, heads, head_dim]``, output
+L+4 the pooler; the same variables reached through the encoder's attributes
+(``_embedding_layer``, ``_position_embedding_layer``, ``_type_embedding_layer``,
+``_embedding_norm_layer``, ``_transformer_layers/N``, ``_pooler_layer``) map the same way. Its EinsumDense kernels are 3-D (query ``[H, heads, head_dim]``, output
 ``[heads, head_dim, H]``, biases ``[heads, head_dim]``): the preset reshapes them to the target's
 ``[H, H]``/``[H]`` (a split/merge of adjacent axes, read region by region).
 
@@ -64,6 +66,14 @@ def _tf1(m: re.Match) -> str:
     return _leaf(re.sub(r"^encoder/layer_(\d+)/", r"encoder/layer/\1/", m.group(1)))
 
 
+def _block(layer: int, rest: str, original: str) -> str:
+    """A ``TransformerEncoderBlock``'s variable ``rest`` as FlaxBertModel's layer ``layer``."""
+    for pattern, repl in _GARDEN_BLOCK:
+        if re.match(pattern, rest):
+            return _leaf(f"encoder/layer/{layer}/" + re.sub(pattern, repl, rest))
+    return original
+
+
 def _garden(m: re.Match) -> str:
     k, rest = int(m.group(1)), m.group(2)
     if k in _GARDEN_EMBEDDINGS and rest == "embeddings":
@@ -72,10 +82,24 @@ def _garden(m: re.Match) -> str:
         return _leaf(f"embeddings/LayerNorm/{rest}")
     if rest in ("kernel", "bias"):
         return f"pooler/dense/{rest}"
-    for pattern, repl in _GARDEN_BLOCK:
-        if re.match(pattern, rest):
-            return _leaf(f"encoder/layer/{k - 4}/" + re.sub(pattern, repl, rest))
-    return m.group(0)
+    return _block(k - 4, rest, m.group(0))
+
+
+_GARDEN_ATTRIBUTES = {"_embedding_layer/embeddings": "embeddings/word_embeddings/embedding",
+                      "_position_embedding_layer/embeddings": "embeddings/position_embeddings/embedding",
+                      "_type_embedding_layer/embeddings": "embeddings/token_type_embeddings/embedding",
+                      "_embedding_norm_layer/gamma": "embeddings/LayerNorm/scale",
+                      "_embedding_norm_layer/beta": "embeddings/LayerNorm/bias",
+                      "_pooler_layer/kernel": "pooler/dense/kernel", "_pooler_layer/bias": "pooler/dense/bias"}
+
+
+def _garden_attribute(m: re.Match) -> str:
+    """The same encoder reached through its attributes (``_transformer_layers/N/...``, ``_pooler_layer``)."""
+    rest = m.group(1)
+    if rest in _GARDEN_ATTRIBUTES:
+        return _GARDEN_ATTRIBUTES[rest]
+    block = re.match(r"^_transformer_layers/(\d+)/(.+)$", rest)
+    return _block(int(block.group(1)), block.group(2), m.group(0)) if block else m.group(0)
 
 
 BERT = Preset(
@@ -84,6 +108,7 @@ BERT = Preset(
         (r"^bert/((?:embeddings|encoder|pooler)/.*)$", _tf1),
         (r"^cls/.*$", lambda m: _leaf(m.group(0))),
         (r"^(?:model/)?encoder/layer_with_weights-(\d+)/(.+)$", _garden),
+        (r"^(?:model/)?encoder/(_.+)$", _garden_attribute),
     ]),
     lambda name: "params",
     description="BERT: google-research/bert TF1 and Model Garden TF2 (3-D EinsumDense kernels) -> transformers' "

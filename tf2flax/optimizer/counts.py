@@ -1,0 +1,52 @@
+"""The optax step count from TensorFlow's counters: ``global_step``, Keras's ``iterations``, or ``beta1_power``.
+
+Example::
+
+    count, source, notes = step_count(ckpt, find_slots(ckpt), count=None, b1=0.9)   # 4, 'beta1_power = 0.9^5', []
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import MappingError
+from .slots import Slots, strip_value_suffix
+
+
+def step_count(ckpt: Any, slots: Slots, count: int | None, b1: float | None) -> tuple[int | None, str, list[str]]:
+    """The step count, where it came from, and notes."""
+    notes: list[str] = []
+    step_key = slots.counters.get("step")
+    step = int(_scalar(ckpt, step_key)) if step_key else None
+    if count is not None:
+        return int(count), "given", notes
+    power_key = slots.counters.get("beta1_power")
+    if power_key and b1 is not None:
+        power = float(_scalar(ckpt, power_key))
+        exponent = math.log(power) / math.log(b1) if 0 < power < 1 and 0 < b1 < 1 else float("nan")
+        if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-2 and power > 1e-30:
+            t = round(exponent) - 1
+            if step is not None and step != t:
+                notes.append(f"{strip_value_suffix(step_key)} is {step} but beta1_power = b1^{t + 1}: "
+                             f"count {t} follows beta1_power, which TF's bias correction used")
+            return t, f"{strip_value_suffix(power_key)} = {b1}^{t + 1}", notes
+        notes.append(f"{strip_value_suffix(power_key)} = {power} is no integer power of b1 = {b1} "
+                     "(underflowed, or another b1)")
+    if step is not None:
+        if power_key and b1 is None:
+            notes.append("count taken from the step counter; pass b1= to take it from beta1_power instead")
+        return step, strip_value_suffix(step_key), notes
+    notes.append("the checkpoint has no step counter: count is not set (pass count=...)")
+    return None, "none found", notes
+
+
+def _scalar(ckpt: Any, key: str) -> Any:
+    """A counter's value; a clear error if it is not a real scalar."""
+    value = np.asarray(ckpt.read(key))
+    if value.shape != () or value.dtype.kind not in "iuf":
+        raise MappingError(f"{getattr(ckpt, 'path', '<checkpoint>')}: optimizer counter {strip_value_suffix(key)!r} "
+                           f"is {value.dtype.name} {list(value.shape)}, not a number")
+    return value.item()
