@@ -659,3 +659,14 @@ def test_file_url_reads_through_tensorstore(served):
     _assert_same(ckpt, served / "tf2")
     with pytest.raises(CheckpointNotFoundError, match="file://"):
         tf2flax.open_checkpoint((served / "nothing").as_uri() + "/")
+
+
+def test_output_url_refusal_hides_credentials_in_the_exception(tmp_path):
+    from tf2flax.conversion.remote_out import check_output_url
+    from tf2flax.errors import UnsupportedFormatError
+
+    for url in ["s3://AKIA:s3cr3t@bucket/out?X-Amz-Signature=abc", "https://alice:pw@host/out?sig=xyz"]:
+        with pytest.raises(UnsupportedFormatError) as caught:
+            check_output_url(url)
+        assert "s3cr3t" not in str(caught.value) and "pw@" not in str(caught.value)
+        assert "abc" not in str(caught.value) and "xyz" not in str(caught.value)

@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import OutputExistsError, UnsupportedFormatError, clip
-from ..storage import LocalStore, is_url, redact_url
+from ..errors import OutputExistsError, clip
+from ..storage import LocalStore
 
 # What Orbax writes at the top of a checkpoint, besides one directory (holding _METADATA) per item.
 ORBAX_FILES = ("_CHECKPOINT_METADATA", "orbax.checkpoint", "commit_success.txt")
@@ -36,15 +36,13 @@ def checkpoint_files(ckpt: Any) -> list[str]:
 
 
 def check_out(out: str | os.PathLike, force: bool, *, dry_run: bool = False, inputs: Iterable[str] = ()) -> Path:
-    """``out`` as an absolute local path, once it is safe to write (``dry_run``: only not a URL).
+    """``out`` (a local path: URLs are refused before, by ``check_output_url``) as an absolute path,
+    once it is safe to write (``dry_run``: no check).
 
-    Refused: a URL; an existing ``out`` (even a dangling symbolic link) unless ``force``; an ``out``
+    Refused: an existing ``out`` (even a dangling symbolic link) unless ``force``; an ``out``
     that is or holds one of ``inputs`` or the current directory; with ``force``, an ``out`` that is not
     an empty directory or an Orbax checkpoint written by tf2flax.
     """
-    if is_url(os.fspath(out)):
-        raise UnsupportedFormatError(f"{redact_url(os.fspath(out))}: convert writes to a local directory; copy it "
-                                     "to cloud storage afterwards")
     path = Path(os.path.abspath(out))
     if dry_run or not (path.exists() or path.is_symlink()):
         return path

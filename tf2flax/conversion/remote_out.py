@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UnsupportedFormatError
-from ..storage import is_url
+from ..storage import is_url, redact_url
 
 _WHY = {
     "gs": "Orbax's partial save (a streamed conversion) commits by renaming the checkpoint directory, "
@@ -34,5 +34,5 @@ def check_output_url(out: str | os.PathLike) -> None:
         return
     scheme = text.split("://", 1)[0].lower()
     why = _WHY.get(scheme, f"Orbax does not write {scheme}:// URLs")
-    raise UnsupportedFormatError(f"{text}: cannot convert to this URL: {why}. Convert to a local or shared "
+    raise UnsupportedFormatError(f"{redact_url(text)}: cannot convert to this URL: {why}. Convert to a local or shared "
                                  "directory (NFS, Lustre...) and copy it afterwards")
