@@ -346,10 +346,17 @@ class Checkpoint:
     def list_variables(self) -> list[tuple[str, list[int]]]:
         """[(name, shape)] sorted by name, as ``tf.train.list_variables`` gives them."""
         out = []
+        entry = BundleEntryProto()
         for n in self.names:
             info = self._infos.get(n)
-            shape = list(info.shape) if info else [d.size for d in _entry(self._raw[n], f"{self._where}: {n!r}").shape.dim]
-            out.append((n, shape))
+            if info is not None:
+                out.append((n, list(info.shape)))
+                continue
+            try:
+                entry.ParseFromString(self._raw[n])
+            except ProtoDecodeError:
+                raise CorruptCheckpointError(f"{self._where}: {n!r}: entry does not decode as a BundleEntryProto") from None
+            out.append((n, [d.size for d in entry.shape.dim]))
         return out
 
     def shape(self, name: str) -> tuple[int, ...]:
