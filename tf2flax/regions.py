@@ -69,3 +69,19 @@ def normalize_index(index: Any, shape: Sequence[int]) -> Index:
 def index_shape(index: Index) -> tuple[int, ...]:
     """The shape of the region ``index`` (concrete slices) selects."""
     return tuple(s.stop - s.start for s in index)
+
+
+def overlap(region: Index, box: Index) -> tuple[Index, Index] | None:
+    """Where ``region`` and ``box`` (both boxes of one tensor) meet: (that part in ``box``'s own
+    coordinates, the same part in ``region``'s), or None when they do not meet.
+
+    Example::
+
+        overlap((slice(2, 6),), (slice(4, 8),))     # ((slice(0, 2),), (slice(2, 4),))
+    """
+    lo = [max(a.start, b.start) for a, b in zip(region, box)]
+    hi = [min(a.stop, b.stop) for a, b in zip(region, box)]
+    if any(h <= l for l, h in zip(lo, hi)):
+        return None
+    return (tuple(slice(l - b.start, h - b.start) for l, h, b in zip(lo, hi, box)),
+            tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region)))

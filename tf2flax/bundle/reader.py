@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from ..errors import (CheckpointNotFoundError, CorruptCheckpointError, RegionError, TensorNotFoundError,
                       UnsupportedFormatError)
-from ..regions import Index, expand_index, index_shape, normalize_index
+from ..regions import Index, expand_index, index_shape, normalize_index, overlap
 from ..storage import Store
 from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
@@ -599,12 +599,10 @@ class Checkpoint:
         if out.size == 0:
             return out
         for part_region, stored in info.slices:
-            lo = [max(a.start, b.start) for a, b in zip(region, part_region)]
-            hi = [min(a.stop, b.stop) for a, b in zip(region, part_region)]
-            if any(h <= l for l, h in zip(lo, hi)):
+            met = overlap(region, part_region)
+            if met is None:
                 continue
-            local = tuple(slice(l - p.start, h - p.start) for l, h, p in zip(lo, hi, part_region))
-            dest = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))
+            local, dest = met
             what = f"tensor {info.name!r} slice {[(p.start, p.stop) for p in part_region]}"
             if info.dtype_enum == DT_STRING:
                 out[dest] = self._strings(stored, what)[local]

@@ -30,7 +30,7 @@ import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from ..errors import CorruptCheckpointError, UnsupportedFormatError
-from ..regions import Index, index_shape, normalize_index
+from ..regions import Index, index_shape, normalize_index, overlap
 from ..storage import Store
 from .coding import DecodeError
 from .dtypes import DT_STRING, is_supported, numpy_dtype
@@ -211,13 +211,10 @@ class V1Checkpoint(Checkpoint):
             return _squeezed(out, squeeze)
         out = np.empty(index_shape(region), info.dtype)
         for part_region, stored in parts if out.size else ():
-            lo = [max(a.start, b.start) for a, b in zip(region, part_region)]
-            hi = [min(a.stop, b.stop) for a, b in zip(region, part_region)]
-            if any(h <= l for l, h in zip(lo, hi)):
-                continue
-            local = tuple(slice(l - p.start, h - p.start) for l, h, p in zip(lo, hi, part_region))
-            dest = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))
-            out[dest] = self._slice_values(info, part_region, stored)[local]
+            met = overlap(region, part_region)
+            if met is not None:
+                local, dest = met
+                out[dest] = self._slice_values(info, part_region, stored)[local]
         return _squeezed(out, squeeze)
 
     def _slice_values(self, info: TensorInfo, region: Index, stored: StoredTensor) -> np.ndarray:
