@@ -276,12 +276,6 @@ def locate(path: str | os.PathLike) -> Location:
     raise CheckpointNotFoundError(f"{shown}: no checkpoint here (expected {shown}.index, or a directory)")
 
 
-def locate_checkpoint(path: str | os.PathLike) -> tuple[Store, str]:
-    """Resolve ``path`` to (store of the checkpoint's directory, prefix file name in it)."""
-    where = locate(path)
-    return where.store, where.prefix
-
-
 _INSTEAD = ("tf2flax reads TensorFlow checkpoints (prefix.index + prefix.data-* files, or V1 checkpoint files) "
             "and SavedModel directories")
 
