@@ -14,7 +14,8 @@ builds and checks the plan with TensorFlow's rules, exactly as for :func:`tf2fla
 The output is written with Orbax's own partial save (``ocp.v1.partial.save_async`` of groups of
 leaves, then ``ocp.v1.partial.finalize``) into ``OUT.tmp-<random>`` and renamed to ``OUT`` at the
 end, so that at most two groups of tensors are in memory and an interrupted run leaves no ``OUT``.
-It restores with Orbax alone::
+A ``gs://`` OUT is written in place by one Orbax save and committed with Orbax's GCS protocol (see
+:mod:`.remote_out`). It restores with Orbax alone::
 
     import orbax.checkpoint as ocp
     params = ocp.v1.load(out)                                      # or, with the v0 API:
@@ -23,7 +24,8 @@ It restores with Orbax alone::
 The parts, each in its module: :mod:`.mapfile` (``--map`` files), :mod:`.plans` (the plan from the
 checkpoint and the map), :mod:`.tree` (output paths: ``__value__`` leaves, paths Orbax would store
 wrongly), :mod:`.out_dir` (the output directory: checked first, installed last), :mod:`.orbax_writer`
-(the streamed Orbax write) and :mod:`.signals` (interrupts while Orbax's threads write).
+(the streamed Orbax write), :mod:`.remote_out` (``gs://`` output) and :mod:`.signals` (interrupts while
+Orbax's threads write).
 
 Example::
 
@@ -53,7 +55,7 @@ from ..storage import is_url
 from .mapfile import load_map_file
 from .orbax_writer import Solo, total_bytes, write_orbax
 from .out_dir import check_out, checkpoint_files
-from .remote_out import check_output_url
+from .remote_out import check_output_url, write_orbax_url
 from .plans import default_plan, float_dtype, mapped_plan
 from .tree import VALUE_KEY, settle_paths
 
@@ -111,7 +113,7 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
             names: str = "object", dry_run: bool = False, force: bool = False, progress: bool = False,
             distributed: bool = False, shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
             timeout: float = 600.0) -> ConvertResult:
-    """Convert TensorFlow checkpoint ``ckpt`` into the Orbax checkpoint ``out`` (a new local directory).
+    """Convert TensorFlow checkpoint ``ckpt`` into the new Orbax checkpoint ``out`` (a local directory or ``gs://``).
 
     ``mapping``, ``rules``, ``preset``, ``transforms``, ``part_axis``, ``stack_axis``: as for
     :func:`tf2flax.init_params` (see the module docstring for how the output tree follows from them). ``dtype``: cast floating
@@ -163,8 +165,9 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
             from .distributed import wide_dtypes
 
             stack.enter_context(wide_dtypes())
-        result.tensors, result.bytes = write_orbax(plan, out_path, force=force, progress=progress,
-                                                   custom_metadata=meta, team=team)
+        write = write_orbax_url if isinstance(out_path, str) else write_orbax
+        result.tensors, result.bytes = write(plan, out_path, force=force, progress=progress,
+                                             custom_metadata=meta, team=team)
     result.out, result.seconds = str(out_path), time.perf_counter() - began
     result.bytes_read = ckpt.stats.bytes_read - before
     return result
@@ -174,11 +177,15 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
           include_optimizer: bool, part_axis: Any, stack_axis: Any, names: str, dry_run: bool,
           force: bool) -> tuple[Plan, list[tuple[str, str]], Checkpoint, Any]:
     """The checked output path, the open checkpoint and the checked plan (and what it leaves out)."""
-    check_output_url(out)
+    if is_url(os.fspath(out)):
+        check_output_url(out, force, dry_run=True)  # an unwritable scheme fails before the checkpoint opens
     check_part_axis(part_axis)
     given = [] if isinstance(ckpt, Checkpoint) or is_url(os.fspath(ckpt)) else [os.fspath(ckpt)]
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
-    out_path = check_out(out, force, dry_run=dry_run, inputs=[*given, *checkpoint_files(ckpt)])
+    if is_url(os.fspath(out)):
+        out_path: Any = check_output_url(out, force, dry_run=dry_run, inputs=[ckpt.path])
+    else:
+        out_path = check_out(out, force, dry_run=dry_run, inputs=[*given, *checkpoint_files(ckpt)])
     cast_to = float_dtype(dtype)
     named = default_names(ckpt, include_optimizer, names)
     left_out = [(n.name, n.left_out) for n in named if n.left_out]

@@ -55,7 +55,7 @@ def total_bytes(plan: Plan) -> int:
     return sum(_nbytes(e) for e in plan.entries.values())
 
 
-def _groups(plan: Plan) -> Iterator[list[tuple[str, PlanEntry]]]:
+def groups(plan: Plan) -> Iterator[list[tuple[str, PlanEntry]]]:
     """Entries in checkpoint order, in groups of about ``total / GROUPS`` bytes (within the bounds)."""
     budget = min(GROUP_MAX_BYTES, max(GROUP_MIN_BYTES, total_bytes(plan) // GROUPS))
     group: list[tuple[str, PlanEntry]] = []
@@ -92,6 +92,18 @@ class Solo:
         pass
 
 
+def orbax_context() -> Any:
+    """The Orbax context every conversion writes under."""
+    import orbax.checkpoint as ocp
+
+    ctx = ocp.v1.Context()
+    ctx.array.saving.use_compression = False   # 2x faster; weights barely compress
+    # Our arrays are ours, or read-only views of a mapped checkpoint that stay valid until written.
+    ctx.memory.deepcopy_host_arrays = False
+    ctx.array.saving.use_replica_parallel = False  # replica 0 writes (distributed: the others are placeholders)
+    return ctx
+
+
 def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, progress: bool = False,
                 custom_metadata: dict | None = None, team: Any = None) -> tuple[int, int]:
     """Write every entry of ``plan`` to the new Orbax checkpoint ``out``; returns ``(tensors, bytes)``.
@@ -114,17 +126,13 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
     out = Path(out).absolute()
     team.step("create the output's parent", lambda: out.parent.mkdir(parents=True, exist_ok=True))
     tmp = out.with_name(f"{out.name}.tmp-{team.token()}")
-    ctx = ocp.v1.Context()
-    ctx.array.saving.use_compression = False   # 2x faster; weights barely compress
-    # Our arrays are ours, or read-only views of a mapped checkpoint that stay valid until written.
-    ctx.memory.deepcopy_host_arrays = False
-    ctx.array.saving.use_replica_parallel = False  # replica 0 writes (distributed: the others are placeholders)
+    ctx = orbax_context()
     tensors, written = 0, 0
     pending: tuple[Any, int, str, list] | None = None  # the group being written while the next one is read
     try:
         with ctx, ByteProgress(team.share_bytes(plan), progress, "converting") as bar, \
                 signals_between_groups() as check:
-            for group in _groups(plan):
+            for group in groups(plan):
                 items = team.step(f"read {group[0][0]}", lambda: _read_and_finish(team, group, pending, bar))
                 pending = None
                 check()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import OutputExistsError, clip
-from ..storage import LocalStore
+from ..storage import LocalStore, redact_url
 
 # What Orbax writes at the top of a checkpoint, besides one directory (holding _METADATA) per item.
 ORBAX_FILES = ("_CHECKPOINT_METADATA", "orbax.checkpoint", "commit_success.txt")
@@ -65,24 +65,25 @@ def _holds(out: Path, inside: str) -> bool:
     return any(i == o or i.startswith(o.rstrip(os.sep) + os.sep) for o in outs for i in insides)
 
 
-def check_replaceable(path: Path) -> None:
-    """Refuse to replace ``path`` unless it is an empty directory or an Orbax checkpoint tf2flax wrote."""
+def check_replaceable(path: Any) -> None:
+    """Refuse to replace ``path`` (a local ``Path``, or an ``epath.Path`` on an object store) unless it
+    is an empty directory or an Orbax checkpoint tf2flax wrote."""
     why = _not_ours(path)
     if why:
-        raise OutputExistsError(f"{path} {why}; --force replaces only an empty directory or an Orbax "
-                                "checkpoint written by tf2flax: remove it yourself or choose another OUT")
+        raise OutputExistsError(f"{redact_url(str(path))} {why}; --force replaces only an empty directory or an "
+                                "Orbax checkpoint written by tf2flax: remove it yourself or choose another OUT")
 
 
-def _not_ours(path: Path) -> str | None:
-    if path.is_symlink():
+def _not_ours(path: Any) -> str | None:
+    if isinstance(path, Path) and path.is_symlink():
         return "is a symbolic link"
     if not path.is_dir():
         return "is not a directory"
-    names = os.listdir(path)
+    names = [child.name for child in path.iterdir()]
     if not names:
         return None
     try:
-        with open(path / ORBAX_FILES[0], "rb") as f:
+        with (path / ORBAX_FILES[0]).open("rb") as f:
             meta = json.loads(f.read(_METADATA_MAX_BYTES))
     except (OSError, ValueError):
         return f"has no readable {ORBAX_FILES[0]} (not an Orbax checkpoint)"

@@ -1,38 +1,152 @@
-"""Output URLs: which object stores Orbax can write a streamed conversion to (none, in Orbax 0.12).
+"""Output URLs: a conversion written straight to ``gs://`` with Orbax's own GCS protocol; other schemes
+refused, with the reason.
 
-Orbax writes gs:// and s3:// through ``etils.epath``, which uses TensorFlow's file systems when
-TensorFlow is installed (``tf.io.gfile`` has no s3://) and fsspec's ``gcsfs``/``s3fs`` otherwise,
-and its TensorStore specs treat ``s3://`` as a local path. Its partial save, which a streamed
-conversion needs, commits by renaming the whole checkpoint directory: on an object store that is a
-copy of every object, not atomic, so an interrupted commit could leave a checkpoint that looks
-finished. Until Orbax commits partial saves on object stores, a URL output is refused up front.
+On GCS, Orbax writes a checkpoint in place and marks it finished with ``commit_success.txt``, written
+last (its ``CommitFileTemporaryPath``): a directory without that file is one Orbax takes for
+unfinished (``ocp.utils.is_checkpoint_finalized`` is False, a ``CheckpointManager`` skips it). There
+is no local staging copy and no rename. Orbax's partial save, which streams a local conversion group
+by group, refuses GCS (its snapshots need a rename), so a ``gs://`` conversion is one Orbax save:
+tensors read from a local checkpoint are views of the mapped file (page cache, not process memory),
+others (transformed, stacked, or read from a URL) are held in memory until written; under
+``jax.distributed`` each process holds only its share. ``s3://`` and every other scheme are refused:
+Orbax 0.12's TensorStore specs take them for local paths.
+
+Writing ``gs://`` needs a GCS file system for Orbax's metadata files: ``gcsfs`` (``pip install
+'tf2flax[gcs]'``) or TensorFlow's. ``--force`` first checks that the old checkpoint is one tf2flax
+wrote, then deletes its ``commit_success.txt`` and the rest before writing: an object store has no
+atomic rename, so unlike a local ``--force`` the old checkpoint is gone before the new one is complete.
 
 Example::
 
-    check_output_url("s3://bucket/ckpt")     # UnsupportedFormatError naming the reason
+    url = check_output_url("gs://bucket/ckpts/bert", force=False)
+    tensors, nbytes = write_orbax_url(plan, url)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterable
 
-from ..errors import UnsupportedFormatError
-from ..storage import is_url, redact_url
+from ..errors import OutputExistsError, StorageError, UnsupportedFormatError
+from ..plan import Plan, release_source
+from ..progress import ByteProgress
+from ..storage import redact_url
+from .orbax_writer import Solo, groups, orbax_context, total_bytes
+from .out_dir import ORBAX_FILES, check_replaceable
+from .signals import signals_between_groups
+from .tree import nest
 
+COMMIT_FILE = ORBAX_FILES[2]  # commit_success.txt
 _WHY = {
-    "gs": "Orbax's partial save (a streamed conversion) commits by renaming the checkpoint directory, "
-          "which on GCS copies every object and is not atomic",
-    "s3": "Orbax 0.12 cannot write s3:// (its paths go through tf.io.gfile or s3fs, and its TensorStore "
-          "specs take s3:// for a local path)",
+    "s3": "orbax-checkpoint 0.12 cannot write s3:// (its TensorStore specs take s3:// for a local path)",
 }
 
 
-def check_output_url(out: str | os.PathLike) -> None:
-    """UnsupportedFormatError for an output URL, naming why and what to do instead."""
+def check_output_url(out: str | os.PathLike, force: bool, *, dry_run: bool = False,
+                     inputs: Iterable[str] = ()) -> str:
+    """``out`` (a ``gs://`` URL, without a trailing slash) once it is safe to write (``dry_run``: only
+    the URL itself is checked); other schemes raise UnsupportedFormatError naming the reason.
+
+    Refused: an output that is or holds one of ``inputs`` (URLs of the checkpoint being converted); an
+    existing output unless ``force``, and then unless tf2flax wrote it.
+    """
     text = os.fspath(out)
-    if not is_url(text):
-        return
+    shown = redact_url(text)
     scheme = text.split("://", 1)[0].lower()
-    why = _WHY.get(scheme, f"Orbax does not write {scheme}:// URLs")
-    raise UnsupportedFormatError(f"{redact_url(text)}: cannot convert to this URL: {why}. Convert to a local or shared "
-                                 "directory (NFS, Lustre...) and copy it afterwards")
+    if scheme != "gs":
+        why = _WHY.get(scheme, f"orbax-checkpoint writes gs:// but not {scheme}:// URLs")
+        raise UnsupportedFormatError(f"{shown}: cannot convert to this URL: {why}. Convert to a local or "
+                                     "shared directory (NFS, Lustre...) and copy it afterwards")
+    url = text.rstrip("/")
+    if "/" not in url[len("gs://"):] or any(c in url for c in "?#"):
+        raise UnsupportedFormatError(f"{shown}: name a directory inside the bucket, e.g. gs://bucket/ckpts/out")
+    for held in inputs:
+        if held == url or held.startswith(url + "/"):
+            raise OutputExistsError(f"{shown} is or holds the checkpoint being converted "
+                                    f"({redact_url(held)}); choose another OUT")
+    if dry_run:
+        return url
+    path = gcs_path(url)
+    if _exists(path):
+        if not force:
+            raise OutputExistsError(f"{shown} already exists; use --force (force=True) to replace it")
+        check_replaceable(path)
+    return url
+
+
+def gcs_path(url: str) -> Any:
+    """``url`` as an ``epath.Path`` (the paths Orbax writes through)."""
+    from etils import epath
+
+    return epath.Path(url)
+
+
+def _exists(path: Any) -> bool:
+    try:
+        return path.exists()
+    except ImportError as e:  # fsspec: "Install gcsfs to access Google Storage"
+        raise UnsupportedFormatError(f"{redact_url(str(path))}: writing gs:// needs gcsfs (pip install "
+                                     f"'tf2flax[gcs]') or TensorFlow's file systems ({e})") from None
+    except OSError as e:
+        raise StorageError(f"{redact_url(str(path))}: cannot list the output location: "
+                           f"{redact_url(' '.join(str(e).split()))}") from None
+
+
+def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool = False,
+                    custom_metadata: dict | None = None, team: Any = None) -> tuple[int, int]:
+    """Write every entry of ``plan`` to the new Orbax checkpoint at ``url`` (``gs://``, checked by
+    :func:`check_output_url`) in one Orbax save; returns ``(tensors, bytes)``.
+
+    With ``force`` an existing checkpoint tf2flax wrote is deleted first. On any error or interrupt
+    (SIGINT or SIGTERM between reads) what was written is deleted. ``team``: as for
+    :func:`~.orbax_writer.write_orbax`.
+
+    Example::
+
+        write_orbax_url(plan, "gs://bucket/ckpts/out")
+    """
+    import orbax.checkpoint as ocp
+
+    team = team or Solo()
+    out = gcs_path(url)
+    primary = team.primary
+    started = False
+    try:
+        if force:
+            team.step("remove the old output", lambda: _remove(out, check=True) if primary else None)
+        started = True
+        with orbax_context(), ByteProgress(team.share_bytes(plan), progress, "reading") as bar, \
+                signals_between_groups() as check:
+            items: list[tuple[str, Any]] = []
+            for group in groups(plan):
+                items += team.step(f"read {group[0][0]}", lambda: team.read(group))
+                bar.advance(team.share_bytes(Plan(dict(group), plan.report)))
+                check()
+            bar.advance(0, description=f"writing {len(plan.entries)} tensors")
+            team.step("write the checkpoint",
+                      lambda: ocp.v1.save_pytree(url, nest(items), custom_metadata=custom_metadata))
+            del items
+            check()
+            team.step("record the leaves", lambda: team.committed(out) if primary else None)
+    except BaseException:
+        if primary and started:
+            with contextlib.suppress(Exception):
+                _remove(out, check=False)
+        raise
+    finally:
+        for entry in plan.entries.values():
+            release_source(entry.source)
+    return len(plan.entries), total_bytes(plan)
+
+
+def _remove(out: Any, *, check: bool) -> None:
+    """Delete ``out``: its commit file first, so that it is never taken for finished meanwhile."""
+    if not out.exists():
+        return
+    if check:
+        check_replaceable(out)
+    marker = out / COMMIT_FILE
+    if marker.exists():
+        marker.unlink()
+    out.rmtree()

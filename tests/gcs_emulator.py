@@ -1,0 +1,133 @@
+"""A writable Google Cloud Storage on 127.0.0.1 for output tests: gcp-storage-emulator, taught the
+object generations TensorStore's ``gcs`` driver relies on.
+
+The emulator speaks the JSON API that gcsfs uses (uploads of every kind, listings, batch deletes);
+it does not send ``x-goog-generation`` with an object's bytes, nor honour ``ifGenerationMatch`` and
+``ifGenerationNotMatch``, which TensorStore needs to read and update OCDBT manifests. Those are added
+here, as GCS documents them (412 on a failed match, 304 on an unchanged ``ifGenerationNotMatch``).
+
+Example::
+
+    with GcsEmulator("bucket") as gcs:
+        subprocess.run([...], env={**os.environ, **gcs.env()})
+        gcs.names("out/")                   # the objects written under out/
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from http import HTTPStatus
+
+from gcp_storage_emulator import server as emulator
+from gcp_storage_emulator.exceptions import NotFound
+from gcp_storage_emulator.handlers import objects
+
+_ORIGINAL = {name: getattr(objects, name) for name in ("download", "insert", "delete")}
+
+
+def _generation(storage, bucket: str, name: str) -> str:
+    """The object's generation, "0" when it does not exist (GCS's convention for preconditions)."""
+    try:
+        return str(storage.get_file_obj(bucket, name)["generation"])
+    except NotFound:
+        return "0"
+
+
+def _precondition_failed(request, response, generation: str) -> bool:
+    """Answer 412 or 304 when the request's generation conditions do not hold."""
+    match, not_match = request.query.get("ifGenerationMatch"), request.query.get("ifGenerationNotMatch")
+    if match and match[0] != generation:
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+        return True
+    if not_match and not_match[0] == generation:
+        response.status = (HTTPStatus.NOT_MODIFIED if request.method == "GET"
+                           else HTTPStatus.PRECONDITION_FAILED)
+        return True
+    return False
+
+
+def _download(request, response, storage, *args, **kwargs):
+    generation = _generation(storage, request.params["bucket_name"], request.params["object_id"])
+    if generation != "0":
+        if _precondition_failed(request, response, generation):
+            return None
+        response["x-goog-generation"] = generation
+    return _ORIGINAL["download"](request, response, storage, *args, **kwargs)
+
+
+def _insert(request, response, storage, *args, **kwargs):
+    name = request.query.get("name", [None])[0]
+    if name is not None and _precondition_failed(request, response,
+                                                 _generation(storage, request.params["bucket_name"], name)):
+        return None
+    return _ORIGINAL["insert"](request, response, storage, *args, **kwargs)
+
+
+def _delete(request, response, storage, *args, **kwargs):
+    generation = _generation(storage, request.params["bucket_name"], request.params["object_id"])
+    if _precondition_failed(request, response, generation):
+        return None
+    return _ORIGINAL["delete"](request, response, storage, *args, **kwargs)
+
+
+@functools.cache
+def _teach_generations() -> None:
+    """Swap the emulator's handlers for ours, in its route table and for its internal calls."""
+    ours = {_ORIGINAL["download"]: _download, _ORIGINAL["insert"]: _insert, _ORIGINAL["delete"]: _delete}
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # "Resource not found" is normal
+    for _, methods in emulator.HANDLERS:
+        for method, handler in list(methods.items()):
+            methods[method] = ours.get(handler, handler)
+    objects.download = _download  # objects.get(alt=media) calls it by its module name
+
+
+class GcsEmulator:
+    """A fake GCS with one bucket, serving on a free port of 127.0.0.1 in this process."""
+
+    def __init__(self, bucket: str) -> None:
+        _teach_generations()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.bucket = bucket
+        self._server = emulator.create_server("127.0.0.1", self.port, in_memory=True, default_bucket=bucket)
+        self._server._api.daemon = True  # a failed test never leaves the process waiting on it
+        self._server.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """What a client process needs to write here: TensorStore's GCS endpoint and test token, and
+        Orbax's file system (etils.epath) on gcsfs, pointed at the emulator, anonymous."""
+        return {"TENSORSTORE_GCS_HTTP_URL": self.url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
+                "STORAGE_EMULATOR_HOST": self.url, "EPATH_USE_TF": "false", "FSSPEC_GS_TOKEN": "anon",
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+    def names(self, prefix: str = "") -> list[str]:
+        """The objects of the bucket whose names start with ``prefix``, sorted."""
+        storage = self._server._storage
+        listed, _ = storage.get_file_list(self.bucket, prefix=prefix or None)
+        return sorted(o["name"] for o in listed)
+
+    def read(self, name: str) -> bytes:
+        return self._server._storage.get_file(self.bucket, name)
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write an object directly, as another GCS client would."""
+        storage = self._server._storage
+        obj = objects._make_object_resource(self.url, self.bucket, name, "application/octet-stream", str(len(data)))
+        storage.create_file(self.bucket, name, data, obj)
+
+    def close(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> "GcsEmulator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
