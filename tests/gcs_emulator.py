@@ -15,16 +15,21 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
+import threading
 from http import HTTPStatus
+from typing import Any, Callable, Iterator
 
 from gcp_storage_emulator import server as emulator
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
 
 _ORIGINAL = {name: getattr(objects, name) for name in ("download", "insert", "delete")}
+# (bucket, object name) -> what to do with an upload of it; True: answered, do not store it.
+_HOOKS: dict[tuple[str, str], Callable[[Any], bool]] = {}
 
 
 def _generation(storage, bucket: str, name: str) -> str:
@@ -58,10 +63,21 @@ def _download(request, response, storage, *args, **kwargs):
     return _ORIGINAL["download"](request, response, storage, *args, **kwargs)
 
 
+def _upload_name(request) -> str | None:
+    """The object an upload creates: in the query, or in the metadata of a multipart or resumable one."""
+    if "name" in request.query:
+        return request.query["name"][0]
+    data = request.data if isinstance(request.data, dict) else {}
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else data
+    return meta.get("name")
+
+
 def _insert(request, response, storage, *args, **kwargs):
-    name = request.query.get("name", [None])[0]
-    if name is not None and _precondition_failed(request, response,
-                                                 _generation(storage, request.params["bucket_name"], name)):
+    bucket, name = request.params["bucket_name"], _upload_name(request)
+    hook = _HOOKS.get((bucket, name))
+    if hook is not None and hook(response):
+        return None
+    if name is not None and _precondition_failed(request, response, _generation(storage, bucket, name)):
         return None
     return _ORIGINAL["insert"](request, response, storage, *args, **kwargs)
 
@@ -96,6 +112,8 @@ class GcsEmulator:
         self._server = emulator.create_server("127.0.0.1", self.port, in_memory=True, default_bucket=bucket)
         self._server._api.daemon = True  # a failed test never leaves the process waiting on it
         self._server.start()
+        # Clients hanging up early (TensorStore does) is normal: no traceback on stderr for it.
+        self._server._api._httpd.handle_error = lambda request, client_address: None
 
     @property
     def url(self) -> str:
@@ -121,7 +139,41 @@ class GcsEmulator:
         """Write an object directly, as another GCS client would."""
         storage = self._server._storage
         obj = objects._make_object_resource(self.url, self.bucket, name, "application/octet-stream", str(len(data)))
+        obj = objects._checksums(data, obj)
         storage.create_file(self.bucket, name, data, obj)
+
+    @contextlib.contextmanager
+    def holding(self, name: str) -> Iterator[threading.Event]:
+        """Hold the upload of object ``name`` (and, the server being single-threaded, every request
+        after it) until the block ends; the event yielded is set once the upload arrived. Then the
+        upload goes on as usual."""
+        reached, release = threading.Event(), threading.Event()
+
+        def hold(response) -> bool:
+            reached.set()
+            release.wait(300)
+            return False
+
+        _HOOKS[self.bucket, name] = hold
+        try:
+            yield reached
+        finally:
+            del _HOOKS[self.bucket, name]
+            release.set()
+
+    @contextlib.contextmanager
+    def refusing(self, name: str) -> Iterator[None]:
+        """Answer uploads of object ``name`` with 403 Forbidden while the block runs."""
+        def refuse(response) -> bool:
+            response.status = HTTPStatus.FORBIDDEN
+            response.json({"error": {"code": 403, "message": f"{name}: refused by the test"}})
+            return True
+
+        _HOOKS[self.bucket, name] = refuse
+        try:
+            yield
+        finally:
+            del _HOOKS[self.bucket, name]
 
     def close(self) -> None:
         self._server.stop()

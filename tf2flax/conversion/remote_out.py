@@ -106,8 +106,6 @@ def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool
 
         write_orbax_url(plan, "gs://bucket/ckpts/out")
     """
-    import orbax.checkpoint as ocp
-
     team = team or Solo()
     out = gcs_path(url)
     primary = team.primary
@@ -124,8 +122,7 @@ def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool
                 bar.advance(team.share_bytes(Plan(dict(group), plan.report)))
                 check()
             bar.advance(0, description=f"writing {len(plan.entries)} tensors")
-            team.step("write the checkpoint",
-                      lambda: ocp.v1.save_pytree(url, nest(items), custom_metadata=custom_metadata))
+            team.step("write the checkpoint", lambda: _save(url, nest(items), custom_metadata))
             del items
             check()
             team.step("record the leaves", lambda: team.committed(out) if primary else None)
@@ -138,6 +135,16 @@ def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool
         for entry in plan.entries.values():
             release_source(entry.source)
     return len(plan.entries), total_bytes(plan)
+
+
+def _save(url: str, tree: dict, custom_metadata: dict | None) -> None:
+    import orbax.checkpoint as ocp
+
+    try:
+        ocp.v1.save(url, tree, custom_metadata=custom_metadata)
+    except Exception as e:  # noqa: BLE001 - TensorStore, gcsfs and Orbax each raise their own
+        raise StorageError(f"{redact_url(url)}: Orbax could not write the checkpoint: "
+                           f"{redact_url(' '.join(str(e).split()))}") from e
 
 
 def _remove(out: Any, *, check: bool) -> None:
