@@ -9,6 +9,7 @@ The server is gcp-storage-emulator (see ``gcs_emulator.py``). TensorStore reache
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,22 @@ def test_gs_to_gs(gcs, tf1_ckpt, local):
         gcs.put(f"source/{f.name}", f.read_bytes())
     tf2flax.convert(f"gs://{BUCKET}/source/{Path(tf1_ckpt.prefix).name}", f"gs://{BUCKET}/runs/from-gs")
     _assert_equal(f"gs://{BUCKET}/runs/from-gs", local)
+
+
+def test_two_processes_write_one_gs_checkpoint(gcs, tf1_ckpt, local):
+    """Two jax.distributed processes (4 CPU devices each) write their shares through Orbax's
+    multi-process save; the one checkpoint equals a one-process convert."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"gs://{BUCKET}/runs/two"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tf2flax", "convert", tf1_ckpt.prefix, url, "--distributed",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert url in outputs[0][0] and url not in outputs[1][0]  # process 0 prints the summary
+    assert any(n.startswith("runs/two/state/ocdbt.process_1/") for n in gcs.names("runs/two/"))
+    _assert_equal(url, local)
