@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", parents=[common], help="convert a TF checkpoint to an Orbax checkpoint",
                           description="Convert a TensorFlow checkpoint to an Orbax checkpoint, streamed.")
     conv.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
-    conv.add_argument("out", metavar="OUT", help="the Orbax checkpoint directory to create")
+    conv.add_argument("out", metavar="OUT", help="the Orbax checkpoint to create: a directory or a gs:// URL")
     conv.add_argument("--map", metavar="FILE", help="JSON or YAML: map, rules, preset, transforms, part_axis, stack_axis, names")
     conv.add_argument("--preset", metavar="NAME", help="renames for a framework's naming (e.g. keras)")
     conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
