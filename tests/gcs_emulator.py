@@ -120,10 +120,15 @@ class GcsEmulator:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        """What a client process needs to write here: TensorStore's GCS endpoint and test token, and
-        Orbax's file system (etils.epath) on gcsfs, pointed at the emulator, anonymous."""
-        return {"TENSORSTORE_GCS_HTTP_URL": self.url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
-                "STORAGE_EMULATOR_HOST": self.url, "EPATH_USE_TF": "false", "FSSPEC_GS_TOKEN": "anon",
+        """What a client process needs to write here (see :meth:`env_for`)."""
+        return self.env_for(self.url)
+
+    @staticmethod
+    def env_for(url: str) -> dict[str, str]:
+        """What a client process needs to write to the emulator at ``url``: TensorStore's GCS endpoint
+        and test token, and Orbax's file system (etils.epath) on gcsfs, pointed there, anonymous."""
+        return {"TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
+                "STORAGE_EMULATOR_HOST": url, "EPATH_USE_TF": "false", "FSSPEC_GS_TOKEN": "anon",
                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
     def names(self, prefix: str = "") -> list[str]:

@@ -27,12 +27,18 @@ BUCKET = "tf2flax-out"
 
 @pytest.fixture(scope="module")
 def gcs():
+    # etils.epath decides once per process whether gs:// goes through TensorFlow (installed here, and
+    # unable to reach a local server) or gcsfs: decide again under EPATH_USE_TF=false, and after.
+    from etils.epath import gpath
+
     mp = pytest.MonkeyPatch()
     with GcsEmulator(BUCKET) as server:
         for key, value in server.env().items():
             mp.setenv(key, value)
+        gpath._is_tf_installed.cache_clear()
         yield server
     mp.undo()
+    gpath._is_tf_installed.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -244,7 +244,7 @@ def test_s3_output_is_refused_up_front_and_nothing_is_written(s3, served):
                          capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().startswith(f"tf2flax: error: s3://{BUCKET}/orbax/: cannot convert to this URL: "
-                                         "Orbax 0.12 cannot write s3://"), out.stderr
+                                         "orbax-checkpoint 0.12 cannot write s3://"), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])} == before
 

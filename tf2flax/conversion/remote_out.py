@@ -149,11 +149,11 @@ def _save(url: str, tree: dict, custom_metadata: dict | None) -> None:
 
 def _remove(out: Any, *, check: bool) -> None:
     """Delete ``out``: its commit file first, so that it is never taken for finished meanwhile."""
-    if not out.exists():
-        return
     if check:
+        if not out.exists():
+            return
         check_replaceable(out)
-    marker = out / COMMIT_FILE
-    if marker.exists():
-        marker.unlink()
-    out.rmtree()
+    with contextlib.suppress(FileNotFoundError):
+        (out / COMMIT_FILE).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        out.rmtree()
