@@ -179,3 +179,16 @@ def test_two_processes_write_one_gs_checkpoint(gcs, tf1_ckpt, local):
     assert url in outputs[0][0] and url not in outputs[1][0]  # process 0 prints the summary
     assert any(n.startswith("runs/two/state/ocdbt.process_1/") for n in gcs.names("runs/two/"))
     _assert_equal(url, local)
+
+
+def test_a_gs_conversion_larger_than_memory_is_refused_before_writing(gcs, tf1_ckpt, monkeypatch):
+    """One Orbax save holds the whole share: refused up front when the memory available is smaller."""
+    from tf2flax.conversion import remote_out
+
+    real = remote_out.available_memory()
+    assert 1 << 20 < real < 1 << 50  # this machine's MemAvailable
+    monkeypatch.setattr(remote_out, "available_memory", lambda: 1000)
+    with pytest.raises(UnsupportedFormatError, match=r"gs://tf2flax-out/runs/big: writing .* to gs:// holds it in "
+                                                     r"memory .* only 1.0 KB is available: run with --distributed"):
+        tf2flax.convert(tf1_ckpt.prefix, f"gs://{BUCKET}/runs/big")
+    assert gcs.names("runs/big") == []

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from ..errors import OutputExistsError, StorageError, UnsupportedFormatError
 from ..plan import Plan, release_source
-from ..progress import ByteProgress
+from ..progress import ByteProgress, human_bytes
 from ..storage import redact_url
 from .orbax_writer import Solo, groups, orbax_context, total_bytes
 from .out_dir import ORBAX_FILES, check_replaceable
@@ -109,6 +109,7 @@ def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool
     team = team or Solo()
     out = gcs_path(url)
     primary = team.primary
+    team.step("check the memory", lambda: check_memory(url, team.share_bytes(plan)))
     started = False
     try:
         if force:
@@ -135,6 +136,30 @@ def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool
         for entry in plan.entries.values():
             release_source(entry.source)
     return len(plan.entries), total_bytes(plan)
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(url: str, nbytes: int) -> None:
+    """Refuse up front a ``gs://`` conversion whose share (held until Orbax's one save writes it:
+    about 1.5x the share at peak, measured) exceeds the memory available, rather than be killed
+    halfway through."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise UnsupportedFormatError(
+            f"{redact_url(url)}: writing {human_bytes(nbytes)} to gs:// holds it in memory until Orbax's one save "
+            f"(it cannot stream to GCS), and only {human_bytes(available)} is available: run with --distributed "
+            "over more hosts, or convert to a local directory and copy it")
 
 
 def _save(url: str, tree: dict, custom_metadata: dict | None) -> None:
