@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from convert_memory import write_checkpoint
+from convert_memory import verify, write_checkpoint
 from memory import peak_rss
 from versions import versions
 
@@ -46,18 +46,6 @@ def child(process: int, port: int, prefix: str, out: str) -> None:
                       "bytes": result.bytes}))
     if process >= 0:
         jax.distributed.shutdown()
-
-
-def verify(a: str, b: str) -> None:
-    """Restore both outputs with Orbax alone and compare every tensor (prints 'same' or raises)."""
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    x, y = ocp.v1.load(a), ocp.v1.load(b)
-    assert sorted(x) == sorted(y), (sorted(x), sorted(y))
-    for k in x:
-        assert np.array_equal(x[k], y[k]), k
-    print("same")
 
 
 def _spawn(args: list[str], devices: int) -> subprocess.Popen:

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from convert_memory import write_checkpoint
+from convert_memory import verify, write_checkpoint
 from memory import peak_rss
 from versions import versions
 
@@ -45,18 +45,6 @@ def child(prefix: str, out: str, dtype: str) -> None:
     began = time.perf_counter()
     result = tf2flax.convert(prefix, out, dtype=dtype or None)
     print(json.dumps({"seconds": time.perf_counter() - began, "peak": peak_rss(), "bytes": result.bytes}))
-
-
-def verify(a: str, b: str) -> None:
-    """Restore both outputs with Orbax alone and compare every tensor (prints 'same' or raises)."""
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    x, y = ocp.v1.load(a), ocp.v1.load(b)
-    assert sorted(x) == sorted(y), (sorted(x), sorted(y))
-    for k in x:
-        assert np.array_equal(np.asarray(x[k]), np.asarray(y[k])), k
-    print("same")
 
 
 def _run(args: list[str], env: dict[str, str]) -> str:
