@@ -414,6 +414,23 @@ def test_interrupt_leaves_nothing(tf1_ckpt, tmp_path, monkeypatch):
     assert len(seen) == 3 and os.listdir(tmp_path) == []
 
 
+def test_temporaries_of_a_killed_conversion_are_named_and_kept(tf1_ckpt, tmp_path):
+    """A killed conversion leaves OUT.tmp-<hex> (and Orbax's .partial_save of it): the next one names
+    them in a warning and leaves them alone (one may belong to a conversion running now)."""
+    out = tmp_path / "out"
+    left = [tmp_path / "out.tmp-0badc0de.partial_save", tmp_path / "out.tmp-deadbeef"]
+    for d in [*left, tmp_path / "out.tmp-notours", tmp_path / "other.tmp-deadbeef"]:
+        d.mkdir()
+    with pytest.warns(convert_module.ConvertWarning, match=r"^2 temporary directories beside the output, from an interrupted "
+                                            r"\(or a running\) conversion: .*out\.tmp-0badc0de\.partial_save, "
+                                            r".*out\.tmp-deadbeef; remove them if no conversion is running$"):
+        tf2flax.convert(tf1_ckpt.prefix, out)
+    assert all(d.is_dir() for d in left) and (out / "_CHECKPOINT_METADATA").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", convert_module.ConvertWarning)
+        tf2flax.convert(tf1_ckpt.prefix, tmp_path / "elsewhere", mapping={"dense/": "dense/"})
+
+
 def test_dtype_casts_floating_tensors_only(tf1_ckpt, tmp_path):
     plan = quiet_convert(tf1_ckpt.prefix, tmp_path / "o", dtype="bfloat16", dry_run=True).plan
     dtypes = {k: np.dtype(e.dtype).name for k, e in plan.entries.items()}

@@ -12,8 +12,10 @@ Example::
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -56,6 +58,13 @@ def check_out(out: str | os.PathLike, force: bool, *, dry_run: bool = False, inp
         raise OutputExistsError(f"{path} already exists; use --force (force=True) to replace it")
     check_replaceable(path)
     return path
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Temporary directories beside ``out`` that a conversion to ``out`` writes (``OUT.tmp-<hex>``, and
+    Orbax's ``.partial_save`` of it): left there by an interrupted or killed one, or by one running now."""
+    pattern = re.compile(re.escape(out.name) + r"\.tmp-[0-9a-f]{8}(\.partial_save)?")
+    return sorted(p for p in out.parent.glob(glob.escape(out.name) + ".tmp-*") if pattern.fullmatch(p.name))
 
 
 def _holds(out: Path, inside: str) -> bool:
