@@ -121,9 +121,10 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     state and bookkeeping. ``names``: how TF2 variables are named by default, ``"object"`` (object
     paths) or ``"full"`` (``full_name``, e.g. a Keras 3 layer path; see :mod:`tf2flax.naming`).
     ``dry_run``: plan and report only, write nothing (an existing ``out`` is fine). ``force``: replace an
-    existing ``out`` (only once the new one is complete), if it is an empty directory or an Orbax
-    checkpoint tf2flax wrote; an ``out`` that is or holds the checkpoint or the current directory is
-    always refused. ``progress``: a progress bar on a terminal.
+    existing ``out`` (only once the new one is complete; on ``gs://``, which has no atomic rename,
+    before writing), if it is an empty directory or an Orbax checkpoint tf2flax wrote; an ``out`` that
+    is or holds the checkpoint or the current directory is always refused. ``progress``: a progress
+    bar on a terminal.
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
     ``distributed``: this is one process of a ``jax.distributed`` program, and every process calls
