@@ -150,14 +150,16 @@ class GcsEmulator:
     @contextlib.contextmanager
     def holding(self, name: str) -> Iterator[threading.Event]:
         """Hold the upload of object ``name`` (and, the server being single-threaded, every request
-        after it) until the block ends; the event yielded is set once the upload arrived. Then the
-        upload goes on as usual."""
+        after it) until the block ends; the event yielded is set once the upload arrived. Then that
+        upload fails with 503 and stores nothing, as if it never completed (the test kills its
+        client meanwhile)."""
         reached, release = threading.Event(), threading.Event()
 
         def hold(response) -> bool:
             reached.set()
             release.wait(300)
-            return False
+            response.status = HTTPStatus.SERVICE_UNAVAILABLE
+            return True
 
         _HOOKS[self.bucket, name] = hold
         try:
