@@ -54,7 +54,7 @@ from ..progress import human_bytes, human_rate
 from ..storage import is_url
 from .mapfile import load_map_file
 from .orbax_writer import Solo, total_bytes, write_orbax
-from .out_dir import check_out, checkpoint_files, leftovers
+from .out_dir import check_out, checkpoint_files, leftovers_note
 from .remote_out import check_output_url, write_orbax_url
 from .plans import default_plan, float_dtype, mapped_plan
 from .tree import VALUE_KEY, settle_paths
@@ -187,12 +187,9 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
         out_path: Any = check_output_url(out, force, dry_run=dry_run, inputs=[ckpt.path])
     else:
         out_path = check_out(out, force, dry_run=dry_run, inputs=[*given, *checkpoint_files(ckpt)])
-        left = leftovers(out_path)
-        if left and not dry_run:
-            warnings.warn(f"{len(left)} temporary director{'y' if len(left) == 1 else 'ies'} beside the output, from "
-                          f"an interrupted (or a running) conversion: {', '.join(str(p) for p in left[:3])}"
-                          f"{' ...' if len(left) > 3 else ''}; remove {'it' if len(left) == 1 else 'them'} if no "
-                          "conversion is running", ConvertWarning, stacklevel=5)
+        note = None if dry_run else leftovers_note(out_path)
+        if note:
+            warnings.warn(note, ConvertWarning, stacklevel=5)  # the caller of convert()
     cast_to = float_dtype(dtype)
     named = default_names(ckpt, include_optimizer, names)
     left_out = [(n.name, n.left_out) for n in named if n.left_out]

@@ -60,11 +60,18 @@ def check_out(out: str | os.PathLike, force: bool, *, dry_run: bool = False, inp
     return path
 
 
-def leftovers(out: Path) -> list[Path]:
-    """Temporary directories beside ``out`` that a conversion to ``out`` writes (``OUT.tmp-<hex>``, and
-    Orbax's ``.partial_save`` of it): left there by an interrupted or killed one, or by one running now."""
+def leftovers_note(out: Path) -> str | None:
+    """A line naming the temporary directories beside ``out`` that a conversion to ``out`` writes
+    (``OUT.tmp-<hex>``, and Orbax's ``.partial_save`` of it), left by an interrupted or killed one or
+    by one running now; None when there are none."""
     pattern = re.compile(re.escape(out.name) + r"\.tmp-[0-9a-f]{8}(\.partial_save)?")
-    return sorted(p for p in out.parent.glob(glob.escape(out.name) + ".tmp-*") if pattern.fullmatch(p.name))
+    left = sorted(str(p) for p in out.parent.glob(glob.escape(out.name) + ".tmp-*") if pattern.fullmatch(p.name))
+    if not left:
+        return None
+    many = len(left) > 1
+    return (f"{len(left)} temporary director{'ies' if many else 'y'} beside the output, from an interrupted (or a "
+            f"running) conversion: {', '.join(left[:3])}{' ...' if len(left) > 3 else ''}; remove "
+            f"{'them' if many else 'it'} if no conversion is running")
 
 
 def _holds(out: Path, inside: str) -> bool:
