@@ -109,13 +109,14 @@ def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool
     team = team or Solo()
     out = gcs_path(url)
     primary = team.primary
-    team.step("check the memory", lambda: check_memory(url, team.share_bytes(plan)))
+    share = team.share_bytes(plan)
+    team.step("check the memory", lambda: check_memory(url, share))
     started = False
     try:
         if force:
             team.step("remove the old output", lambda: _remove(out, check=True) if primary else None)
         started = True
-        with orbax_context(), ByteProgress(team.share_bytes(plan), progress, "reading") as bar, \
+        with orbax_context(), ByteProgress(share, progress, "reading") as bar, \
                 signals_between_groups() as check:
             items: list[tuple[str, Any]] = []
             for group in groups(plan):
@@ -152,7 +153,7 @@ def available_memory() -> int | None:
 
 def check_memory(url: str, nbytes: int) -> None:
     """Refuse up front a ``gs://`` conversion whose share (held until Orbax's one save writes it:
-    about 1.5x the share at peak, measured) exceeds the memory available, rather than be killed
+    1.5x to 2x the share at peak, measured) exceeds the memory available, rather than be killed
     halfway through."""
     available = available_memory()
     if available is not None and nbytes > available:
