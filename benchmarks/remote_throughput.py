@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import servers  # noqa: E402  (the test servers)
 import tf_writers  # noqa: E402  (the TF-backed writers shared with the test suite)
 
-from tf2flax.bundle.reader import Checkpoint  # noqa: E402
+from tf2flax.formats.v2 import V2Checkpoint  # noqa: E402
 from tf2flax.storage import KvStore, LocalStore  # noqa: E402
 
 BUCKET = "tf2flax-bench"
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, make in ways.items():
             repeats = 1 if label == "s3://" else args.repeats
             row = []
-            ckpt = Checkpoint(make(), name)
+            ckpt = V2Checkpoint(make(), name)
             for threads in (1, 4):
                 seconds = best_of(repeats, lambda: read_tensors(ckpt, threads))
                 row.append(f"{total / seconds / 1e9:.2f}")

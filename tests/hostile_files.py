@@ -15,8 +15,8 @@ from pathlib import Path
 
 import crc32c
 
-from tf2flax.bundle.protos import BundleEntryProto, BundleHeaderProto, TrackableObjectGraph
-from tf2flax.bundle.slice_key import encode_slice_key
+from tf2flax.formats.protos import BundleEntryProto, BundleHeaderProto, TrackableObjectGraph
+from tf2flax.formats.slice_key import encode_slice_key
 from tf_writers import TABLE_MAGIC, _block, _varint, build_table, masked_crc32c
 
 DT_FLOAT, DT_STRING = 1, 7

@@ -18,7 +18,7 @@ from tf2flax.errors import TensorNotFoundError
 
 @dataclasses.dataclass(frozen=True)
 class FakeVariable:
-    """The fields of ``tf2flax.bundle.object_graph.GraphVariable`` the mapping engine uses."""
+    """The fields of ``tf2flax.formats.object_graph.GraphVariable`` the mapping engine uses."""
 
     key: str
     object_path: str

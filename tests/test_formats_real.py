@@ -21,7 +21,7 @@ import pytest
 import tf2flax
 import tf_writers
 from servers import S3_ENV, MotoS3, RangeHTTPServer
-from tf2flax.bundle.table import parse_table
+from tf2flax.formats.table import parse_table
 from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
 from tf2flax.naming import display_names
 
@@ -106,7 +106,7 @@ def test_snappy_index_reads_as_tensorflow_reads_it(snappy_zoo):
 
 def _first_block(index: bytes) -> tuple[int, int]:
     """(offset, stored size) of the first data block of a table."""
-    from tf2flax.bundle.coding import read_varint
+    from tf2flax.formats.coding import read_varint
 
     footer = tf_writers.read_footer(index)
     start, _ = footer["index"]

@@ -1,8 +1,8 @@
 """Property-based fuzzing of the two hand-written decoders: the table parser and slice keys.
 
-``tf2flax.bundle.table.parse_table(data, verify_checksums=True) -> [(key, value)]`` and
-``tf2flax.bundle.slice_key.{encode,decode}_slice_key``. Internally they raise
-``tf2flax.bundle.coding.DecodeError`` (a ValueError) which the reader turns into
+``tf2flax.formats.table.parse_table(data, verify_checksums=True) -> [(key, value)]`` and
+``tf2flax.formats.slice_key.{encode,decode}_slice_key``. Internally they raise
+``tf2flax.formats.coding.DecodeError`` (a ValueError) which the reader turns into
 CorruptCheckpointError; either is accepted here, anything else (IndexError, struct.error,
 UnicodeDecodeError, StopIteration, ...) is a bug. Tables are built by ``tf_writers.build_table``,
 which writes byte-identical copies of TensorFlow's ``.index`` files (checked below).
@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 import tf2flax
 import tf_writers
-from tf2flax.bundle.coding import DecodeError
-from tf2flax.bundle.slice_key import decode_slice_key, encode_slice_key
-from tf2flax.bundle.table import parse_table
+from tf2flax.formats.coding import DecodeError
+from tf2flax.formats.slice_key import decode_slice_key, encode_slice_key
+from tf2flax.formats.table import parse_table
 from tf2flax.errors import CorruptCheckpointError
 from tf_writers import build_table
 

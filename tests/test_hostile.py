@@ -14,7 +14,7 @@ import pytest
 
 import hostile_files as h
 import tf2flax
-from tf2flax.bundle.reader import _slices_problem
+from tf2flax.formats.base import slices_problem
 from tf2flax.cli import main
 from tf2flax.errors import MappingError, Tf2FlaxError
 from tf2flax.mapping.rules import compile_rules, rename
@@ -127,16 +127,16 @@ def test_slice_tiling_check_agrees_with_counting_cells():
             else:
                 regions.append(regions[k])
         expected = _tiling_problem_by_counting(shape, regions)
-        got = _slices_problem(shape, regions)
+        got = slices_problem(shape, regions)
         assert (got is None) == (expected is None), (shape, regions, got)
 
 
 def test_slice_tiling_check_on_a_grid_of_slices():
     """A 100 x 100 grid of one-element slices tiles its tensor; repeating one slice overlaps."""
     regions = [(slice(i, i + 1), slice(j, j + 1)) for i in range(100) for j in range(100)]
-    assert _slices_problem((100, 100), regions) is None
+    assert slices_problem((100, 100), regions) is None
     regions[-1] = regions[0]
-    assert "overlap" in _slices_problem((100, 100), regions)
+    assert "overlap" in slices_problem((100, 100), regions)
 
 
 def test_cast_to_a_sub_array_dtype_allocates_nothing(tmp_path):

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 
 import tf2flax
 import tf_writers
-from tf2flax.bundle.coding import crc32c, crc32c_combine, crc32c_parallel
+from tf2flax.formats.coding import crc32c, crc32c_combine, crc32c_parallel
 from tf2flax.errors import CorruptCheckpointError
 
 

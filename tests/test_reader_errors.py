@@ -417,7 +417,7 @@ def test_unknown_tensor_name_mentions_close_names(tf1_ckpt):
 
 
 def test_slice_keys_are_not_tensor_names(tf1_ckpt):
-    from tf2flax.bundle.table import parse_table
+    from tf2flax.formats.table import parse_table
 
     ckpt = tf2flax.open_checkpoint(tf1_ckpt.prefix)
     slice_keys = [k for k, _ in parse_table(Path(tf1_ckpt.prefix + ".index").read_bytes())
@@ -461,7 +461,7 @@ def test_sharded_v1_checkpoint_directory_reads_exactly(tmp_path):
 
 
 def test_snappy_compressed_index_reads_exactly(small, tmp_path):
-    from tf2flax.bundle.table import parse_table
+    from tf2flax.formats.table import parse_table
 
     prefix = copy_prefix(small["prefix"], tmp_path)
     entries = parse_table(small["index"])
@@ -494,7 +494,7 @@ def _rewrite_index(prefix, edit, rekey=None):
     ``rekey`` maps old keys to new ones (the entries are re-sorted).
     """
     from tensorflow.core.protobuf import tensor_bundle_pb2
-    from tf2flax.bundle.table import parse_table
+    from tf2flax.formats.table import parse_table
 
     path = Path(prefix + ".index")
     out = []
@@ -606,7 +606,7 @@ def test_partitioned_variable_with_overlapping_slices(tf1_ckpt, tmp_path):
 def test_partitioned_variable_with_overlapping_slices_and_a_gap(tf1_ckpt, tmp_path):
     """Slices (0,4), (4,3), (3,3): element counts add up to the full 10 rows, but rows 7..9 are
     never written (TF's TensorSliceSet refuses overlapping slices). Must raise, not return garbage."""
-    from tf2flax.bundle.slice_key import encode_slice_key
+    from tf2flax.formats.slice_key import encode_slice_key
 
     old_key = encode_slice_key("part/rows", ((7, 3), (0, 3)))
     new_key = encode_slice_key("part/rows", ((3, 3), (0, 3)))
@@ -625,7 +625,7 @@ def test_partitioned_variable_with_overlapping_slices_and_a_gap(tf1_ckpt, tmp_pa
 
 
 def test_partitioned_variable_slice_data_missing(tf1_ckpt, tmp_path):
-    from tf2flax.bundle.slice_key import encode_slice_key
+    from tf2flax.formats.slice_key import encode_slice_key
 
     victim = encode_slice_key("part/cols", ((0, 4), (3, 2)))
 
@@ -637,7 +637,7 @@ def test_partitioned_variable_slice_data_missing(tf1_ckpt, tmp_path):
 
 
 def test_slice_stored_with_the_wrong_shape(tf1_ckpt, tmp_path):
-    from tf2flax.bundle.slice_key import encode_slice_key
+    from tf2flax.formats.slice_key import encode_slice_key
 
     victim = encode_slice_key("part/vec", ((4, 3),))
 

@@ -300,7 +300,7 @@ def test_region_read_of_tf2_sliced_variable_reads_fewer_bytes(tf2_ckpt, referenc
 
 def test_tf2_fixture_really_splits_variables_across_shards(tf2_ckpt):
     """Guards the fixture: MaxShardSizePolicy must have produced slice keys and several data files."""
-    from tf2flax.bundle.table import parse_table
+    from tf2flax.formats.table import parse_table
 
     data_files = [p for p in os.listdir(tf2_ckpt.directory)
                   if p.startswith(os.path.basename(tf2_ckpt.prefix) + ".data-")]

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 import tf2flax
 import tf_writers
-from tf2flax.bundle.locate import LocationWarning
+from tf2flax.formats.locate import LocationWarning
 from tf2flax.conversion import ConvertWarning
-from tf2flax.bundle.protos import SavedTensorSlices
-from tf2flax.bundle.slice_key import encode_slice_key
-from tf2flax.bundle.v1 import V1Checkpoint
+from tf2flax.formats.protos import SavedTensorSlices
+from tf2flax.formats.slice_key import encode_slice_key
+from tf2flax.formats.v1 import V1Checkpoint
 from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, Tf2FlaxError
 
 
@@ -162,7 +162,7 @@ def test_state_file_alone_follows_its_absolute_path(tmp_path):
 # ---- damaged and hostile V1 files -------------------------------------------------------------------
 
 def _table_entries(path: str) -> list[tuple[bytes, bytes]]:
-    from tf2flax.bundle.table import parse_table
+    from tf2flax.formats.table import parse_table
 
     return parse_table(Path(path).read_bytes())
 

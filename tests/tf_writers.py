@@ -623,7 +623,7 @@ def write_big_endian(directory: str | os.PathLike) -> tuple[str, dict[str, np.nd
     import crc32c
     from tensorflow.core.protobuf import tensor_bundle_pb2
 
-    from tf2flax.bundle.table import parse_table  # only to list the entries of a TF-written file
+    from tf2flax.formats.table import parse_table  # only to list the entries of a TF-written file
 
     rng = np.random.default_rng(11)
     # (TF cannot byte-swap float8/float4/int4/int2 tensors, so a BIG bundle cannot hold them)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import errors
-from .bundle import Checkpoint, open_checkpoint
+from .formats import Checkpoint, open_checkpoint
 
 __version__ = "0.1.0"
 

@@ -118,7 +118,7 @@ def _printable_lines(text: str) -> str:
 
 def _one_line_warning(show: Any) -> Any:
     """``warnings.showwarning`` that prints tf2flax's own warnings as one ``tf2flax: warning:`` line."""
-    from .bundle.locate import LocationWarning
+    from .formats.locate import LocationWarning
 
     def one_line(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
         if issubclass(category, LocationWarning):
@@ -181,7 +181,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     from . import open_checkpoint
-    from .bundle.dtypes import DT_STRING
+    from .formats.dtypes import DT_STRING
     from .naming import display_names
 
     ckpt = open_checkpoint(args.ckpt)

@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from .bundle.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
+from .formats.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
 from .errors import MappingError
 
 # TF1 optimizer slots are named '<var>/<OptimizerName>[_<n>]' (tf.compat.v1.train optimizers) or

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from jax.sharding import Mesh
 
-from .bundle import Checkpoint, open_checkpoint
+from .formats import Checkpoint, open_checkpoint
 from .mapping import build_plan, check_strict
 from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
 from .plan import Plan, Report

@@ -45,7 +45,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..bundle import Checkpoint, open_checkpoint
+from ..formats import Checkpoint, open_checkpoint
 from ..errors import MappingError
 from ..mapping.names import check_part_axis
 from ..naming import default_names

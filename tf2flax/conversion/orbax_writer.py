@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-from ..bundle import Checkpoint
+from ..formats import Checkpoint
 from ..errors import MappingError
 from ..plan import Plan, PlanEntry, release_source
 from ..progress import ByteProgress

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..bundle import Checkpoint
+from ..formats import Checkpoint
 from ..errors import MappingError, clip, short_repr
 from ..naming import DefaultName
 from ..plan import Cast, Plan, PlanEntry, TensorSource

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..bundle.object_graph import VALUE_SUFFIX as _VALUE_SUFFIX
+from ..formats.object_graph import VALUE_SUFFIX as _VALUE_SUFFIX
 from ..errors import MappingError, short_repr
 from ..naming import left_out_reason
 from ..plan import ConcatSource, Source, TensorSource

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
-from ..bundle import Checkpoint
+from ..formats import Checkpoint
 from ..errors import MappingError
 from ..mapping import build_plan
 from ..materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes

@@ -33,8 +33,8 @@ import dataclasses
 import re
 from typing import Any, Callable, Union
 
-from ..bundle.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
-from ..bundle.protos import TrackableObjectGraph
+from ..formats.object_graph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
+from ..formats.protos import TrackableObjectGraph
 from ..errors import MappingError
 
 DESCRIPTIONS = {

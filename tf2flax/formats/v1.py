@@ -36,7 +36,7 @@ from .coding import DecodeError
 from .dtypes import DT_STRING, is_supported, numpy_dtype
 from .locate import describe_v1
 from .protos import SavedTensorSlices
-from .reader import Checkpoint, ReadStats, StoredTensor, TensorInfo, _slice_region, _slices_problem, _squeezed
+from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, slice_region, slices_problem, squeezed
 from .slice_key import encode_slice_key
 from .table import FOOTER_SIZE, TableFile
 
@@ -97,7 +97,7 @@ class V1Checkpoint(Checkpoint):
         self._tensors: dict[str, _Tensor] = {}
         for shard, table in enumerate(self._tables):
             self._register(shard, table)
-        self._raw = self._tensors  # what Checkpoint's listing methods look names up in
+        self._entries = self._tensors
         self._infos: dict[str, TensorInfo] = {}
         # (name, shard, region bounds) -> the slice's extents as saved (its key in the table)
         self._extents: dict[tuple[str, int, tuple], tuple[tuple[int, int], ...]] = {}
@@ -149,7 +149,7 @@ class V1Checkpoint(Checkpoint):
                     f"{list(tensor.shape)} and DataType {tensor.dtype_enum} in another file")
             for proto in ssm.slice:
                 extents = tuple((e.start, e.length if e.HasField("length") else -1) for e in proto.extent)
-                region = _slice_region(extents, shape, here)  # in range, right rank
+                region = slice_region(extents, shape, here)  # in range, right rank
                 if extents in tensor.seen:
                     raise CorruptCheckpointError(f"{here}: slice {list(extents)} is saved twice")
                 tensor.seen.add(extents)
@@ -176,7 +176,7 @@ class V1Checkpoint(Checkpoint):
             nbytes = size if tensor.dtype_enum == DT_STRING or dtype == object else math.prod(shape) * dtype.itemsize
             parts.append((region, StoredTensor(tensor.dtype_enum, shape, shard, offset, nbytes, 0)))
             self._extents[(name, shard, _flat(region))] = extents
-        problem = _slices_problem(tensor.shape, [r for r, _ in parts])
+        problem = slices_problem(tensor.shape, [r for r, _ in parts])
         if problem is not None:
             raise CorruptCheckpointError(f"{here} of shape {list(tensor.shape)}: {problem}")
         if len(parts) == 1:
@@ -208,14 +208,14 @@ class V1Checkpoint(Checkpoint):
         if info.stored is not None:  # saved whole: the decoded slice is the tensor
             values = self._slice_values(info, parts[0][0], info.stored)
             out = values if region == parts[0][0] else np.ascontiguousarray(values[region])
-            return _squeezed(out, squeeze)
+            return squeezed(out, squeeze)
         out = np.empty(index_shape(region), info.dtype)
         for part_region, stored in parts if out.size else ():
             met = overlap(region, part_region)
             if met is not None:
                 local, dest = met
                 out[dest] = self._slice_values(info, part_region, stored)[local]
-        return _squeezed(out, squeeze)
+        return squeezed(out, squeeze)
 
     def _slice_values(self, info: TensorInfo, region: Index, stored: StoredTensor) -> np.ndarray:
         """One saved slice of ``info``, decoded whole, as TensorFlow's ``CopySliceData`` reads it."""

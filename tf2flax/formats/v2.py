@@ -5,32 +5,28 @@ only the bytes (and, for sliced variables, only the slices) that the region need
 
 Example::
 
-    ckpt = open_checkpoint("/runs/bert/model.ckpt-1000")
+    ckpt = tf2flax.open_checkpoint("/runs/bert/model.ckpt-1000")
     ckpt.list_variables()[:2]        # [('bert/embeddings/LayerNorm/beta', [768]), ...]
     emb = ckpt.read("bert/embeddings/word_embeddings", (slice(0, 1000),))
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-import os
 import struct
-import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from ..errors import (CheckpointNotFoundError, CorruptCheckpointError, RegionError, TensorNotFoundError,
-                      UnsupportedFormatError)
-from ..regions import Index, expand_index, index_shape, normalize_index, overlap
+from ..errors import CorruptCheckpointError, UnsupportedFormatError
+from ..regions import Index, index_shape, normalize_index, overlap
 from ..storage import Store
+from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, slice_region, slices_problem, squeezed
 from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
-from .locate import ends_like_a_table, locate
+from .locate import ends_like_a_table
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
 from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
@@ -43,67 +39,6 @@ _MAX_BYTES = int(np.iinfo(np.intp).max)
 _SNIFF_ABOVE = 1 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
-
-
-@dataclasses.dataclass(frozen=True)
-class StoredTensor:
-    """Where one dense tensor's bytes lie: shard, byte range, checksum."""
-
-    dtype_enum: int
-    shape: tuple[int, ...]
-    shard_id: int
-    offset: int
-    size: int
-    crc32c: int
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    """A variable as the checkpoint lists it: name, dtype, full shape, and where its bytes are.
-
-    Dense tensors have ``stored``; sliced (partitioned) ones have ``slices``: for each stored
-    slice, its region of the full tensor and its stored bytes.
-    """
-
-    name: str
-    dtype: np.dtype
-    dtype_enum: int
-    shape: tuple[int, ...]
-    stored: StoredTensor | None
-    slices: tuple[tuple[Index, StoredTensor], ...] = ()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes on disk (for strings: all lengths, checksum and characters)."""
-        if self.stored is not None:
-            return self.stored.size
-        return sum(s.size for _, s in self.slices)
-
-    @property
-    def shards(self) -> tuple[int, ...]:
-        """The data-file shards holding this tensor's bytes."""
-        stored = [self.stored] if self.stored is not None else [s for _, s in self.slices]
-        return tuple(sorted({s.shard_id for s in stored}))
-
-    @property
-    def is_sliced(self) -> bool:
-        return self.stored is None
-
-
-@dataclasses.dataclass
-class ReadStats:
-    """Counters of what a checkpoint has read from storage (thread-safe)."""
-
-    bytes_read: int = 0
-    reads: int = 0
-    seconds: float = 0.0
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
-
-    def add(self, nbytes: int, seconds: float) -> None:
-        with self._lock:
-            self.bytes_read += nbytes
-            self.reads += 1
-            self.seconds += seconds
 
 
 def _entry(value: bytes, where: str) -> Any:
@@ -139,48 +74,8 @@ def _stored(entry: Any, where: str, num_shards: int) -> StoredTensor:
     return StoredTensor(entry.dtype, shape, entry.shard_id, entry.offset, entry.size, entry.crc32c)
 
 
-def _slice_region(extents: Sequence[tuple[int, int]], shape: tuple[int, ...], where: str) -> Index:
-    if len(extents) != len(shape):
-        raise CorruptCheckpointError(f"{where}: slice has rank {len(extents)}, tensor has rank {len(shape)}")
-    region = []
-    for (start, length), dim in zip(extents, shape):
-        stop = dim if length == -1 else start + length
-        if start < 0 or length < -1 or stop > dim:
-            raise CorruptCheckpointError(f"{where}: slice ({start}, {length}) is outside a dimension of size {dim}")
-        region.append(slice(start, stop))
-    return tuple(region)
-
-
-def _slices_problem(shape: tuple[int, ...], regions: list[Index]) -> str | None:
-    """Why ``regions`` do not tile ``shape`` exactly (a gap or an overlap, as TensorFlow refuses), or None.
-
-    Disjoint boxes whose volumes add up to the tensor's cover it. Overlaps are looked for with a
-    sweep along the axis with the most distinct starts, so the work grows with the pairs of slices
-    that share a range on that axis (none for the usual one-axis partitioning), not with a grid.
-    """
-    if math.prod(shape) == 0:
-        return None
-    boxes = [r for r in regions if all(s.stop > s.start for s in r)]
-    if sum(math.prod(s.stop - s.start for s in r) for r in boxes) != math.prod(shape):
-        return "its slices do not cover the whole tensor (does not have sufficient slices)"
-    if not shape:  # a scalar: exactly one slice, as the volumes add up
-        return None
-    starts = np.array([[s.start for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
-    stops = np.array([[s.stop for s in r] for r in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
-    axis = max(range(len(shape)), key=lambda i: len(set(starts[:, i].tolist())), default=0)
-    order = np.argsort(starts[:, axis], kind="stable")
-    starts, stops = starts[order], stops[order]
-    # Boxes after i that start before box i ends on `axis`: i's only candidates for an overlap.
-    ends = np.searchsorted(starts[:, axis], stops[:, axis], side="left")
-    for i in np.nonzero(ends > np.arange(len(boxes)) + 1)[0]:
-        later = slice(i + 1, ends[i])
-        if np.any(np.all((starts[later] < stops[i]) & (starts[i] < stops[later]), axis=1)):
-            return "its slices overlap (TensorFlow refuses overlapping slices)"
-    return None
-
-
-class Checkpoint:
-    """An open TensorFlow checkpoint. Use :func:`open_checkpoint` to make one.
+class V2Checkpoint(Checkpoint):
+    """An open TensorFlow V2 checkpoint (tensor bundle). Use :func:`tf2flax.open_checkpoint` to make one.
 
     Example::
 
@@ -213,9 +108,9 @@ class Checkpoint:
         except DecodeError as e:
             raise CorruptCheckpointError(f"{where}: not a valid checkpoint index: {e}") from None
         self._where = where
-        self._raw, self._slice_entries = self._split(entries, where)
+        self._entries, self._slice_entries = self._split(entries, where)
         self._infos: dict[str, TensorInfo] = {}
-        self.names = sorted(self._raw)
+        self.names = sorted(self._entries)
 
     def _split(self, entries: list[tuple[bytes, bytes]], where: str) -> tuple[dict[str, bytes], dict[bytes, bytes]]:
         """Check the header; return ({tensor name: entry bytes}, {slice key: entry bytes}).
@@ -264,7 +159,7 @@ class Checkpoint:
 
     def _decode_info(self, name: str) -> TensorInfo:
         here = f"{self._where}: tensor {name!r}"
-        entry = _entry(self._raw[name], here)
+        entry = _entry(self._entries[name], here)
         # Unreadable dtypes (DT_VARIANT, say) are listed; reading them raises.
         dtype = numpy_dtype(entry.dtype, here) if is_supported(entry.dtype) else np.dtype(object)
         if not entry.slices:
@@ -274,7 +169,7 @@ class Checkpoint:
         slices = []
         for proto in entry.slices:
             extents = tuple((e.start, e.length if e.HasField("length") else -1) for e in proto.extent)
-            region = _slice_region(extents, shape, here)
+            region = slice_region(extents, shape, here)
             value = self._slice_entries.get(encode_slice_key(name, extents))
             if value is None:
                 raise CorruptCheckpointError(f"{here}: slice {extents} has no stored data entry")
@@ -284,29 +179,10 @@ class Checkpoint:
                     f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
                     f"{list(index_shape(region))}")
             slices.append((region, part))
-        problem = _slices_problem(shape, [r for r, _ in slices])
+        problem = slices_problem(shape, [r for r, _ in slices])
         if problem:
             raise CorruptCheckpointError(f"{here}: {problem}")
         return TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
-
-    # ---- listing -------------------------------------------------------------------------
-    def __contains__(self, name: object) -> bool:
-        return name in self._raw
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __repr__(self) -> str:
-        return f"Checkpoint({self.path!r}, {len(self.names)} tensors)"
-
-    def close(self) -> None:
-        """Release the open data files (local checkpoints keep one descriptor per shard)."""
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
 
     def release(self, name: str) -> None:
         """Let go of the resident pages of tensor ``name`` in the mapped data files (nothing is lost:
@@ -326,23 +202,6 @@ class Checkpoint:
         for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
             release(self._data_file(stored.shard_id), stored.offset, stored.offset + stored.size)
 
-    def __enter__(self) -> Checkpoint:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def info(self, name: str) -> TensorInfo:
-        """Metadata of tensor ``name``; TensorNotFoundError (with close names) if absent."""
-        info = self._infos.get(name)
-        if info is None:
-            if name not in self._raw:
-                close = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6)
-                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-                raise TensorNotFoundError(f"{self.path}: no tensor named {name!r}{hint}")
-            info = self._infos[name] = self._decode_info(name)
-        return info
-
     def list_variables(self) -> list[tuple[str, list[int]]]:
         """[(name, shape)] sorted by name, as ``tf.train.list_variables`` gives them."""
         out = []
@@ -353,24 +212,18 @@ class Checkpoint:
                 out.append((n, list(info.shape)))
                 continue
             try:
-                entry.ParseFromString(self._raw[n])
+                entry.ParseFromString(self._entries[n])
             except ProtoDecodeError:
                 raise CorruptCheckpointError(f"{self._where}: {n!r}: entry does not decode as a BundleEntryProto") from None
             out.append((n, [d.size for d in entry.shape.dim]))
         return out
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.info(name).shape
-
-    def dtype(self, name: str) -> np.dtype:
-        return self.info(name).dtype
 
     @property
     def object_graph(self) -> ObjectGraph | None:
         """The TF2 object graph, or None for name-based (TF1) checkpoints."""
         if self._object_graph is False:
             graph = None
-            if OBJECT_GRAPH_KEY in self._raw:
+            if OBJECT_GRAPH_KEY in self._entries:
                 try:
                     graph = ObjectGraph.parse(self.read(OBJECT_GRAPH_KEY).item())
                 except ValueError as e:
@@ -379,18 +232,6 @@ class Checkpoint:
         return self._object_graph  # type: ignore[return-value]
 
     # ---- reading -------------------------------------------------------------------------
-    def get_slice(self, name: str) -> TensorSlice:
-        """A lazy view of tensor ``name``: indexing it reads only the region asked for.
-
-        Example::
-
-            emb = ckpt.get_slice("bert/embeddings/word_embeddings")
-            emb.shape, emb.dtype          # from the index, nothing read
-            rows = emb[1000:2000]         # reads those rows' bytes only
-        """
-        self.info(name)
-        return TensorSlice(self, name)
-
     def read(self, name: str, index: Any = None) -> np.ndarray:
         """Tensor ``name``, or the region ``index`` (ints, step-1 slices, ``...``) of it.
 
@@ -415,16 +256,7 @@ class Checkpoint:
             out = self._read_dense(info.stored, region, f"tensor {name!r}")
         else:
             out = self._read_sliced(info, region)
-        return _squeezed(out, squeeze)
-
-    def _region(self, info: TensorInfo, index: Any) -> tuple[Index, set[int]]:
-        """``index`` as a box of tensor ``info``, and the axes that integers select (dropped from the result)."""
-        try:
-            index = expand_index(index, len(info.shape))
-            region = normalize_index(index, info.shape)
-        except RegionError as e:
-            raise RegionError(f"{self.path}: tensor {info.name!r} of shape {list(info.shape)}: {e}") from None
-        return region, {i for i, s in enumerate(index) if isinstance(s, (int, np.integer))}
+        return squeezed(out, squeeze)
 
     def read_rows(self, name: str, chunk_bytes: int = 2 << 20) -> Iterator[tuple[int, np.ndarray]]:
         """Tensor ``name`` whole, as ``(first row, block)`` pairs of consecutive rows (axis 0) of about
@@ -648,73 +480,9 @@ class Checkpoint:
         return out.reshape(stored.shape)
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorSlice:
-    """One tensor of a checkpoint, read on indexing (``view[2:5, ...]``) or whole (``view[...]``)."""
-
-    checkpoint: Checkpoint
-    name: str
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.checkpoint.shape(self.name)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.checkpoint.dtype(self.name)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return self.checkpoint.read(self.name, index)
-
-    def __repr__(self) -> str:
-        return f"TensorSlice({self.name!r}, shape={list(self.shape)}, dtype={self.dtype.name})"
-
-
-def _squeezed(array: np.ndarray, axes: set[int]) -> np.ndarray:
-    """``array`` without the (size-1) ``axes`` that integer indices selected."""
-    return array.reshape([d for i, d in enumerate(array.shape) if i not in axes]) if axes else array
-
-
 def _length_crc(lengths: list[int], order: str = "<") -> int:
     """CRC32C of string lengths fed as uint32 (uint64 above 2**32-1) in byte ``order``."""
     crc = 0
     for n in lengths:
         crc = crc32c(struct.pack(order + ("I" if n <= 0xFFFFFFFF else "Q"), n), crc)
     return crc
-
-
-def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False,
-                    mmap: bool = True) -> Checkpoint:
-    """Open a checkpoint: a directory (through its ``checkpoint`` file), a prefix, or a URL.
-
-    A SavedModel or TF Hub module directory opens its ``variables/variables``; V1 checkpoints (one
-    file, or ``name-?????-of-N`` shards) open as a :class:`~tf2flax.bundle.v1.V1Checkpoint`, which
-    offers the same interface. ``ckpt.opened`` says what was opened.
-
-    ``verify_checksums``: check each tensor's CRC32C on whole reads (TensorFlow does this too).
-    ``verify_regions``: also verify region reads, by reading each stored tensor they touch whole.
-    ``mmap``: map local data files and return read-only views of them (no copy); ``False`` reads
-    every tensor into memory of its own, for files that may be rewritten in place while open.
-
-    Example::
-
-        with tf2flax.open_checkpoint("/runs/bert") as ckpt:   # latest checkpoint in the directory
-            ckpt.read("bert/pooler/dense/bias")
-    """
-    where = locate(path)
-    if where.format == "v1":
-        from .v1 import V1Checkpoint
-
-        ckpt: Checkpoint = V1Checkpoint(where.store, where.prefix, where.files, verify_checksums=verify_checksums,
-                                        verify_regions=verify_regions)
-    else:
-        ckpt = Checkpoint(where.store, where.prefix, verify_checksums=verify_checksums, verify_regions=verify_regions,
-                          mmap=mmap)
-    ckpt.opened = where.describe()
-    if where.container and all(n == OBJECT_GRAPH_KEY for n in ckpt.names):
-        ckpt.close()
-        raise CheckpointNotFoundError(
-            f"{ckpt.path}: a {where.container} with no variables (its checkpoint holds only the object "
-            "graph): its weights, if any, are constants in the graph, which tf2flax does not "
-            "read; tf2flax reads the variables checkpoint (variables/variables) of a SavedModel")
-    return ckpt
