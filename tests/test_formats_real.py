@@ -1,5 +1,5 @@
 """Checkpoints as users have them: snappy-compressed index blocks, SavedModel and TF Hub directories,
-real files written by TensorFlow builds we cannot run (``/work/shared/realworld``), and files that are
+real files written by TensorFlow builds we cannot run (``tests/data/realworld``), and files that are
 not checkpoints at all (Keras ``.keras``/``.h5``, frozen ``.pb`` graphs), which are told apart by their
 first and last bytes only.
 """
@@ -25,7 +25,7 @@ from tf2flax.formats.table import parse_table
 from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
 from tf2flax.naming import display_names
 
-REALWORLD = Path("/work/shared/realworld")
+REALWORLD = Path(__file__).resolve().parent / "data" / "realworld"
 SERVING = REALWORLD / "serving_half_plus_two_tf2_cpu"
 T5X = REALWORLD / "t5x_mtf_tiny_t5"
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}

@@ -311,7 +311,7 @@ def test_import_is_lazy_and_exported():
     assert "init_opt_state" in tf2flax.__all__
 
 
-T5 = Path("/work/shared/realworld/t5x_mtf_tiny_t5")
+T5 = Path(__file__).resolve().parent / "data" / "realworld" / "t5x_mtf_tiny_t5"
 
 
 def test_real_t5_adafactor_slots_dry_run():

@@ -1,7 +1,7 @@
 """``preset="t5x"``: Mesh-TensorFlow T5 -> T5X names exactly as T5X's checkpoint_importer gives them.
 
 The judge is ``t5x_importer_expected.json`` beside the real Mesh-TF checkpoint in
-shared/realworld/t5x_mtf_tiny_t5/ (T5X's names for every tensor), and TF-written checkpoints with
+tests/data/realworld/t5x_mtf_tiny_t5/ (T5X's names for every tensor), and TF-written checkpoints with
 Mesh-TF's naming for T5.1.0 and T5.1.1, loaded unscanned and scanned (sharded on 8 CPU devices).
 """
 
@@ -23,9 +23,7 @@ from mapping_fakes import FakeCheckpoint
 from tf2flax.mapping import build_plan
 from tf2flax.targets import flatten_targets
 
-# shared/ lies beside the repository (CI) or beside the folder of worktrees
-REALWORLD = next(p / "shared" / "realworld" / "t5x_mtf_tiny_t5" for p in Path(__file__).resolve().parents[2:4]
-                 if (p / "shared" / "realworld").is_dir())
+REALWORLD = Path(__file__).resolve().parent / "data" / "realworld" / "t5x_mtf_tiny_t5"
 EXPECTED = json.loads((REALWORLD / "t5x_importer_expected.json").read_text())
 
 
