@@ -1,7 +1,9 @@
 """Start-up: ``import tf2flax``, ``ls`` and ``list_variables`` of a local checkpoint stay light.
 
 jax, flax, orbax and tensorstore load only when something needs them (``init_params``, ``convert``,
-a URL). Each check runs in a fresh interpreter, so nothing imported by the test session counts.
+a URL); ml_dtypes (about half a second to import in 0.7) only when a tensor of one of its types
+(bfloat16, float8, int4...) is met. Each check runs in a fresh interpreter, so nothing imported by the
+test session counts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("jax", "flax", "orbax", "orbax.checkpoint", "tensorstore", "tensorflow")
+HEAVY = ("jax", "flax", "orbax", "orbax.checkpoint", "tensorstore", "tensorflow", "ml_dtypes")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bert_tiny"
 
 PROBE = """
@@ -24,10 +26,18 @@ from tf2flax.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as out:
     status = main(["ls", *sys.argv[2:]])
 names = tf2flax.list_variables(sys.argv[1])
-loaded = sorted(m for m in {heavy!r} if m in sys.modules)
+listed = sorted(m for m in {heavy!r} if m in sys.modules)
+with tf2flax.open_checkpoint(sys.argv[1]) as ckpt:
+    dtypes = sorted({{str(ckpt.read(name).dtype) for name in ckpt.names}})
 print(json.dumps({{"status": status, "listed": len(names), "ls_lines": len(out.getvalue().splitlines()),
-                  "loaded": loaded}}))
+                  "loaded": listed, "read_loaded": sorted(m for m in {heavy!r} if m in sys.modules),
+                  "dtypes": dtypes}}))
 """
+
+
+def extended(dtypes: list[str]) -> set[str]:
+    """The dtype names that are ml_dtypes' own (bfloat16, float8_*, int4...), not numpy's."""
+    return {d for d in dtypes if d.startswith(("bfloat", "float8", "float4", "int4", "uint4", "int2", "uint2"))}
 
 
 def probe(path: str, *ls_args: str) -> dict:
@@ -38,16 +48,33 @@ def probe(path: str, *ls_args: str) -> dict:
 
 
 @pytest.mark.parametrize("ls_args", [(), ("--json",), ("--names", "object"), ("--names", "full")])
-def test_ls_of_a_tf2_checkpoint_imports_no_jax(tf2_ckpt, ls_args):
-    got = probe(tf2_ckpt.prefix, *ls_args)
+def test_ls_of_a_float32_tf2_checkpoint_imports_no_jax_nor_ml_dtypes(keras3_ckpt, ls_args):
+    got = probe(keras3_ckpt.prefix, *ls_args)
     assert got["status"] == 0 and got["listed"] > 0 and got["ls_lines"] > got["listed"]
-    assert got["loaded"] == []
+    assert "float32" in got["dtypes"] and not extended(got["dtypes"])
+    assert got["loaded"] == [] and got["read_loaded"] == []
 
 
 def test_ls_of_the_shipped_bert_example_imports_no_jax():
     got = probe(str(EXAMPLE))
-    assert got["status"] == 0 and got["listed"] > 10
-    assert got["loaded"] == []
+    assert got["status"] == 0 and got["listed"] > 10 and "float32" in got["dtypes"]
+    assert got["loaded"] == [] and got["read_loaded"] == []
+
+
+@pytest.mark.parametrize("fixture", ["tf2_ckpt", "zoo_ckpt"])
+def test_ml_dtypes_loads_when_a_tensor_needs_it(request, fixture):
+    """Checkpoints with bfloat16 tensors: ls and reads work, and import ml_dtypes for them (nothing heavier)."""
+    got = probe(request.getfixturevalue(fixture).prefix, "--json")
+    assert got["status"] == 0 and "bfloat16" in extended(got["dtypes"]) and "float32" in got["dtypes"]
+    assert got["loaded"] == got["read_loaded"] == ["ml_dtypes"]
+
+
+def test_import_tf2flax_imports_no_ml_dtypes():
+    code = "import sys, tf2flax, tf2flax.cli, tf2flax.formats; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code.format(heavy=HEAVY)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_lazy_attributes_load_on_first_use():

@@ -181,7 +181,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     from . import open_checkpoint
-    from .formats.dtypes import DT_STRING
+    from .formats.dtypes import dtype_name
     from .naming import display_names
 
     ckpt = open_checkpoint(args.ckpt)
@@ -192,7 +192,7 @@ def _ls(args: argparse.Namespace) -> int:
         info = ckpt.info(key)
         rows.append({
             "name": shown[key], "key": key, "shape": list(info.shape),
-            "dtype": "string" if info.dtype_enum == DT_STRING else info.dtype.name,
+            "dtype": dtype_name(info.dtype_enum),
             "bytes": info.nbytes, "shards": list(info.shards), "sliced": info.is_sliced,
             "slices": len(info.slices), **(becomes[key] if becomes else {}),
         })
