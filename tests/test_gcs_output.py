@@ -90,7 +90,7 @@ def test_cli_to_gs_with_force_replaces_only_a_checkpoint_tf2flax_wrote(gcs, tf1_
     assert url in done.stdout
     again = _cli("convert", tf1_ckpt.prefix, url)
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [
-        f"tf2flax: error: {url} already exists; use --force (force=True) to replace it"]
+        f"tf2flax: error: {url} already exists; use --force to replace it"]
     forced = _cli("convert", tf1_ckpt.prefix, url, "--force", "--dtype", "bfloat16")
     assert forced.returncode == 0, forced.stderr[-3000:]
     restored = _leaves(ocp.v1.load(url))
@@ -189,6 +189,6 @@ def test_a_gs_conversion_larger_than_memory_is_refused_before_writing(gcs, tf1_c
     assert 1 << 20 < real < 1 << 50  # this machine's MemAvailable
     monkeypatch.setattr(remote_out, "available_memory", lambda: 1000)
     with pytest.raises(UnsupportedFormatError, match=r"gs://tf2flax-out/runs/big: writing .* to gs:// holds it in "
-                                                     r"memory .* only 1.0 KB is available: run with --distributed"):
+                                                     r"memory .* only 1.0 KB is available: run with distributed=True"):
         tf2flax.convert(tf1_ckpt.prefix, f"gs://{BUCKET}/runs/big")
     assert gcs.names("runs/big") == []

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,17 +25,22 @@ import traceback
 import warnings
 from typing import Any, Sequence
 
-from .errors import Tf2FlaxError
+from .errors import Tf2FlaxError, command_line_wording
 from .progress import human_bytes
 from .storage import redact_url
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tf2flax``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="tf2flax", description="TensorFlow checkpoints for JAX/Flax, "
                                      "without TensorFlow.")
+    parser.add_argument("--version", action="version", version=f"tf2flax {__version__}")
+    _add_common(parser, default=False)
+    # The same flags after the subcommand; SUPPRESS keeps a flag given before it (tf2flax --debug ls ...).
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     conv = sub.add_parser("convert", parents=[common], help="convert a TF checkpoint to an Orbax checkpoint",
@@ -46,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
     conv.add_argument("--include-optimizer", action="store_true",
                       help="keep optimizer state, the object graph, save_counter and global_step")
-    conv.add_argument("--names", choices=("object", "full"),
-                      help="default names of TF2 variables: object paths, or full names (Keras 3: layer paths)")
+    conv.add_argument("--names", choices=("object", "full"), default=None,
+                      help="names of TF2 variables in OUT: object (the default, as `ls` shows them): model-side "
+                      "object paths; full: full names (Keras 3: layer paths). A map file's 'names' applies when "
+                      "this is not given. TF1 tensors keep their names")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
-    conv.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     dist = conv.add_argument_group("distributed", "one process of a jax.distributed conversion (every "
                                    "process runs the same command; see docs/convert.md)")
     dist.add_argument("--distributed", action="store_true",
@@ -66,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List a checkpoint's tensors: name, shape, dtype, size, shard.")
     ls.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.add_argument("--names", choices=("key", "object", "full"), default="key",
-                    help="key: checkpoint keys; object: TF2 object paths (model side); full: TF2 full names")
+    ls.add_argument("--names", choices=("object", "key", "full"), default="object",
+                    help="how TF2 variables are named: object (the default, the names convert gives them): "
+                    "model-side object paths; key: checkpoint keys, as tf.train.list_variables shows them "
+                    "(--json always has them); full: full names. TF1 tensors have one name")
     ls.add_argument("--preset", metavar="NAME", help="also show what each tensor becomes under a preset "
                     "(see 'tf2flax presets')")
     ls.set_defaults(func=_ls)
@@ -76,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                              description="List the presets (renames for a framework's or model family's naming).")
     presets.set_defaults(func=_presets)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--debug`` and ``--quiet``, accepted before and after the subcommand."""
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and library logs")
+    parser.add_argument("--quiet", action="store_true", default=default,
+                        help="no progress bar, no summary, no native libraries' chatter (warnings and errors still print)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("absl").setLevel(logging.ERROR)
         warnings.showwarning = _one_line_warning(warnings.showwarning)
     try:
-        return args.func(args)
+        with command_line_wording():
+            return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
@@ -145,15 +162,17 @@ def _convert(args: argparse.Namespace) -> int:
     if args.names:
         options["names"] = args.names
     primary = True
-    if args.distributed:
-        from .conversion.launch import join_distributed
+    # gloo (JAX's CPU collectives) prints '[Gloo] Rank 0 is connected ...' on stdout at every save
+    with _native_lines_dropped(args.distributed and not args.debug):
+        if args.distributed:
+            from .conversion.launch import join_distributed
 
-        primary = join_distributed(args.coordinator, args.num_processes, args.process_id, args.timeout) == 0
-        options.update(distributed=True, timeout=args.timeout)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvertWarning)
-        result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
-                         dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
+            primary = join_distributed(args.coordinator, args.num_processes, args.process_id, args.timeout) == 0
+            options.update(distributed=True, timeout=args.timeout)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvertWarning)
+            result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
+                             dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning) and primary:
             print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000))}", file=sys.stderr)
@@ -166,6 +185,14 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.quiet or args.dry_run:
         print(_printable_lines(result.summary()))
     return 0
+
+
+def _native_lines_dropped(drop: bool) -> Any:
+    if not drop:
+        return contextlib.nullcontext()
+    from .conversion.native_output import dropping_native_lines
+
+    return dropping_native_lines()
 
 
 # ---- presets -----------------------------------------------------------------------------------------

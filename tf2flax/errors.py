@@ -13,6 +13,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 class Tf2FlaxError(Exception):
     """Base class of every error tf2flax raises on bad input or bad usage."""
@@ -82,3 +85,51 @@ def short_repr(value: object) -> str:
 
 class DistributedError(Tf2FlaxError, RuntimeError):
     """A process of a distributed conversion failed or did not answer; every process raises the same."""
+
+
+# ---- wording: one language per interface ---------------------------------------------------------------
+
+_COMMAND_LINE = False
+
+
+@contextlib.contextmanager
+def command_line_wording() -> Iterator[None]:
+    """Within it, messages name options as the command line spells them (``--force``), not as Python
+    arguments (``force=True``): the CLI runs every command inside it, so whichever layer raises, the
+    user reads the words of the interface they used.
+
+    Example::
+
+        with command_line_wording():
+            option("force")            # '--force'
+        option("force")                # 'force=True'
+    """
+    global _COMMAND_LINE
+    before, _COMMAND_LINE = _COMMAND_LINE, True
+    try:
+        yield
+    finally:
+        _COMMAND_LINE = before
+
+
+def spoken(api: str, cli: str) -> str:
+    """``cli`` inside :func:`command_line_wording`, else ``api``: a phrase of a message that differs between
+    the Python API and the command line.
+
+    Example::
+
+        f"... and 3 more ({spoken('report.lines() has all', 'all listed above')})"
+    """
+    return cli if _COMMAND_LINE else api
+
+
+def option(name: str, value: object = True) -> str:
+    """An option as the user's interface spells it: ``force=True`` in Python, ``--force`` on the
+    command line (``--dtype bfloat16`` for a value other than True).
+
+    Example::
+
+        f"{out} already exists; use {option('force')} to replace it"
+    """
+    flag = "--" + name.replace("_", "-")
+    return spoken(f"{name}={value!r}", flag if value is True else f"{flag} {value}")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .errors import MappingError
+from .errors import MappingError, spoken
 from .regions import Index, index_shape, normalize_index
 
 class Source(Protocol):
@@ -558,7 +558,8 @@ class Report:
         shown = self.lines()[:max_matched] if max_matched is not None else self.lines()
         lines += [f"  {line}" for line in shown]
         if len(shown) < len(self.matched):
-            lines.append(f"  ... and {len(self.matched) - len(shown)} more match(es) (report.lines() has all)")
+            lines.append(f"  ... and {len(self.matched) - len(shown)} more match(es) "
+                         f"({spoken('report.lines() has all', 'all listed above')})")
         lines += [f"  unused: {n}" for n in self.unused]
         lines += [f"  unset:  {n}" for n in self.unset]
         return "\n".join(lines)

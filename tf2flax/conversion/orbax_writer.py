@@ -22,7 +22,7 @@ from ..formats import Checkpoint
 from ..errors import MappingError
 from ..plan import Plan, PlanEntry, release_source
 from ..progress import ByteProgress
-from .out_dir import install
+from .out_dir import install, write_error
 from .signals import signals_between_groups
 from .tree import nest
 
@@ -148,13 +148,16 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
             check()
             ocp.v1.partial.finalize(tmp)
             team.step("install the output", lambda: _install(team, tmp, out, force))
-    except BaseException:
+    except BaseException as e:
         if pending is not None:  # let Orbax's writer threads stop before removing their files
             with contextlib.suppress(BaseException):
                 pending[0].result()
         if team.primary:
             for leftover in tmp.parent.glob(glob.escape(tmp.name) + "*"):  # Orbax adds suffixes of its own
                 shutil.rmtree(leftover, ignore_errors=True)
+        failed = write_error(out, tmp, e)  # a raw errno naming our temporary directory: say it for OUT
+        if failed is not None:
+            raise failed from e
         raise
     return tensors, written
 

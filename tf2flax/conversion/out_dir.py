@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import OutputExistsError, clip
+from ..errors import OutputExistsError, StorageError, Tf2FlaxError, clip, option, spoken
 from ..storage import LocalStore, redact_url
 
 # What Orbax writes at the top of a checkpoint, besides one directory (holding _METADATA) per item.
@@ -46,18 +46,53 @@ def check_out(out: str | os.PathLike, force: bool, *, dry_run: bool = False, inp
     an empty directory or an Orbax checkpoint written by tf2flax.
     """
     path = Path(os.path.abspath(out))
-    if dry_run or not (path.exists() or path.is_symlink()):
+    if dry_run:
+        return path
+    if not (path.exists() or path.is_symlink()):
+        blocked = parent_problem(path)
+        if blocked:
+            raise StorageError(f"{path}: cannot create its directory {path.parent}: {blocked}")
         return path
     for what, held in [*(("the checkpoint being converted", p) for p in inputs), ("the current directory", ".")]:
         if _holds(path, held):
-            raise OutputExistsError(f"{path} is or holds {what} ({os.path.abspath(held)}); choose another OUT")
+            raise OutputExistsError(f"{path} is or holds {what} ({os.path.abspath(held)}); "
+                                  f"choose another {spoken('output path', 'OUT')}")
     if path.is_symlink() and not path.exists():
         raise OutputExistsError(f"{path} is a symbolic link to {clip(os.readlink(path))}, which does not exist; "
-                                "remove the link or choose another OUT")
+                                f"remove the link or choose another {spoken('output path', 'OUT')}")
     if not force:
-        raise OutputExistsError(f"{path} already exists; use --force (force=True) to replace it")
+        raise OutputExistsError(f"{path} already exists; use {option('force')} to replace it")
     check_replaceable(path)
     return path
+
+
+def parent_problem(out: Path) -> str | None:
+    """Why the directories above ``out`` cannot be created or written (the nearest existing one is a
+    file, a dangling symbolic link or read-only), or None if they can (missing ones are created)."""
+    nearest = out.parent
+    while not os.path.lexists(nearest) and nearest != nearest.parent:
+        nearest = nearest.parent
+    if nearest.is_dir():
+        return None if os.access(nearest, os.W_OK | os.X_OK) else f"{nearest} is not writable"
+    if nearest.is_symlink():
+        return f"{nearest} is a symbolic link to {clip(os.readlink(nearest))}, which does not exist"
+    return f"{nearest} is a file, not a directory"
+
+
+def write_error(out: Path, tmp: Path, error: BaseException) -> StorageError | None:
+    """The error to raise for ``error``, met while writing ``out`` through the temporary ``tmp``: one
+    naming ``out`` (never ``tmp``) and, when that is the cause, the directory above it that is gone or
+    in the way; None when ``error`` is not about the output (it is raised as it is)."""
+    if isinstance(error, Tf2FlaxError) or not isinstance(error, Exception):
+        return None
+    missing = next((p for p in reversed(out.parents) if not p.is_dir()), None)
+    if missing is not None:
+        why = parent_problem(out) or f"its directory {missing} does not exist (removed while converting?)"
+    elif str(tmp) in f"{error} {getattr(error, 'filename', '')}":
+        why = getattr(error, "strerror", None) or " ".join(str(error).replace(str(tmp), str(out)).split())[:300]
+    else:
+        return None
+    return StorageError(f"{out}: writing the output failed: {why}")
 
 
 def leftovers_note(out: Path) -> str | None:
@@ -86,8 +121,9 @@ def check_replaceable(path: Any) -> None:
     is an empty directory or an Orbax checkpoint tf2flax wrote."""
     why = _not_ours(path)
     if why:
-        raise OutputExistsError(f"{redact_url(str(path))} {why}; --force replaces only an empty directory or an "
-                                "Orbax checkpoint written by tf2flax: remove it yourself or choose another OUT")
+        raise OutputExistsError(f"{redact_url(str(path))} {why}; {option('force')} replaces only an empty directory or "
+                                "an Orbax checkpoint written by tf2flax: remove it yourself or choose another "
+                                f"{spoken('output path', 'OUT')}")
 
 
 def _not_ours(path: Any) -> str | None:

@@ -28,7 +28,7 @@ import contextlib
 import os
 from typing import Any, Iterable
 
-from ..errors import OutputExistsError, StorageError, UnsupportedFormatError
+from ..errors import OutputExistsError, StorageError, UnsupportedFormatError, option, spoken
 from ..plan import Plan, release_source
 from ..progress import ByteProgress, human_bytes
 from ..storage import redact_url
@@ -64,13 +64,13 @@ def check_output_url(out: str | os.PathLike, force: bool, *, dry_run: bool = Fal
     for held in inputs:
         if held == url or held.startswith(url + "/"):
             raise OutputExistsError(f"{shown} is or holds the checkpoint being converted "
-                                    f"({redact_url(held)}); choose another OUT")
+                                    f"({redact_url(held)}); choose another {spoken('output path', 'OUT')}")
     if dry_run:
         return url
     path = gcs_path(url)
     if _exists(path):
         if not force:
-            raise OutputExistsError(f"{shown} already exists; use --force (force=True) to replace it")
+            raise OutputExistsError(f"{shown} already exists; use {option('force')} to replace it")
         check_replaceable(path)
     return url
 
@@ -159,8 +159,8 @@ def check_memory(url: str, nbytes: int) -> None:
     if available is not None and nbytes > available:
         raise UnsupportedFormatError(
             f"{redact_url(url)}: writing {human_bytes(nbytes)} to gs:// holds it in memory until Orbax's one save "
-            f"(it cannot stream to GCS), and only {human_bytes(available)} is available: run with --distributed "
-            "over more hosts, or convert to a local directory and copy it")
+            f"(it cannot stream to GCS), and only {human_bytes(available)} is available: run with "
+            f"{option('distributed')} over more hosts, or convert to a local directory and copy it")
 
 
 def _save(url: str, tree: dict, custom_metadata: dict | None) -> None:
