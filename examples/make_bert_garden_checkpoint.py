@@ -12,9 +12,11 @@ This script builds that object graph with ``tf.Module`` s holding those exact at
 tf-models-official needed), fills it with ``bert_tiny``'s weights (the 2-D attention kernels reshaped
 to EinsumDense's 3-D ones, as Model Garden's own TF1 converter does), writes it with
 ``tf.train.Checkpoint(encoder=...).write`` and records the outputs TensorFlow computes with the
-Model Garden formulation (einsum attention) for ``bert_tiny``'s reference inputs::
+Model Garden formulation (einsum attention) for ``bert_tiny``'s reference inputs. The weights are
+``bert_tiny``'s exactly (reshaped, not recomputed); the reference outputs are TensorFlow's, bit for bit
+only on the same machine and TensorFlow build. It writes to the directory you name::
 
-    python examples/make_bert_garden_checkpoint.py      # rewrites examples/bert_tiny_garden/
+    python examples/make_bert_garden_checkpoint.py --out /tmp/bert_tiny_garden
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCE = HERE / "bert_tiny"
-DEFAULT_OUT = HERE / "bert_tiny_garden"
 
 
 def garden_encoder(tf, weights: dict[str, np.ndarray], cfg: dict):
@@ -125,9 +126,9 @@ def write(source: Path, out: Path) -> str:
     ref = dict(np.load(source / "reference_outputs.npz"))
     inputs = {k: ref[k] for k in ("input_ids", "token_type_ids", "input_mask")}
     sequence_output, pooled_output = garden_outputs(tf, encoder, cfg, **inputs)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} exists and is not empty: name a new directory")
+    out.mkdir(parents=True, exist_ok=True)
     prefix = tf.train.Checkpoint(encoder=encoder).write(str(out / "bert_model.ckpt"))
     shutil.copy(source / "bert_config.json", out / "bert_config.json")
     np.savez(out / "reference_outputs.npz", **inputs, sequence_output=sequence_output.numpy(),
@@ -138,7 +139,7 @@ def write(source: Path, out: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="a TF1 BERT checkpoint directory")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
     args = parser.parse_args(argv)
     prefix = write(args.source, args.out)
     print(f"wrote {prefix} ({sum(p.stat().st_size for p in args.out.iterdir()) / 1024:.0f} KiB)")

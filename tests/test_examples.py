@@ -4,7 +4,8 @@
   Keras's outputs within 1e-4 with nothing left over on either side.
 - ``bert_tf1_to_flax.py``: the shipped TF1 checkpoint, on 8 CPU devices (the word embedding table sharded
   by rows); outputs match BERT computed from the checkpoint's arrays, and TensorFlow's recorded outputs.
-- ``make_bert_checkpoint.py`` regenerates the shipped checkpoint (same names, shapes and values).
+- ``make_bert_checkpoint.py`` regenerates the shipped checkpoint (same names and shapes, values within
+  float32 rounding), the same bytes twice on one machine, and only where it is told to write.
 """
 
 from __future__ import annotations
@@ -158,16 +159,23 @@ def test_partitioned_embedding_into_flax_parts():
 # ------------------------------------------------------------------------------------------------
 @needs_tf
 def test_make_bert_checkpoint_reproduces_the_shipped_one(tmp_path):
-    out = tmp_path / "bert_tiny"
+    shipped_bytes = {p.name: p.read_bytes() for p in BERT_TINY.iterdir()}
+    out, again = tmp_path / "bert_tiny", tmp_path / "again"
     run_example("make_bert_checkpoint.py", "--out", str(out))
+    run_example("make_bert_checkpoint.py", "--out", str(again))
+    assert {p.name: p.read_bytes() for p in BERT_TINY.iterdir()} == shipped_bytes  # examples/ untouched
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in again.iterdir()}
     assert (out / "checkpoint").read_text() == (BERT_TINY / "checkpoint").read_text()
     assert (out / "bert_config.json").read_text() == (BERT_TINY / "bert_config.json").read_text()
     new, shipped = tf2flax.open_checkpoint(out), tf2flax.open_checkpoint(BERT_TINY)
     assert new.list_variables() == shipped.list_variables()
     for name, _ in shipped.list_variables():
-        # Bitwise with the same TensorFlow build; CPU kernels may round differently elsewhere.
+        # Bitwise on one machine (above); other CPUs and TensorFlow builds round differently.
         np.testing.assert_allclose(new.read(name), shipped.read(name), rtol=1e-5, atol=1e-6, err_msg=name)
     assert sum(p.stat().st_size for p in out.iterdir()) < 1 << 20
+    refused = subprocess.run([sys.executable, str(EXAMPLES / "make_bert_checkpoint.py")], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "--out" in refused.stderr  # no default that overwrites examples/
 
 
 # ------------------------------------------------------------------------------------------------
