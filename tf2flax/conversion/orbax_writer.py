@@ -133,7 +133,8 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
         with ctx, ByteProgress(team.share_bytes(plan), progress, "converting") as bar, \
                 signals_between_groups() as check:
             for group in groups(plan):
-                items = team.step(f"read {group[0][0]}", lambda: _read_and_finish(team, group, pending, bar))
+                items = team.step(f"read {group[0][0]}",
+                                  _for_out(out, tmp, lambda: _read_and_finish(team, group, pending, bar)))
                 pending = None
                 check()
                 meta = custom_metadata if not tensors else None
@@ -144,10 +145,10 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
                 del items
             last, pending = pending, None
             if last is not None:
-                team.step("write the last tensors", lambda: _finish(last, bar))
+                team.step("write the last tensors", _for_out(out, tmp, lambda: _finish(last, bar)))
             check()
             ocp.v1.partial.finalize(tmp)
-            team.step("install the output", lambda: _install(team, tmp, out, force))
+            team.step("install the output", _for_out(out, tmp, lambda: _install(team, tmp, out, force)))
     except BaseException as e:
         if pending is not None:  # let Orbax's writer threads stop before removing their files
             with contextlib.suppress(BaseException):
@@ -160,6 +161,21 @@ def write_orbax(plan: Plan, out: str | os.PathLike, *, force: bool = False, prog
             raise failed from e
         raise
     return tensors, written
+
+
+def _for_out(out: Path, tmp: Path, fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn``, raising its errors about the output as :func:`write_error` words them (naming ``out``,
+    never ``tmp``) inside the step, so that every process of a distributed conversion hears them so."""
+    def run() -> T:
+        try:
+            return fn()
+        except Exception as e:
+            failed = write_error(out, tmp, e)
+            if failed is None:
+                raise
+            raise failed from e
+
+    return run
 
 
 def _install(team: Any, tmp: Path, out: Path, force: bool) -> None:
