@@ -3,7 +3,8 @@
 Bad input (a missing path, something that is not a checkpoint, a bad map file, an existing output
 without ``--force``) prints one line ``tf2flax: error: ...`` on stderr and exits with status 2 (with
 ``--debug``, after a traceback); an interrupt exits with 130, SIGTERM with 143. None of them leaves a
-finished-looking output.
+finished-looking output. Messages speak in flags (``--force``), as the Python API's speak in
+arguments (``force=True``); ``--debug`` and ``--quiet`` go before or after the command.
 
 Example::
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", metavar="DTYPE", help="cast floating tensors, e.g. bfloat16")
     conv.add_argument("--include-optimizer", action="store_true",
                       help="keep optimizer state, the object graph, save_counter and global_step")
-    conv.add_argument("--names", choices=("object", "full"), default=None,
+    conv.add_argument("--names", choices=("object", "full"),
                       help="names of TF2 variables in OUT: object (the default, as `ls` shows them): model-side "
                       "object paths; full: full names (Keras 3: layer paths). A map file's 'names' applies when "
                       "this is not given. TF1 tensors keep their names")
@@ -91,7 +92,8 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     """``--debug`` and ``--quiet``, accepted before and after the subcommand."""
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and library logs")
     parser.add_argument("--quiet", action="store_true", default=default,
-                        help="no progress bar, no summary, no native libraries' chatter (warnings and errors still print)")
+                        help="no progress bar, no summary, no native libraries' chatter (warnings and errors "
+                        "still print)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
