@@ -19,6 +19,7 @@ import math
 import mmap
 import os
 import re
+import stat
 import threading
 import warnings
 from typing import Any, Protocol
@@ -91,6 +92,37 @@ class Store(Protocol):
         """Fill ``out`` with the bytes of ``name`` starting at ``offset``; error if the file is shorter."""
 
 
+def open_regular(path: str) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (after symlinks).
+
+    Opened without blocking and checked with ``fstat`` before anything is read: a FIFO, a device, a
+    socket or a directory is refused at once (reading a FIFO would wait forever for a writer), with
+    no window for it to be swapped in between a check and the open.
+
+    Example::
+
+        fd = open_regular("/runs/bert/model.ckpt-1000.index")
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: file not found") from None
+    except OSError as e:
+        raise StorageError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+            raise StorageError(f"{path}: is {kind}, not a regular file; checkpoint files must be regular files")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class LocalStore:
     """Files in a local directory, read with ``os.preadv`` into caller buffers or mapped (``view``)."""
 
@@ -104,7 +136,9 @@ class LocalStore:
         return os.path.join(self.location, name)
 
     def exists(self, name: str) -> bool:
-        return os.path.isfile(self.describe(name))
+        """Whether ``name`` is there and not a directory (a FIFO or device is, and is refused on opening)."""
+        path = self.describe(name)
+        return os.path.exists(path) and not os.path.isdir(path)
 
     def size(self, name: str) -> int:
         return os.fstat(self._fd(name)).st_size
@@ -113,12 +147,7 @@ class LocalStore:
         with self._lock:
             fd = self._fds.get(name)
             if fd is None:
-                try:
-                    fd = os.open(self.describe(name), os.O_RDONLY)
-                except FileNotFoundError:
-                    raise CheckpointNotFoundError(f"{self.describe(name)}: file not found") from None
-                except OSError as e:
-                    raise StorageError(f"{self.describe(name)}: cannot open: {e.strerror}") from None
+                fd = open_regular(self.describe(name))
                 self._fds[name] = fd
             return fd
 
@@ -393,6 +422,7 @@ class KvStore:
         self._spec = kvstore_spec(self.location)
         self._lock = threading.Lock()
         self._kvs: dict[int, Any] = {}
+        self._regular: set[str] = set()
         self._kv = self._opened(0)  # first attempts: their errors are classified before any retry
         self._sizes: dict[str, int] = {}
 
@@ -418,6 +448,13 @@ class KvStore:
             return kv
 
     def _start(self, name: str, byte_range: slice | None = None, kv: Any = None) -> Any:
+        if self._spec.get("driver") == "file" and name not in self._regular:
+            # tensorstore's file driver would wait forever on a FIFO: refuse what is not a regular file.
+            # (A file swapped for one after this check is not caught; local paths are immune.)
+            path = os.path.join(self._spec["path"], name)
+            if os.path.exists(path):
+                os.close(open_regular(path))
+            self._regular.add(name)
         try:
             kv = self._kv if kv is None else kv
             return kv.read(name) if byte_range is None else kv.read(name, byte_range=byte_range)
