@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import mmap
 import os
@@ -22,7 +23,7 @@ import re
 import stat
 import threading
 import warnings
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 
@@ -123,14 +124,29 @@ def open_regular(path: str) -> int:
     return fd
 
 
+class _Handle:
+    """One open file of a LocalStore: its descriptor, how many reads use it now, whether it is let go."""
+
+    __slots__ = ("fd", "users", "dropped")
+
+    def __init__(self, fd: int):
+        self.fd, self.users, self.dropped = fd, 0, False
+
+
 class LocalStore:
-    """Files in a local directory, read with ``os.preadv`` into caller buffers or mapped (``view``)."""
+    """Files in a local directory, read with ``os.preadv`` into caller buffers or mapped (``view``).
+
+    Thread-safe, ``close()`` included: a descriptor is closed only once no read uses it, so a read
+    racing ``close()`` finishes on the file it started on (never on a descriptor the process has since
+    reused for another file); a read that starts after ``close()`` raises StorageError.
+    """
 
     def __init__(self, directory: str):
         self.location = os.path.abspath(directory)
-        self._fds: dict[str, int] = {}
+        self._fds: dict[str, _Handle] = {}
         self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def describe(self, name: str) -> str:
         return os.path.join(self.location, name)
@@ -141,15 +157,29 @@ class LocalStore:
         return os.path.exists(path) and not os.path.isdir(path)
 
     def size(self, name: str) -> int:
-        return os.fstat(self._fd(name)).st_size
+        with self._borrowed(name) as fd:
+            return os.fstat(fd).st_size
 
-    def _fd(self, name: str) -> int:
+    def _closed_error(self, name: str) -> StorageError:
+        return StorageError(f"{self.describe(name)}: the checkpoint is closed")
+
+    @contextlib.contextmanager
+    def _borrowed(self, name: str) -> Iterator[int]:
+        """The descriptor of ``name`` (opened on first use), kept open until the caller is done with it."""
         with self._lock:
-            fd = self._fds.get(name)
-            if fd is None:
-                fd = open_regular(self.describe(name))
-                self._fds[name] = fd
-            return fd
+            if self._closed:
+                raise self._closed_error(name)
+            handle = self._fds.get(name)
+            if handle is None:
+                handle = self._fds[name] = _Handle(open_regular(self.describe(name)))
+            handle.users += 1
+        try:
+            yield handle.fd
+        finally:
+            with self._lock:
+                handle.users -= 1
+                if handle.dropped and handle.users == 0:
+                    os.close(handle.fd)
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> bytes:
         if stop is None:
@@ -159,54 +189,60 @@ class LocalStore:
         return bytes(buf)
 
     def read_into(self, name: str, offset: int, out: memoryview) -> None:
-        fd = self._fd(name)
         out = out.cast("B") if out.format != "B" or out.ndim != 1 else out
         done = 0
-        while done < len(out):
-            try:
-                n = os.preadv(fd, [out[done:]], offset + done)
-            except OSError as e:
-                raise StorageError(f"{self.describe(name)}: read failed: {e.strerror}") from None
-            if n == 0:
-                raise CorruptCheckpointError(
-                    f"{self.describe(name)}: file ends at byte {offset + done}, expected at least "
-                    f"{offset + len(out)} bytes (truncated?)")
-            done += n
+        with self._borrowed(name) as fd:
+            while done < len(out):
+                try:
+                    n = os.preadv(fd, [out[done:]], offset + done)
+                except OSError as e:
+                    raise StorageError(f"{self.describe(name)}: read failed: {e.strerror}") from None
+                if n == 0:
+                    raise CorruptCheckpointError(
+                        f"{self.describe(name)}: file ends at byte {offset + done}, expected at least "
+                        f"{offset + len(out)} bytes (truncated?)")
+                done += n
 
     def view(self, name: str, start: int, stop: int) -> memoryview:
         """Bytes ``[start, stop)`` of ``name`` as a read-only view of the file mapped into memory.
 
         The file is mapped once, shared and read-only (``PROT_READ``, ``MAP_SHARED``): a view costs
         no copy and no memory beyond the page cache. It shows the file's bytes as they are when
-        read, so a file rewritten *in place* changes the views of it, and one truncated makes
-        access past its new end fault (SIGBUS). Files replaced by a rename (how TensorFlow, Orbax
-        and most copy tools write) leave the mapping, and every view, on the old contents. The
-        mapping is released when the store is closed and the last view of it is gone.
+        read, so a file rewritten *in place* changes the views of it. Each view is handed out only
+        after an ``fstat`` shows the file still holds ``[start, stop)``: a file truncated under an
+        open store gives a CorruptCheckpointError, not a fault. A file truncated *after* a view of
+        it was handed out (while it is read, or later) makes access past its new end fault
+        (SIGBUS), as for any mapped file; open with ``mmap=False`` where files may shrink while in
+        use. Files replaced by a rename (how TensorFlow, Orbax and most copy tools write) leave
+        the mapping, and every view, on the old contents. The mapping is released when the store
+        is closed and the last view of it is gone.
 
         Example::
 
             header = bytes(store.view("model.ckpt-1.data-00000-of-00001", 0, 16))
         """
-        with self._lock:
-            mapped = self._maps.get(name)
-        if mapped is None:
-            fd = self._fd(name)
+        with self._borrowed(name) as fd:
             size = os.fstat(fd).st_size
             if stop > size:
                 raise CorruptCheckpointError(
                     f"{self.describe(name)}: file ends at byte {size}, expected at least {stop} bytes (truncated?)")
-            if size == 0:
+            if stop <= start:
                 return memoryview(b"")
-            try:
-                mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            except OSError as e:
-                raise StorageError(f"{self.describe(name)}: cannot map: {e.strerror}") from None
             with self._lock:
-                mapped = self._maps.setdefault(name, mapped)
-        if stop > len(mapped):
-            raise CorruptCheckpointError(
-                f"{self.describe(name)}: file ends at byte {len(mapped)}, expected at least {stop} bytes (truncated?)")
-        return memoryview(mapped)[start:stop]
+                mapped = self._maps.get(name)
+            if mapped is None or len(mapped) < stop:
+                try:  # the file as it is now (it may have grown since an earlier mapping)
+                    fresh = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                except OSError as e:
+                    raise StorageError(f"{self.describe(name)}: cannot map: {e.strerror}") from None
+                with self._lock:
+                    mapped = self._maps.get(name)
+                    if mapped is None or len(mapped) < len(fresh):
+                        mapped = self._maps[name] = fresh
+            with self._lock:  # exported before close() can unmap it (close leaves an exported map alone)
+                if self._closed:
+                    raise self._closed_error(name)
+                return memoryview(mapped)[start:stop]
 
     def release(self, name: str, start: int, stop: int) -> None:
         """Drop the pages of bytes ``[start, stop)`` of ``name`` from this process's resident memory.
@@ -217,19 +253,23 @@ class LocalStore:
         """
         with self._lock:
             mapped = self._maps.get(name)
-        if mapped is None or stop <= start:
-            return
-        lo = start - start % mmap.PAGESIZE
-        hi = min(len(mapped), stop)
-        try:
-            mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-        except (ValueError, OSError):  # closed meanwhile, or a kernel without madvise: nothing to drop
-            pass
+            if mapped is None or stop <= start:
+                return
+            lo = start - start % mmap.PAGESIZE
+            hi = min(len(mapped), stop)
+            try:  # under the lock: close() cannot unmap it meanwhile
+                mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (ValueError, OSError):  # a kernel without madvise: nothing to drop
+                pass
 
     def close(self) -> None:
+        """Let go of every descriptor and mapping; reads in progress finish first, later ones raise."""
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            self._closed = True
+            for handle in self._fds.values():
+                handle.dropped = True
+                if handle.users == 0:
+                    os.close(handle.fd)
             self._fds.clear()
             for mapped in self._maps.values():
                 try:
