@@ -297,10 +297,11 @@ CHUNK_BYTES = 8 << 20
 INFLIGHT_BYTES = 256 << 20
 #: Retries of a request after a transient error (tensorstore's exponential backoff from 0.5 s to 16 s).
 RETRIES = 8
-#: Seconds without a byte arriving before a request is abandoned as stalled.
-STALL_SECONDS = 60
+#: Seconds without a byte arriving before a request is abandoned as stalled (curl notices about 5 s
+#: later). With ``STALL_RETRIES`` this bounds a stalled server to about 45 s with default settings.
+STALL_SECONDS = 15
 #: Retries of a stalled request (at most ``TF2FLAX_RETRIES``): a server that stalls tends to again.
-STALL_RETRIES = 2
+STALL_RETRIES = 1
 #: curl errors that a retry cannot fix: a bad URL or protocol, an unknown host, TLS handshake and
 #: certificate failures (https:// against a plain HTTP server, a self-signed or expired certificate).
 _PERMANENT_CURL_CODES = frozenset({1, 3, 4, 6, 35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
@@ -439,7 +440,7 @@ class KvStore:
     flight are bounded by ``inflight_bytes`` (by default one budget, ``TF2FLAX_INFLIGHT_MB``, shared
     by every remote store of the process). Each request is tried once; an error a retry cannot fix
     (TLS, certificate, unknown host) fails at once, a stalled transfer (no byte for ``stall_timeout``
-    seconds, ``TF2FLAX_STALL_TIMEOUT``, default 60) is retried ``STALL_RETRIES`` times, other
+    seconds, ``TF2FLAX_STALL_TIMEOUT``, default 15) is retried ``STALL_RETRIES`` (1) time, other
     transient errors ``TF2FLAX_RETRIES`` times with exponential backoff. Thread-safe.
 
     tensorstore sets the stall timeout of its HTTP transport once per process, from the first remote

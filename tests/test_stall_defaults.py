@@ -1,0 +1,97 @@
+"""With default settings, a server that stops sending fails a read within 60 s (issue 20: over 200 s).
+
+Two real servers on 127.0.0.1: one that answers byte ranges with half the body and then nothing
+(``RangeHTTPServer(misbehave="stall")``), one that accepts connections and never answers. Each read
+runs in a fresh interpreter with no ``TF2FLAX_*`` or ``TENSORSTORE_CURL_*`` setting (tensorstore
+reads its stall timeout once per process), both at once to halve the wait.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import hostile_files as h
+from servers import RangeHTTPServer
+
+_READ = """
+import sys, time
+import tf2flax
+from tf2flax.errors import StorageError
+began = time.monotonic()
+try:
+    tf2flax.open_checkpoint(sys.argv[1]).read("t")
+    print("read")
+except StorageError as e:
+    print(f"{time.monotonic() - began:.1f} s: {e}")
+"""
+
+
+def _default_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF2FLAX_", "TENSORSTORE_CURL_"))}
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent)
+    return env
+
+
+def _start(url: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _READ, url], env=_default_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+class _SilentServer:
+    """Accepts every connection on 127.0.0.1 and never sends a byte."""
+
+    def __init__(self):
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.connections.append(self._socket.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._socket.close()
+        for c in self.connections:
+            c.close()
+
+
+def test_a_stalled_server_fails_within_60_s_with_default_settings(tmp_path):
+    data = np.arange(300_000, dtype=np.float32).tobytes()
+    crc = h.crc32c.crc32c(data)
+    h.write_bundle(tmp_path / "model.ckpt-1", {b"t": h.entry(h.DT_FLOAT, (300_000,),
+                                                              crc=(((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)},
+                   data)
+    silent = _SilentServer()
+    try:
+        with RangeHTTPServer(tmp_path) as server:
+            server.misbehave = "stall"   # the index is read whole; the data file's range stalls mid-body
+            began = time.monotonic()
+            runs = [_start(server.url + "model.ckpt-1"), _start(silent.url + "run/")]
+            try:
+                outs = [run.communicate(timeout=150) for run in runs]
+            finally:
+                for run in runs:
+                    if run.poll() is None:
+                        run.kill()
+                        run.wait()
+            elapsed = time.monotonic() - began
+    finally:
+        silent.close()
+    for (stdout, stderr), what in zip(outs, ["model.ckpt-1.data-00000-of-00001", "run/checkpoint"]):
+        seconds, _, message = stdout.strip().partition(" s: ")
+        assert message.endswith("TF2FLAX_STALL_TIMEOUT sets how long to wait"), (stdout, stderr[-2000:])
+        assert what in message and "the server stopped sending (no data for 15 s, 2 attempts)" in message, message
+        assert float(seconds) < 60, stdout
+    assert elapsed < 90, elapsed
