@@ -62,6 +62,16 @@ def test_prefix_compressed_keys_are_budgeted(tmp_path):
     assert "expand" in result["message"]
 
 
+def test_snappy_keys_are_budgeted_against_stored_bytes(tmp_path):
+    """751 KB index, one snappy block of 4M 4-byte entries, each a 60-byte key: was 724 MB and 3.2 s
+    (the key budget counted the block after decompression, 20x the file)."""
+    prefix = h.write_snappy_key_bomb(tmp_path)
+    result = h.probe(f"tf2flax.open_checkpoint({prefix!r})")
+    assert_bounded(result, names=prefix + ".index")
+    assert "expand to more than 64x the table's stored bytes" in result["message"]
+    assert result["extra_bytes"] < 120 << 20, result
+
+
 def test_string_tensor_larger_than_its_bytes(tmp_path):
     """A 200-byte index: 10**9 strings in a 5-byte slice; the output array took 8 GB and 85 s."""
     prefix = h.write_string_bomb(tmp_path)
