@@ -127,6 +127,19 @@ def write_snappy_key_bomb(directory: Path, n: int = 4_000_000, key_len: int = 60
     return write_bundle(directory / "snappy_keys", {}, index=raw_table(block, compression=1))
 
 
+def write_aliased_slices(directory: Path, n: int = 2000, row: int = 125_000) -> str:
+    """A float32 [n, row] tensor saved as n one-row slices whose entries all point at the same
+    ``row * 4`` bytes (valid CRCs): a 500 KB data file that a naive reader turns into n * 500 KB."""
+    data = bytes(4 * row)
+    crc = crc32c.crc32c(data)
+    masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    extents = [((i, 1), (0, -1)) for i in range(n)]
+    entries = {b"t": entry(DT_FLOAT, (n, row), size=0, slices=extents)}
+    for ext in extents:
+        entries[encode_slice_key("t", ext)] = entry(DT_FLOAT, (1, row), offset=0, crc=masked)
+    return write_bundle(directory / "aliased", entries, data)
+
+
 def write_path_bomb(directory: Path, chain: int = 1200, width: int = 2, layers: int = 40) -> str:
     """An object graph: a long chain of nodes, then ``layers`` fully connected layers of ``width``.
 

@@ -72,6 +72,14 @@ def test_snappy_keys_are_budgeted_against_stored_bytes(tmp_path):
     assert result["extra_bytes"] < 120 << 20, result
 
 
+def test_slices_aliasing_one_byte_range_are_refused_before_allocating(tmp_path):
+    """83 KB index + 500 KB data: 2000 one-row slices all pointing at the same bytes; was 1 GB allocated."""
+    prefix = h.write_aliased_slices(tmp_path)
+    result = h.probe(f"tf2flax.open_checkpoint({prefix!r}).read('t')")
+    assert_bounded(result, names=prefix + ".index: tensor 't'")
+    assert "two of its slices share bytes 0..500000 of data shard 0" in result["message"]
+
+
 def test_string_tensor_larger_than_its_bytes(tmp_path):
     """A 200-byte index: 10**9 strings in a 5-byte slice; the output array took 8 GB and 85 s."""
     prefix = h.write_string_bomb(tmp_path)

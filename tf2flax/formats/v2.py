@@ -74,6 +74,20 @@ def _stored(entry: Any, where: str, num_shards: int) -> StoredTensor:
     return StoredTensor(entry.dtype, shape, entry.shard_id, entry.offset, entry.size, entry.crc32c)
 
 
+def _shared_bytes(parts: list[StoredTensor]) -> str | None:
+    """Why slices' byte ranges overlap (TensorFlow writes each slice's bytes once), or None.
+
+    Checked before anything is allocated: slices that alias one range would make a small data file
+    stand for as many times its size as there are slices.
+    """
+    spans = sorted((p.shard_id, p.offset, p.offset + p.size) for p in parts if p.size)
+    for (shard, _, end), (next_shard, start, next_end) in zip(spans, spans[1:]):
+        if shard == next_shard and start < end:
+            return (f"two of its slices share bytes {start}..{min(end, next_end)} of data shard {shard} "
+                    "(each slice is stored in bytes of its own)")
+    return None
+
+
 class V2Checkpoint(Checkpoint):
     """An open TensorFlow V2 checkpoint (tensor bundle). Use :func:`tf2flax.open_checkpoint` to make one.
 
@@ -179,7 +193,7 @@ class V2Checkpoint(Checkpoint):
                     f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
                     f"{list(index_shape(region))}")
             slices.append((region, part))
-        problem = slices_problem(shape, [r for r, _ in slices])
+        problem = slices_problem(shape, [r for r, _ in slices]) or _shared_bytes([p for _, p in slices])
         if problem:
             raise CorruptCheckpointError(f"{here}: {problem}")
         return TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
