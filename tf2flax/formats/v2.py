@@ -23,7 +23,8 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 from ..errors import CorruptCheckpointError, UnsupportedFormatError
 from ..regions import Index, index_shape, normalize_index, overlap
 from ..storage import Store
-from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, slice_region, slices_problem, squeezed
+from .base import (Checkpoint, ReadStats, StoredTensor, TensorInfo, check_fits_numpy, slice_region, slices_problem,
+                   squeezed)
 from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
 from .locate import ends_like_a_table
@@ -32,9 +33,6 @@ from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import parse_table
 
-# numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
-_MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
-_MAX_BYTES = int(np.iinfo(np.intp).max)
 # A local index larger than this has its footer checked before it is read whole.
 _SNIFF_ABOVE = 1 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
@@ -321,12 +319,7 @@ class V2Checkpoint(Checkpoint):
     def _check_readable(self, info: TensorInfo) -> None:
         """Refuse, before allocating anything, a tensor numpy cannot hold or whose bytes lie past its files."""
         here = f"{self.path}: tensor {info.name!r}"
-        if len(info.shape) > _MAX_RANK:
-            raise UnsupportedFormatError(f"{here} has rank {len(info.shape)}; numpy arrays have at most {_MAX_RANK} "
-                                         "dimensions")
-        if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
-            raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
-                                         "byte size overflows 64 bits)")
+        check_fits_numpy(info, here)
         if info.dtype_enum == DT_STRING and math.prod(info.shape) > info.nbytes:
             raise CorruptCheckpointError(f"{here} of shape {list(info.shape)} is stored in {info.nbytes} bytes, "
                                          "less than one per string")
