@@ -95,3 +95,12 @@ def test_a_stalled_server_fails_within_60_s_with_default_settings(tmp_path):
         assert what in message and "the server stopped sending (no data for 15 s, 2 attempts)" in message, message
         assert float(seconds) < 60, stdout
     assert elapsed < 90, elapsed
+
+
+def test_a_stall_setting_that_is_not_a_number_is_one_line():
+    env = {**_default_env(), "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS": "9" * 5000}
+    run = subprocess.run([sys.executable, "-m", "tf2flax", "ls", "http://127.0.0.1:9/run/"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.startswith("tf2flax: error: environment variable TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS=")
+    assert "is not a whole number of seconds" in run.stderr and run.stderr.count("\n") == 1

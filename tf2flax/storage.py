@@ -306,10 +306,12 @@ STALL_RETRIES = 1
 #: certificate failures (https:// against a plain HTTP server, a self-signed or expired certificate).
 _PERMANENT_CURL_CODES = frozenset({1, 3, 4, 6, 35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
 _RETRIED_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
-_CURL_CODE = re.compile(r"curl_code='(\d+)'")
-_RANGE_REPLY = re.compile(r"Requested byte range \[(\d+), (\d+)\) was not satisfied by response with byte range "
-                          r"\[(\d+), (\d+)\) and total size (\d+)")
-_RANGE_INVALID = re.compile(r"Requested byte range \[(\d+), (\d+)\) is not valid for value of size (\d+)")
+_CURL_CODE = re.compile(r"curl_code='(\d{1,6})'")
+# Numbers of at most 20 digits (int64): int() of a server's digits is never fed thousands of them.
+_RANGE_REPLY = re.compile(r"Requested byte range \[(\d{1,20}), (\d{1,20})\) was not satisfied by response with byte "
+                          r"range \[(\d{1,20}), (\d{1,20})\) and total size (\d{1,20})\b")
+_RANGE_INVALID = re.compile(r"Requested byte range \[(\d{1,20}), (\d{1,20})\) is not valid for value of size "
+                            r"(\d{1,20})\b")
 
 
 def _env_number(name: str, default: float) -> float:
@@ -399,7 +401,11 @@ def _configure_transport(stall_timeout: float | None) -> int:
         if _transport_stall is None:
             os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(wanted))
             os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
-            _transport_stall = int(os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"])
+            setting = os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"]
+            if not (setting.isascii() and setting.isdigit() and len(setting) < 10):
+                raise StorageError(f"environment variable TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS={setting[:40]!r} "
+                                   "is not a whole number of seconds")
+            _transport_stall = int(setting)
         elif stall_timeout is not None and wanted != _transport_stall:
             warnings.warn(f"stall_timeout={stall_timeout:g} is not applied: this process's HTTP transport already "
                           f"waits {_transport_stall} s (set TF2FLAX_STALL_TIMEOUT before the first remote read)",
