@@ -236,6 +236,9 @@ class LocalStore:
                 except OSError as e:
                     raise StorageError(f"{self.describe(name)}: cannot map: {e.strerror}") from None
                 with self._lock:
+                    if self._closed:  # closed while this mapping was made: keep nothing past close()
+                        fresh.close()
+                        raise self._closed_error(name)
                     mapped = self._maps.get(name)
                     if mapped is None or len(mapped) < len(fresh):
                         mapped = self._maps[name] = fresh
