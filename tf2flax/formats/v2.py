@@ -35,6 +35,8 @@ from .table import parse_table
 
 # A local index larger than this has its footer checked before it is read whole.
 _SNIFF_ABOVE = 1 << 20
+# Reads claiming more bytes than this from files of unknown size (URLs) check the file's extent first.
+_PROBE_ABOVE = 64 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
@@ -109,6 +111,7 @@ class V2Checkpoint(Checkpoint):
         self.opened = f"V2 checkpoint: {self.path}"
         self._min_run = _MIN_RUN_BYTES["local" if type(store).__name__ == "LocalStore" else "remote"]
         self._shard_sizes: dict[int, int | None] = {}
+        self._probed: dict[int, int] = {}  # shard -> bytes known to exist in a file of unknown size
         self._object_graph: ObjectGraph | None | bool = False
         index_name = prefix + ".index"
         where = store.describe(index_name)
@@ -323,8 +326,26 @@ class V2Checkpoint(Checkpoint):
         if info.dtype_enum == DT_STRING and math.prod(info.shape) > info.nbytes:
             raise CorruptCheckpointError(f"{here} of shape {list(info.shape)} is stored in {info.nbytes} bytes, "
                                          "less than one per string")
-        for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
+        parts = [info.stored] if info.stored is not None else [s for _, s in info.slices]
+        ends: dict[int, int] = {}
+        for stored in parts:
             self._check_extent(stored, f"tensor {info.name!r}")
+            ends[stored.shard_id] = max(ends.get(stored.shard_id, 0), stored.offset + stored.size)
+        if sum(s.size for s in parts) > _PROBE_ABOVE:  # a large claim on files of unknown size (URLs)
+            for shard, end in ends.items():
+                self._probe_end(shard, end, f"tensor {info.name!r}")
+
+    def _probe_end(self, shard: int, end: int, what: str) -> None:
+        """Where a data file's size is not known (a URL), read its byte ``end - 1`` before memory is
+        allocated for bytes up to ``end``: a small index claiming terabytes fails here, in one request."""
+        if self._shard_sizes.get(shard) is not None or end <= self._probed.get(shard, 0):
+            return
+        file = self._data_file(shard)
+        try:
+            self.store.read(file, end - 1, end)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{e} (reading {what})") from None
+        self._probed[shard] = end
 
     def _check_extent(self, stored: StoredTensor, what: str) -> str:
         """The data file holding ``stored``; CorruptCheckpointError if its bytes lie past the file's end."""
