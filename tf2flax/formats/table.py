@@ -36,8 +36,10 @@ _RESTART_INTERVAL = 16
 #: bytes (a key shared but for a byte stands for up to 16 stored ones, snappy saves 2-3x more);
 #: prefix-compressed keys in a snappy block that expands 32x could cost 500x, and are refused.
 ENTRY_BUDGET_PER_BYTE = 64
-#: Bytes every table may cost beyond ENTRY_BUDGET_PER_BYTE per stored byte.
+#: Bytes a table parsed whole may cost beyond ENTRY_BUDGET_PER_BYTE per stored byte.
 ENTRY_BUDGET_SLACK = 4 << 20
+#: The same for one block read on its own: small, so that many tiny blocks cannot add it up.
+BLOCK_BUDGET_SLACK = 4 << 10
 #: Memory of one parsed entry beyond its key and value bytes (two bytes objects, a tuple, a list slot).
 ENTRY_COST = 128
 
@@ -55,9 +57,9 @@ class EntryBudget:
         self.left = limit
 
     @classmethod
-    def for_stored(cls, stored_bytes: int) -> "EntryBudget":
-        """The budget of a table (or block) of ``stored_bytes`` as stored in its file."""
-        return cls(ENTRY_BUDGET_PER_BYTE * stored_bytes + ENTRY_BUDGET_SLACK)
+    def for_stored(cls, stored_bytes: int, slack: int = ENTRY_BUDGET_SLACK) -> "EntryBudget":
+        """The budget of a table (or, with ``BLOCK_BUDGET_SLACK``, a block) of ``stored_bytes`` as stored."""
+        return cls(ENTRY_BUDGET_PER_BYTE * stored_bytes + slack)
 
     def charge(self, nbytes: int) -> None:
         self.left -= nbytes + ENTRY_COST
@@ -216,7 +218,7 @@ class TableFile:
         self._separators: list[bytes] = []
         self.blocks: list[tuple[int, int]] = []
         end = 0
-        budget = EntryBudget.for_stored(len(raw))
+        budget = EntryBudget.for_stored(len(raw), BLOCK_BUDGET_SLACK)
         for separator, handle in _block_entries(check_block(raw, index_offset, verify_checksums), budget):
             offset, size, stop = _block_handle(handle, 0)
             if stop != len(handle) or offset < end or offset + size + TRAILER_SIZE > index_offset:
@@ -236,7 +238,8 @@ class TableFile:
         """The (key, value) entries of data block ``i``, in key order."""
         offset, size = self.blocks[i]
         entries = _block_entries(check_block(self._read(offset, offset + size + TRAILER_SIZE), offset,
-                                             self.verify_checksums), EntryBudget.for_stored(size + TRAILER_SIZE))
+                                             self.verify_checksums),
+                                 EntryBudget.for_stored(size + TRAILER_SIZE, BLOCK_BUDGET_SLACK))
         keys = [k for k, _ in entries]
         if any(a >= b for a, b in zip(keys, keys[1:])) or (keys and keys[-1] > self._separators[i]):
             raise DecodeError(f"block at offset {offset}: keys out of order")
