@@ -1,9 +1,10 @@
 """With default settings, a server that stops sending fails a read within 60 s (issue 20: over 200 s).
 
-Two real servers on 127.0.0.1: one that answers byte ranges with half the body and then nothing
-(``RangeHTTPServer(misbehave="stall")``), one that accepts connections and never answers. Each read
-runs in a fresh interpreter with no ``TF2FLAX_*`` or ``TENSORSTORE_CURL_*`` setting (tensorstore
-reads its stall timeout once per process), both at once to halve the wait.
+Three real servers on 127.0.0.1: one that answers byte ranges with half the body and then nothing
+(``RangeHTTPServer(misbehave="stall")``), one that accepts connections and never answers, one whose
+accept queue is full (connections never complete: curl gives up after 30 s, and each retry took 30 s
+more, 320 s in all). Each read runs in a fresh interpreter with no ``TF2FLAX_*`` or
+``TENSORSTORE_CURL_*`` setting (tensorstore reads its stall timeout once per process), all at once.
 """
 
 from __future__ import annotations
@@ -67,18 +68,40 @@ class _SilentServer:
             c.close()
 
 
+class _FullServer:
+    """Listens on 127.0.0.1 with its accept queue filled and never accepts: new connections hang."""
+
+    def __init__(self):
+        self._socket = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/"
+        self._fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(self._socket.getsockname())
+            except BlockingIOError:
+                pass
+            self._fillers.append(filler)
+        time.sleep(0.2)
+
+    def close(self) -> None:
+        for s in [self._socket, *self._fillers]:
+            s.close()
+
+
 def test_a_stalled_server_fails_within_60_s_with_default_settings(tmp_path):
     data = np.arange(300_000, dtype=np.float32).tobytes()
     crc = h.crc32c.crc32c(data)
     h.write_bundle(tmp_path / "model.ckpt-1", {b"t": h.entry(h.DT_FLOAT, (300_000,),
                                                               crc=(((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)},
                    data)
-    silent = _SilentServer()
+    silent, full = _SilentServer(), _FullServer()
     try:
         with RangeHTTPServer(tmp_path) as server:
             server.misbehave = "stall"   # the index is read whole; the data file's range stalls mid-body
             began = time.monotonic()
-            runs = [_start(server.url + "model.ckpt-1"), _start(silent.url + "run/")]
+            runs = [_start(server.url + "model.ckpt-1"), _start(silent.url + "run/"), _start(full.url + "run/")]
             try:
                 outs = [run.communicate(timeout=150) for run in runs]
             finally:
@@ -89,11 +112,15 @@ def test_a_stalled_server_fails_within_60_s_with_default_settings(tmp_path):
             elapsed = time.monotonic() - began
     finally:
         silent.close()
-    for (stdout, stderr), what in zip(outs, ["model.ckpt-1.data-00000-of-00001", "run/checkpoint"]):
+        full.close()
+    for (stdout, stderr), what in zip(outs[:2], ["model.ckpt-1.data-00000-of-00001", "run/checkpoint"]):
         seconds, _, message = stdout.strip().partition(" s: ")
         assert message.endswith("TF2FLAX_STALL_TIMEOUT sets how long to wait"), (stdout, stderr[-2000:])
         assert what in message and "the server stopped sending (no data for 15 s, 2 attempts)" in message, message
         assert float(seconds) < 60, stdout
+    seconds, _, message = outs[2][0].strip().partition(" s: ")
+    assert message.startswith(f"{full.url}run/checkpoint: the server accepted no connection ("), outs[2]
+    assert message.endswith("; not retried") and float(seconds) < 60, outs[2]
     assert elapsed < 90, elapsed
 
 

@@ -432,12 +432,14 @@ def _credentials_hint(url: str) -> str:
 
 
 def _failure_kind(message: str) -> str:
-    """'permanent', 'stall' or 'transient' for a failed first attempt; '' when not retried at all."""
+    """'permanent', 'stall', 'connect' or 'transient' for a failed first attempt; '' when not retried at all."""
     code = _CURL_CODE.search(message)
     if code and int(code.group(1)) in _PERMANENT_CURL_CODES:
         return "permanent"
     if code and code.group(1) == "28" and "too slow" in message:
         return "stall"
+    if code and code.group(1) == "28" and "Connection timed out" in message:
+        return "connect"  # no connection in curl's 30 s, SYNs retransmitted all along: not retried
     match = _STATUS.match(message)
     return "transient" if match and match.group(1) in _RETRIED_STATUS else ""
 
@@ -553,6 +555,8 @@ class KvStore:
                 f"{where}: the server ignores HTTP Range requests (it sent the whole file for a byte range); "
                 "tf2flax reads checkpoints by byte range: serve them from a server that honours Range, "
                 "or download them first")
+        if kind == "connect":
+            return StorageError(f"{where}: the server accepted no connection ({_short(message)}); not retried")
         if "too slow" in message and "curl_code='28'" in message:
             attempts = 1 + self._retries(kind)
             return StorageError(
