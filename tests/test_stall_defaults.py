@@ -131,3 +131,22 @@ def test_a_stall_setting_that_is_not_a_number_is_one_line():
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.startswith("tf2flax: error: environment variable TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS=")
     assert "is not a whole number of seconds" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_a_trickling_server_is_given_up_on_after_the_request_timeout(tmp_path):
+    """A byte every half second is never a stall (curl's limit is 1 byte/s); the request timeout
+    (default 600 s, here 4 s) ends it."""
+    data = np.arange(1000, dtype=np.float32).tobytes()
+    crc = h.crc32c.crc32c(data)
+    h.write_bundle(tmp_path / "model.ckpt-1", {b"t": h.entry(h.DT_FLOAT, (1000,),
+                                                              crc=(((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)},
+                   data)
+    env = {**_default_env(), "TF2FLAX_REQUEST_TIMEOUT": "4"}
+    with RangeHTTPServer(tmp_path) as server:
+        server.misbehave = "trickle"
+        run = subprocess.run([sys.executable, "-c", _READ, server.url + "model.ckpt-1"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    seconds, _, message = run.stdout.strip().partition(" s: ")
+    assert message == (f"{server.url}model.ckpt-1.data-00000-of-00001: no complete answer (bytes 0..4000) within "
+                       "4 s (the server sends too slowly); TF2FLAX_REQUEST_TIMEOUT sets how long to wait"), run
+    assert float(seconds) < 30, run.stdout

@@ -305,6 +305,10 @@ RETRIES = 8
 STALL_SECONDS = 15
 #: Retries of a stalled request (at most ``TF2FLAX_RETRIES``): a server that stalls tends to again.
 STALL_RETRIES = 1
+#: Seconds a request (its retries included) may take in all, counted from when a read waits for it:
+#: a server that keeps sending a byte now and then is not stalled, but is given up on after this.
+#: 8 MiB requests, 32 at once, need about 450 KB/s in all to finish in time.
+REQUEST_TIMEOUT = 600
 #: curl errors that a retry cannot fix: a bad URL or protocol, an unknown host, TLS handshake and
 #: certificate failures (https:// against a plain HTTP server, a self-signed or expired certificate).
 _PERMANENT_CURL_CODES = frozenset({1, 3, 4, 6, 35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
@@ -471,6 +475,7 @@ class KvStore:
         self._budget = _ByteBudget(inflight_bytes) if inflight_bytes else _budget()
         self.stall_timeout = _configure_transport(stall_timeout)
         self.retries = max(1, int(_env_number("TF2FLAX_RETRIES", RETRIES)))
+        self.request_timeout = _env_number("TF2FLAX_REQUEST_TIMEOUT", REQUEST_TIMEOUT)
         self._spec = kvstore_spec(self.location)
         self._lock = threading.Lock()
         self._kvs: dict[int, Any] = {}
@@ -522,15 +527,28 @@ class KvStore:
             raise self._error(name, byte_range, message, kind)
         return kind, self._start(name, byte_range, self._opened(self._retries(kind) - 1))
 
+    def _wait(self, future: Any, name: str, byte_range: slice | None) -> None:
+        """Block until ``future`` is done, at most ``request_timeout`` seconds (then cancel it and raise)."""
+        try:
+            future.exception(timeout=self.request_timeout)
+        except TimeoutError:
+            future.cancel()
+            what = f" (bytes {byte_range.start}..{byte_range.stop})" if byte_range is not None else ""
+            raise StorageError(f"{self.describe(name)}: no complete answer{what} within {self.request_timeout:g} s (the "
+                               "server sends too slowly); TF2FLAX_REQUEST_TIMEOUT sets how long to wait") from None
+
     def _value(self, future: Any, name: str, byte_range: slice | None = None,
                retry: tuple[str, Any] | None = None) -> bytes:
         """The bytes a request read: its first attempt's, else its retry's (``retry``, if started)."""
+        if retry is None:
+            self._wait(future, name, byte_range)
         if retry is None and future.exception() is not None:
             retry = self._retried(future, name, byte_range)
         if retry is None:
             result = future.result()
         else:
             kind, again = retry
+            self._wait(again, name, byte_range)
             try:
                 result = again.result()
             except Exception as e:
@@ -635,7 +653,9 @@ class KvStore:
             future, pos, length, retry = pending.popleft()
             try:
                 rng = slice(offset + pos, offset + pos + length)
-                if retry is None and future.exception() is not None:  # waits for the first attempt
+                if retry is None:
+                    self._wait(future, name, rng)
+                if retry is None and future.exception() is not None:  # the first attempt failed
                     for item in pending:  # those that failed with it (a burst of 503s) retry with it
                         if item[3] is None and item[0].done() and item[0].exception() is not None:
                             item[3] = self._retried(item[0], name, slice(offset + item[1], offset + item[1] + item[2]))
