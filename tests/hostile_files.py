@@ -57,16 +57,22 @@ def write_bundle(prefix: Path, entries: dict[bytes, bytes], data: bytes = b"", i
     return str(prefix)
 
 
-def raw_table(block: bytes) -> bytes:
-    """A table file with one data block holding ``block`` as it is (entries, restarts, count)."""
+def raw_table(block: bytes, compression: int = 0) -> bytes:
+    """A table file with one data block holding ``block`` as it is (entries, restarts, count), stored
+    as is or (``compression=1``) snappy-compressed."""
     out = bytearray()
 
-    def put(data: bytes) -> bytes:
+    def put(data: bytes, kind: int = 0) -> bytes:
+        if kind == 1:
+            import cramjam
+
+            data = bytes(cramjam.snappy.compress_raw(data))
         handle = _varint(len(out)) + _varint(len(data))
-        out.extend(data + b"\x00" + masked_crc32c(data + b"\x00").to_bytes(4, "little"))
+        trailer = bytes([kind])
+        out.extend(data + trailer + masked_crc32c(data + trailer).to_bytes(4, "little"))
         return handle
 
-    data_handle = put(block)
+    data_handle = put(block, compression)
     meta = put(_block([], 16))
     index = put(_block([(b"\xff" * 8, data_handle)], 1))
     footer = meta + index
@@ -109,6 +115,29 @@ def write_prefix_bomb(directory: Path, n: int = 70000) -> str:
         body += _varint(i) + _varint(1) + _varint(0) + bytes([0x61 + i % 26])
     block = bytes(body) + (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
     return write_bundle(directory / "keys", {}, index=raw_table(block))
+
+
+def write_snappy_key_bomb(directory: Path, n: int = 4_000_000, key_len: int = 60) -> str:
+    """One snappy block of n entries, each the previous 60-byte key with its last byte replaced: 4
+    identical bytes per entry, which snappy stores in about a fifth of a byte. Each entry still
+    becomes a 60-byte key, a value and the objects holding them (about 200 bytes): 800x the file."""
+    body = bytearray(_varint(0) + _varint(key_len) + _varint(0) + b"k" * key_len)
+    body += (_varint(key_len - 1) + _varint(1) + _varint(0) + b"x") * (n - 1)
+    block = bytes(body) + (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    return write_bundle(directory / "snappy_keys", {}, index=raw_table(block, compression=1))
+
+
+def write_aliased_slices(directory: Path, n: int = 2000, row: int = 125_000) -> str:
+    """A float32 [n, row] tensor saved as n one-row slices whose entries all point at the same
+    ``row * 4`` bytes (valid CRCs): a 500 KB data file that a naive reader turns into n * 500 KB."""
+    data = bytes(4 * row)
+    crc = crc32c.crc32c(data)
+    masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    extents = [((i, 1), (0, -1)) for i in range(n)]
+    entries = {b"t": entry(DT_FLOAT, (n, row), size=0, slices=extents)}
+    for ext in extents:
+        entries[encode_slice_key("t", ext)] = entry(DT_FLOAT, (1, row), offset=0, crc=masked)
+    return write_bundle(directory / "aliased", entries, data)
 
 
 def write_path_bomb(directory: Path, chain: int = 1200, width: int = 2, layers: int = 40) -> str:

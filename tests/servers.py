@@ -153,6 +153,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif misbehave == "shifted" and stop < size:  # as many bytes as asked, from elsewhere
             start, stop = start + 1, stop + 1
         headers = {**common, "Content-Range": f"bytes {start}-{stop - 1}/{size}", "Content-Length": str(stop - start)}
+        if misbehave == "trickle" and not head:  # a byte every half second: never a stall, never done
+            self._reply(206, headers, None, head)
+            with open(file, "rb") as f:
+                f.seek(start)
+                for _ in range(stop - start):
+                    if self.server.closing.wait(0.5):
+                        return
+                    self.wfile.write(f.read(1))
+                    self.wfile.flush()
+            return
         if misbehave == "stall" and not head:  # half the body, then silence until the server closes
             self._reply(206, headers, None, head, file, start, (stop - start) // 2)
             self.server.closing.wait(120)
@@ -205,7 +215,8 @@ class RangeHTTPServer:
     ``denied`` is a tuple of path prefixes (relative to ``root``) answered with 403 Forbidden;
     ``latency`` (seconds) delays every answer, as a distant server would. ``misbehave`` makes byte-range
     answers wrong: ``"short"`` (half the bytes asked, with a matching Content-Range), ``"shifted"``
-    (the range one byte later) or ``"stall"`` (half the body, then nothing until the server closes).
+    (the range one byte later), ``"stall"`` (half the body, then nothing until the server closes) or
+    ``"trickle"`` (the body a byte every half second).
     With ``gcs=True`` it answers Google Cloud Storage's JSON API instead (point tensorstore at it with
     ``TENSORSTORE_GCS_HTTP_URL``): ``gs://BUCKET/OBJECT`` is the file ``root/BUCKET/OBJECT``. With
     ``tls=True`` it speaks HTTPS with a self-signed certificate, which clients rightly refuse.

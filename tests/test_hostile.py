@@ -62,6 +62,52 @@ def test_prefix_compressed_keys_are_budgeted(tmp_path):
     assert "expand" in result["message"]
 
 
+def test_snappy_keys_are_budgeted_against_stored_bytes(tmp_path):
+    """751 KB index, one snappy block of 4M 4-byte entries, each a 60-byte key: was 724 MB and 3.2 s
+    (the key budget counted the block after decompression, 20x the file)."""
+    prefix = h.write_snappy_key_bomb(tmp_path)
+    result = h.probe(f"tf2flax.open_checkpoint({prefix!r})")
+    assert_bounded(result, names=prefix + ".index")
+    assert "expand to more than 64x the table's stored bytes" in result["message"]
+    assert result["extra_bytes"] < 120 << 20, result
+
+
+def test_slices_aliasing_one_byte_range_are_refused_before_allocating(tmp_path):
+    """83 KB index + 500 KB data: 2000 one-row slices all pointing at the same bytes; was 1 GB allocated."""
+    prefix = h.write_aliased_slices(tmp_path)
+    result = h.probe(f"tf2flax.open_checkpoint({prefix!r}).read('t')")
+    assert_bounded(result, names=prefix + ".index: tensor 't'")
+    assert "two of its slices share bytes 0..500000 of data shard 0" in result["message"]
+
+
+def test_remote_claim_beyond_its_file_is_refused_before_allocating(tmp_path):
+    """A 200-byte index over HTTP claims a 1 TiB float32 tensor in a 16-byte file: the buffer was
+    allocated before any byte was asked for (numpy's MemoryError, a traceback)."""
+    from servers import RangeHTTPServer
+
+    h.write_bundle(tmp_path / "ckpt", {b"t": h.entry(h.DT_FLOAT, (2 ** 38,))}, b"\x00" * 16)
+    with RangeHTTPServer(tmp_path) as server:
+        result = h.probe(f"tf2flax.open_checkpoint({server.url + 'ckpt'!r}).read('t')")
+    assert_bounded(result, names=server.url + "ckpt.data-00000-of-00001: bytes 1099511627775..1099511627776 are "
+                                              "past the end of the file")
+    assert result["message"].endswith("(reading tensor 't')")
+
+
+def test_large_remote_reads_probe_their_file_once(tmp_path, monkeypatch):
+    from servers import RangeHTTPServer
+    import tf2flax.formats.v2 as v2
+
+    monkeypatch.setattr(v2, "_PROBE_ABOVE", 1000)
+    floats(tmp_path, n=1000)
+    with RangeHTTPServer(tmp_path) as server:
+        ckpt = tf2flax.open_checkpoint(server.url + "ckpt")
+        server.reset()
+        np.testing.assert_array_equal(ckpt.read("t"), np.arange(1000, dtype=np.float32))
+        np.testing.assert_array_equal(ckpt.read("t", (slice(5, 9),)), np.arange(5, 9, dtype=np.float32))
+        data = [r for r in server.log if r.path.endswith(".data-00000-of-00001")]
+    assert len(data) == 3, [(r.path, r.range) for r in data]   # one probe, then the two reads
+
+
 def test_string_tensor_larger_than_its_bytes(tmp_path):
     """A 200-byte index: 10**9 strings in a 5-byte slice; the output array took 8 GB and 85 s."""
     prefix = h.write_string_bomb(tmp_path)

@@ -51,3 +51,38 @@ def test_names_with_a_thousand_slashes_read_but_do_not_convert_to_an_unrestorabl
                         r"long; convert writes at most 256 levels and 16000 characters \(rename it with a map or "
                         r"rules\)\n", out.stderr), out.stderr
     assert len(out.stderr) < 500 and not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def control_names(tmp_path_factory):
+    d = tmp_path_factory.mktemp("control_names")
+    return tf_writers.write_raw_bundle(d / "ckpt", {"dense/ker\nnel": np.ones(2, np.float32),
+                                                    "ok": np.ones(3, np.float32),
+                                                    "red\x1b[31m/x\r": np.zeros(1, np.float32)})
+
+
+def _tf2flax(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tf2flax", *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize("extra", [(), ("--preset", "keras")])
+def test_ls_keeps_one_line_per_tensor_whatever_the_names_hold(control_names, extra):
+    out = _tf2flax("ls", control_names, *extra)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert len(lines) == 1 + 1 + 3 + 1 + 1, out.stdout   # opened, header, 3 tensors, footer, ""
+    assert "\x1b" not in out.stdout and "\r" not in out.stdout
+    assert sum("dense/ker\\nnel" in line for line in lines) == 1
+    assert sum("red\\x1b[31m/x\\r" in line for line in lines) == 1
+
+
+def test_convert_dry_run_keeps_one_line_per_tensor_whatever_the_names_hold(control_names, tmp_path):
+    out = _tf2flax("convert", control_names, str(tmp_path / "out"), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\r" not in out.stdout
+    lines = out.stdout.splitlines()
+    assert not any(line.startswith("nel") for line in lines), out.stdout
+    plan = [line for line in lines if "<-" in line and not line.startswith("  ")]
+    assert len(plan) == 3, out.stdout
+    assert any(line.startswith("dense/ker\\nnel <- dense/ker\\nnel") for line in plan), out.stdout
+    assert not (tmp_path / "out").exists()

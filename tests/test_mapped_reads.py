@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -154,6 +156,44 @@ def test_file_truncated_before_its_first_read_is_a_clean_error(tmp_path):
     with pytest.raises(CorruptCheckpointError, match="truncated"):
         ckpt.read("d_i64")
     ckpt.close()
+
+
+_TRUNCATE_AFTER_MAPPING = """
+import os, sys
+import numpy as np
+import tf2flax
+from tf2flax.errors import CorruptCheckpointError
+
+prefix, data = sys.argv[1], sys.argv[2]
+ckpt = tf2flax.open_checkpoint(prefix)
+first = ckpt.read("d_i64").copy()   # maps the whole data file
+offset = ckpt.info("a_big").stored.offset
+os.truncate(data, offset + 1_000_000)   # a_big and everything after it half gone, under the mapping
+outcomes = []
+for what, read in [("whole", lambda: ckpt.read("a_big")), ("rows", lambda: list(ckpt.read_rows("a_big"))),
+                   ("region", lambda: ckpt.read("a_big", (slice(2000, 2010),))),
+                   ("after", lambda: ckpt.read("c_rows"))]:
+    try:
+        read()
+        outcomes.append(what + ": read")
+    except CorruptCheckpointError as e:
+        outcomes.append(what + ": " + ("truncated" if "truncated" in str(e) else str(e)))
+print("|".join(outcomes))
+"""
+
+
+def test_file_truncated_under_a_mapping_is_a_clean_error_not_sigbus(tmp_path):
+    """docs/performance.md: a file truncated under an open checkpoint gives CorruptCheckpointError.
+
+    In a fresh interpreter, so that a SIGBUS (the mapping read past the file's new end) is a failed
+    test, not a dead test run.
+    """
+    prefix = _write(tmp_path / "tm", seed=9)
+    run = subprocess.run([sys.executable, "-c", _TRUNCATE_AFTER_MAPPING, prefix, _data_file(prefix)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert run.returncode == 0, f"died with status {run.returncode} (-7 is SIGBUS): {run.stderr[-2000:]}"
+    assert run.stdout.strip() == "whole: truncated|rows: truncated|region: truncated|after: truncated", run.stdout
 
 
 def test_views_outlive_close_and_deleted_files(tmp_path):

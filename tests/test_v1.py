@@ -295,3 +295,104 @@ def test_snappy_compressed_v1_file_reads_as_tensorflow_reads_it(v1_single, tmp_p
     expected = tf_writers.tf_v1_read_all(str(path))
     assert sorted(expected) == sorted(v1_single[1])
     assert_reads_exactly(tf2flax.open_checkpoint(path), expected)
+
+
+# ---- budgets before allocating, one parse per block, one-line errors (issue 20) ---------------------
+
+def _with_tensor(v1_single, name: str, dims: list[int], slices: list[list[tuple[int, int]]], dtype: int = 1):
+    """The single-file V1 checkpoint's entries plus tensor ``name`` declared in its meta entry."""
+    entries = _table_entries(v1_single[0])
+    meta = SavedTensorSlices.FromString(entries[0][1])
+    tensor = meta.meta.tensor.add(name=name, type=dtype)
+    for d in dims:
+        tensor.shape.dim.add(size=d)
+    for extents in slices:
+        s = tensor.slice.add()
+        for start, length in extents:
+            e = s.extent.add(start=start)
+            if length != -1:
+                e.length = length
+    entries[0] = (b"", meta.SerializeToString())
+    return entries
+
+
+def _probe_read(path: str, name: str) -> dict:
+    import hostile_files
+
+    return hostile_files.probe(f"tf2flax.open_checkpoint({path!r}).read({name!r})")
+
+
+def test_missing_slice_entries_are_found_before_the_output_is_allocated(v1_single, tmp_path):
+    """4000 row slices of 1M floats each, none stored, all falling in one ~48 KB block (each passes the
+    per-block element bound): the output (16 GB) was allocated before the first entry was looked up."""
+    rows, width = 4000, 1_000_000
+    entries = _with_tensor(v1_single, "zz/bomb", [rows, width], [[(i, 1), (0, -1)] for i in range(rows)])
+    path = tmp_path / "bomb"
+    path.write_bytes(tf_writers.build_table(entries, 1 << 16))
+    assert path.stat().st_size < 200_000
+    result = _probe_read(str(path), "zz/bomb")
+    assert result["error"] == "tf2flax.errors.CorruptCheckpointError", result
+    assert "zz/bomb' slice [(0, 1), (0, -1)]: the file has no entry for this slice" in result["message"]
+    assert result["extra_bytes"] < 200 << 20, result
+
+
+def test_slice_entries_too_short_for_their_elements_are_refused_before_allocating(v1_single, tmp_path):
+    entries = _with_tensor(v1_single, "zz/short", [2, 100_000], [[(0, 1), (0, -1)], [(1, 1), (0, -1)]])
+    for i in range(2):
+        saved = SavedTensorSlices()
+        saved.data.name = "zz/short"
+        for start, length in ((i, 1), (0, -1)):
+            e = saved.data.slice.extent.add(start=start)
+            if length != -1:
+                e.length = length
+        saved.data.data.float_val.append(1.0)   # one value where 100,000 are declared
+        entries.append((encode_slice_key("zz/short", ((i, 1), (0, -1))), saved.SerializeToString()))
+    entries.sort()
+    path = tmp_path / "short"   # one large block: the block's size alone would allow 100,000 elements
+    path.write_bytes(tf_writers.build_table(entries, 1 << 16))
+    with pytest.raises(CorruptCheckpointError, match=r"declares 100000 elements, its \d+-byte entry cannot hold them"):
+        tf2flax.open_checkpoint(path).read("zz/short")
+
+
+def test_a_tensor_of_7000_slices_parses_each_block_once(v1_single, tmp_path):
+    """7000 one-element slices in a few large blocks: each slice's read re-parsed its whole block (26 s)."""
+    import time
+
+    n = 7000
+    entries = _with_tensor(v1_single, "zz/many", [n], [[(i, 1)] for i in range(n)])
+    for i in range(n):
+        saved = SavedTensorSlices()
+        saved.data.name = "zz/many"
+        saved.data.slice.extent.add(start=i, length=1)
+        saved.data.data.float_val.append(float(i))
+        entries.append((encode_slice_key("zz/many", ((i, 1),)), saved.SerializeToString()))
+    entries.sort()
+    path = tmp_path / "many"
+    path.write_bytes(tf_writers.build_table(entries, 1 << 18))
+    ckpt = tf2flax.open_checkpoint(path)
+    began = time.perf_counter()
+    got = ckpt.read("zz/many")
+    seconds = time.perf_counter() - began
+    np.testing.assert_array_equal(got, np.arange(n, dtype=np.float32))
+    assert seconds < 8, seconds   # a busy 2-core machine; once per block is well under a second
+
+
+@pytest.mark.parametrize("dims, expected", [
+    ([1] * 65, "has rank 65; numpy arrays have at most 64 dimensions"),
+    ([0, 2 ** 62], r"of shape \[0, 4611686018427387904\] is too large for a numpy array"),
+])
+def test_shapes_numpy_cannot_hold_are_one_line_errors(v1_single, tmp_path, dims, expected):
+    entries = _with_tensor(v1_single, "zz/odd", dims, [[(0, -1)] * len(dims)])
+    path = _write(tmp_path / "odd", entries)
+    with pytest.raises(tf2flax.errors.UnsupportedFormatError, match=expected) as caught:
+        tf2flax.open_checkpoint(path).read("zz/odd")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bad_shape_is_described_on_one_line(v1_single, tmp_path):
+    entries = _with_tensor(v1_single, "zz/neg", [3, -2, 4, 5, 6], [])
+    path = _write(tmp_path / "neg", entries)
+    with pytest.raises(CorruptCheckpointError, match=r"tensor 'zz/neg': shape \[3, -2, 4, 5, 6\] is not a known, "
+                                                     r"non-negative shape$") as caught:
+        tf2flax.open_checkpoint(path)
+    assert "\n" not in str(caught.value)

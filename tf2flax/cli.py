@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -131,8 +132,26 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _printable_lines(text: str) -> str:
+def _printable_lines(text: str, names: Sequence[str] = ()) -> str:
+    """``text`` line by line through :func:`_printable`, each of ``names`` (tensor names, output paths)
+    escaped whole first: a name holding a newline stays on its line instead of splitting it."""
+    odd = sorted({n for n in names if not n.isprintable()}, key=len, reverse=True)
+    if odd:
+        text = re.compile("|".join(map(re.escape, odd))).sub(lambda m: _printable(m.group(0)), text)
     return "\n".join(_printable(line) for line in text.split("\n"))
+
+
+def _names_in(ckpt: str, result: Any) -> list[str]:
+    """Every checkpoint tensor name and output path a conversion's report may show."""
+    from . import open_checkpoint
+
+    names = list(result.plan.entries) + [name for name, _ in result.left_out]
+    try:
+        with open_checkpoint(ckpt) as opened:
+            names += opened.names
+    except Tf2FlaxError:  # shown as they come; convert itself read it
+        pass
+    return names
 
 
 def _one_line_warning(show: Any) -> Any:
@@ -175,15 +194,17 @@ def _convert(args: argparse.Namespace) -> int:
             warnings.simplefilter("always", ConvertWarning)
             result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
                              dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
+        names = _names_in(args.ckpt, result) if primary and (caught or args.dry_run) else []
     for w in caught:
         if issubclass(w.category, ConvertWarning) and primary:
-            print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000))}", file=sys.stderr)
+            print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000), names)}",
+                  file=sys.stderr)
     if args.distributed and not args.quiet and not args.dry_run:
         print(f"tf2flax: {result.share_summary()}", file=sys.stderr)
     if not primary:
         return 0
     if args.dry_run:
-        print(_printable_lines(result.describe()))
+        print(_printable_lines(result.describe(), names))
     if not args.quiet or args.dry_run:
         print(_printable_lines(result.summary()))
     return 0
@@ -261,7 +282,7 @@ def _print_table(rows: list[dict], total: dict) -> None:
               ",".join(map(str, r["shards"])), f"yes ({r['slices']})" if r["sliced"] else "") for r in rows]
     if rows and "becomes" in rows[0]:
         header += ("becomes",)
-        cells = [c + (_becomes(r),) for c, r in zip(cells, rows)]
+        cells = [c + (_printable(_becomes(r)),) for c, r in zip(cells, rows)]
     footer = (f"{total['tensors']} tensors, {human_bytes(total['bytes'])} in {total['shards']} shard(s)"
               + (f", {total['sliced']} sliced" if total["sliced"] else ""))
     if sys.stdout.isatty():

@@ -15,13 +15,15 @@ Example::
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import mmap
 import os
 import re
+import stat
 import threading
 import warnings
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 
@@ -91,36 +93,93 @@ class Store(Protocol):
         """Fill ``out`` with the bytes of ``name`` starting at ``offset``; error if the file is shorter."""
 
 
+def open_regular(path: str) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (after symlinks).
+
+    Opened without blocking and checked with ``fstat`` before anything is read: a FIFO, a device, a
+    socket or a directory is refused at once (reading a FIFO would wait forever for a writer), with
+    no window for it to be swapped in between a check and the open.
+
+    Example::
+
+        fd = open_regular("/runs/bert/model.ckpt-1000.index")
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: file not found") from None
+    except OSError as e:
+        raise StorageError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+            raise StorageError(f"{path}: is {kind}, not a regular file; checkpoint files must be regular files")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Handle:
+    """One open file of a LocalStore: its descriptor, how many reads use it now, whether it is let go."""
+
+    __slots__ = ("fd", "users", "dropped")
+
+    def __init__(self, fd: int):
+        self.fd, self.users, self.dropped = fd, 0, False
+
+
 class LocalStore:
-    """Files in a local directory, read with ``os.preadv`` into caller buffers or mapped (``view``)."""
+    """Files in a local directory, read with ``os.preadv`` into caller buffers or mapped (``view``).
+
+    Thread-safe, ``close()`` included: a descriptor is closed only once no read uses it, so a read
+    racing ``close()`` finishes on the file it started on (never on a descriptor the process has since
+    reused for another file); a read that starts after ``close()`` raises StorageError.
+    """
 
     def __init__(self, directory: str):
         self.location = os.path.abspath(directory)
-        self._fds: dict[str, int] = {}
+        self._fds: dict[str, _Handle] = {}
         self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def describe(self, name: str) -> str:
         return os.path.join(self.location, name)
 
     def exists(self, name: str) -> bool:
-        return os.path.isfile(self.describe(name))
+        """Whether ``name`` is there and not a directory (a FIFO or device is, and is refused on opening)."""
+        path = self.describe(name)
+        return os.path.exists(path) and not os.path.isdir(path)
 
     def size(self, name: str) -> int:
-        return os.fstat(self._fd(name)).st_size
+        with self._borrowed(name) as fd:
+            return os.fstat(fd).st_size
 
-    def _fd(self, name: str) -> int:
+    def _closed_error(self, name: str) -> StorageError:
+        return StorageError(f"{self.describe(name)}: the checkpoint is closed")
+
+    @contextlib.contextmanager
+    def _borrowed(self, name: str) -> Iterator[int]:
+        """The descriptor of ``name`` (opened on first use), kept open until the caller is done with it."""
         with self._lock:
-            fd = self._fds.get(name)
-            if fd is None:
-                try:
-                    fd = os.open(self.describe(name), os.O_RDONLY)
-                except FileNotFoundError:
-                    raise CheckpointNotFoundError(f"{self.describe(name)}: file not found") from None
-                except OSError as e:
-                    raise StorageError(f"{self.describe(name)}: cannot open: {e.strerror}") from None
-                self._fds[name] = fd
-            return fd
+            if self._closed:
+                raise self._closed_error(name)
+            handle = self._fds.get(name)
+            if handle is None:
+                handle = self._fds[name] = _Handle(open_regular(self.describe(name)))
+            handle.users += 1
+        try:
+            yield handle.fd
+        finally:
+            with self._lock:
+                handle.users -= 1
+                if handle.dropped and handle.users == 0:
+                    os.close(handle.fd)
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> bytes:
         if stop is None:
@@ -130,54 +189,63 @@ class LocalStore:
         return bytes(buf)
 
     def read_into(self, name: str, offset: int, out: memoryview) -> None:
-        fd = self._fd(name)
         out = out.cast("B") if out.format != "B" or out.ndim != 1 else out
         done = 0
-        while done < len(out):
-            try:
-                n = os.preadv(fd, [out[done:]], offset + done)
-            except OSError as e:
-                raise StorageError(f"{self.describe(name)}: read failed: {e.strerror}") from None
-            if n == 0:
-                raise CorruptCheckpointError(
-                    f"{self.describe(name)}: file ends at byte {offset + done}, expected at least "
-                    f"{offset + len(out)} bytes (truncated?)")
-            done += n
+        with self._borrowed(name) as fd:
+            while done < len(out):
+                try:
+                    n = os.preadv(fd, [out[done:]], offset + done)
+                except OSError as e:
+                    raise StorageError(f"{self.describe(name)}: read failed: {e.strerror}") from None
+                if n == 0:
+                    raise CorruptCheckpointError(
+                        f"{self.describe(name)}: file ends at byte {offset + done}, expected at least "
+                        f"{offset + len(out)} bytes (truncated?)")
+                done += n
 
     def view(self, name: str, start: int, stop: int) -> memoryview:
         """Bytes ``[start, stop)`` of ``name`` as a read-only view of the file mapped into memory.
 
         The file is mapped once, shared and read-only (``PROT_READ``, ``MAP_SHARED``): a view costs
         no copy and no memory beyond the page cache. It shows the file's bytes as they are when
-        read, so a file rewritten *in place* changes the views of it, and one truncated makes
-        access past its new end fault (SIGBUS). Files replaced by a rename (how TensorFlow, Orbax
-        and most copy tools write) leave the mapping, and every view, on the old contents. The
-        mapping is released when the store is closed and the last view of it is gone.
+        read, so a file rewritten *in place* changes the views of it. Each view is handed out only
+        after an ``fstat`` shows the file still holds ``[start, stop)``: a file truncated under an
+        open store gives a CorruptCheckpointError, not a fault. A file truncated *after* a view of
+        it was handed out (while it is read, or later) makes access past its new end fault
+        (SIGBUS), as for any mapped file; open with ``mmap=False`` where files may shrink while in
+        use. Files replaced by a rename (how TensorFlow, Orbax and most copy tools write) leave
+        the mapping, and every view, on the old contents. The mapping is released when the store
+        is closed and the last view of it is gone.
 
         Example::
 
             header = bytes(store.view("model.ckpt-1.data-00000-of-00001", 0, 16))
         """
-        with self._lock:
-            mapped = self._maps.get(name)
-        if mapped is None:
-            fd = self._fd(name)
+        with self._borrowed(name) as fd:
             size = os.fstat(fd).st_size
             if stop > size:
                 raise CorruptCheckpointError(
                     f"{self.describe(name)}: file ends at byte {size}, expected at least {stop} bytes (truncated?)")
-            if size == 0:
+            if stop <= start:
                 return memoryview(b"")
-            try:
-                mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            except OSError as e:
-                raise StorageError(f"{self.describe(name)}: cannot map: {e.strerror}") from None
             with self._lock:
-                mapped = self._maps.setdefault(name, mapped)
-        if stop > len(mapped):
-            raise CorruptCheckpointError(
-                f"{self.describe(name)}: file ends at byte {len(mapped)}, expected at least {stop} bytes (truncated?)")
-        return memoryview(mapped)[start:stop]
+                mapped = self._maps.get(name)
+            if mapped is None or len(mapped) < stop:
+                try:  # the file as it is now (it may have grown since an earlier mapping)
+                    fresh = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                except OSError as e:
+                    raise StorageError(f"{self.describe(name)}: cannot map: {e.strerror}") from None
+                with self._lock:
+                    if self._closed:  # closed while this mapping was made: keep nothing past close()
+                        fresh.close()
+                        raise self._closed_error(name)
+                    mapped = self._maps.get(name)
+                    if mapped is None or len(mapped) < len(fresh):
+                        mapped = self._maps[name] = fresh
+            with self._lock:  # exported before close() can unmap it (close leaves an exported map alone)
+                if self._closed:
+                    raise self._closed_error(name)
+                return memoryview(mapped)[start:stop]
 
     def release(self, name: str, start: int, stop: int) -> None:
         """Drop the pages of bytes ``[start, stop)`` of ``name`` from this process's resident memory.
@@ -188,19 +256,23 @@ class LocalStore:
         """
         with self._lock:
             mapped = self._maps.get(name)
-        if mapped is None or stop <= start:
-            return
-        lo = start - start % mmap.PAGESIZE
-        hi = min(len(mapped), stop)
-        try:
-            mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-        except (ValueError, OSError):  # closed meanwhile, or a kernel without madvise: nothing to drop
-            pass
+            if mapped is None or stop <= start:
+                return
+            lo = start - start % mmap.PAGESIZE
+            hi = min(len(mapped), stop)
+            try:  # under the lock: close() cannot unmap it meanwhile
+                mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (ValueError, OSError):  # a kernel without madvise: nothing to drop
+                pass
 
     def close(self) -> None:
+        """Let go of every descriptor and mapping; reads in progress finish first, later ones raise."""
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            self._closed = True
+            for handle in self._fds.values():
+                handle.dropped = True
+                if handle.users == 0:
+                    os.close(handle.fd)
             self._fds.clear()
             for mapped in self._maps.values():
                 try:
@@ -228,18 +300,25 @@ CHUNK_BYTES = 8 << 20
 INFLIGHT_BYTES = 256 << 20
 #: Retries of a request after a transient error (tensorstore's exponential backoff from 0.5 s to 16 s).
 RETRIES = 8
-#: Seconds without a byte arriving before a request is abandoned as stalled.
-STALL_SECONDS = 60
+#: Seconds without a byte arriving before a request is abandoned as stalled (curl notices about 5 s
+#: later). With ``STALL_RETRIES`` this bounds a stalled server to about 45 s with default settings.
+STALL_SECONDS = 15
 #: Retries of a stalled request (at most ``TF2FLAX_RETRIES``): a server that stalls tends to again.
-STALL_RETRIES = 2
+STALL_RETRIES = 1
+#: Seconds a request (its retries included) may take in all, counted from when a read waits for it:
+#: a server that keeps sending a byte now and then is not stalled, but is given up on after this.
+#: 8 MiB requests, 32 at once, need about 450 KB/s in all to finish in time.
+REQUEST_TIMEOUT = 600
 #: curl errors that a retry cannot fix: a bad URL or protocol, an unknown host, TLS handshake and
 #: certificate failures (https:// against a plain HTTP server, a self-signed or expired certificate).
 _PERMANENT_CURL_CODES = frozenset({1, 3, 4, 6, 35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91, 98})
 _RETRIED_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
-_CURL_CODE = re.compile(r"curl_code='(\d+)'")
-_RANGE_REPLY = re.compile(r"Requested byte range \[(\d+), (\d+)\) was not satisfied by response with byte range "
-                          r"\[(\d+), (\d+)\) and total size (\d+)")
-_RANGE_INVALID = re.compile(r"Requested byte range \[(\d+), (\d+)\) is not valid for value of size (\d+)")
+_CURL_CODE = re.compile(r"curl_code='(\d{1,6})'")
+# Numbers of at most 20 digits (int64): int() of a server's digits is never fed thousands of them.
+_RANGE_REPLY = re.compile(r"Requested byte range \[(\d{1,20}), (\d{1,20})\) was not satisfied by response with byte "
+                          r"range \[(\d{1,20}), (\d{1,20})\) and total size (\d{1,20})\b")
+_RANGE_INVALID = re.compile(r"Requested byte range \[(\d{1,20}), (\d{1,20})\) is not valid for value of size "
+                            r"(\d{1,20})\b")
 
 
 def _env_number(name: str, default: float) -> float:
@@ -329,7 +408,11 @@ def _configure_transport(stall_timeout: float | None) -> int:
         if _transport_stall is None:
             os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(wanted))
             os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
-            _transport_stall = int(os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"])
+            setting = os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"]
+            if not (setting.isascii() and setting.isdigit() and len(setting) < 10):
+                raise StorageError(f"environment variable TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS={setting[:40]!r} "
+                                   "is not a whole number of seconds")
+            _transport_stall = int(setting)
         elif stall_timeout is not None and wanted != _transport_stall:
             warnings.warn(f"stall_timeout={stall_timeout:g} is not applied: this process's HTTP transport already "
                           f"waits {_transport_stall} s (set TF2FLAX_STALL_TIMEOUT before the first remote read)",
@@ -353,12 +436,14 @@ def _credentials_hint(url: str) -> str:
 
 
 def _failure_kind(message: str) -> str:
-    """'permanent', 'stall' or 'transient' for a failed first attempt; '' when not retried at all."""
+    """'permanent', 'stall', 'connect' or 'transient' for a failed first attempt; '' when not retried at all."""
     code = _CURL_CODE.search(message)
     if code and int(code.group(1)) in _PERMANENT_CURL_CODES:
         return "permanent"
     if code and code.group(1) == "28" and "too slow" in message:
         return "stall"
+    if code and code.group(1) == "28" and "Connection timed out" in message:
+        return "connect"  # no connection in curl's 30 s, SYNs retransmitted all along: not retried
     match = _STATUS.match(message)
     return "transient" if match and match.group(1) in _RETRIED_STATUS else ""
 
@@ -370,7 +455,7 @@ class KvStore:
     flight are bounded by ``inflight_bytes`` (by default one budget, ``TF2FLAX_INFLIGHT_MB``, shared
     by every remote store of the process). Each request is tried once; an error a retry cannot fix
     (TLS, certificate, unknown host) fails at once, a stalled transfer (no byte for ``stall_timeout``
-    seconds, ``TF2FLAX_STALL_TIMEOUT``, default 60) is retried ``STALL_RETRIES`` times, other
+    seconds, ``TF2FLAX_STALL_TIMEOUT``, default 15) is retried ``STALL_RETRIES`` (1) time, other
     transient errors ``TF2FLAX_RETRIES`` times with exponential backoff. Thread-safe.
 
     tensorstore sets the stall timeout of its HTTP transport once per process, from the first remote
@@ -390,9 +475,11 @@ class KvStore:
         self._budget = _ByteBudget(inflight_bytes) if inflight_bytes else _budget()
         self.stall_timeout = _configure_transport(stall_timeout)
         self.retries = max(1, int(_env_number("TF2FLAX_RETRIES", RETRIES)))
+        self.request_timeout = _env_number("TF2FLAX_REQUEST_TIMEOUT", REQUEST_TIMEOUT)
         self._spec = kvstore_spec(self.location)
         self._lock = threading.Lock()
         self._kvs: dict[int, Any] = {}
+        self._regular: set[str] = set()
         self._kv = self._opened(0)  # first attempts: their errors are classified before any retry
         self._sizes: dict[str, int] = {}
 
@@ -418,6 +505,13 @@ class KvStore:
             return kv
 
     def _start(self, name: str, byte_range: slice | None = None, kv: Any = None) -> Any:
+        if self._spec.get("driver") == "file" and name not in self._regular:
+            # tensorstore's file driver would wait forever on a FIFO: refuse what is not a regular file.
+            # (A file swapped for one after this check is not caught; local paths are immune.)
+            path = os.path.join(self._spec["path"], name)
+            if os.path.exists(path):
+                os.close(open_regular(path))
+            self._regular.add(name)
         try:
             kv = self._kv if kv is None else kv
             return kv.read(name) if byte_range is None else kv.read(name, byte_range=byte_range)
@@ -433,15 +527,28 @@ class KvStore:
             raise self._error(name, byte_range, message, kind)
         return kind, self._start(name, byte_range, self._opened(self._retries(kind) - 1))
 
+    def _wait(self, future: Any, name: str, byte_range: slice | None) -> None:
+        """Block until ``future`` is done, at most ``request_timeout`` seconds (then cancel it and raise)."""
+        try:
+            future.exception(timeout=self.request_timeout)
+        except TimeoutError:
+            future.cancel()
+            what = f" (bytes {byte_range.start}..{byte_range.stop})" if byte_range is not None else ""
+            raise StorageError(f"{self.describe(name)}: no complete answer{what} within {self.request_timeout:g} s (the "
+                               "server sends too slowly); TF2FLAX_REQUEST_TIMEOUT sets how long to wait") from None
+
     def _value(self, future: Any, name: str, byte_range: slice | None = None,
                retry: tuple[str, Any] | None = None) -> bytes:
         """The bytes a request read: its first attempt's, else its retry's (``retry``, if started)."""
+        if retry is None:
+            self._wait(future, name, byte_range)
         if retry is None and future.exception() is not None:
             retry = self._retried(future, name, byte_range)
         if retry is None:
             result = future.result()
         else:
             kind, again = retry
+            self._wait(again, name, byte_range)
             try:
                 result = again.result()
             except Exception as e:
@@ -466,6 +573,8 @@ class KvStore:
                 f"{where}: the server ignores HTTP Range requests (it sent the whole file for a byte range); "
                 "tf2flax reads checkpoints by byte range: serve them from a server that honours Range, "
                 "or download them first")
+        if kind == "connect":
+            return StorageError(f"{where}: the server accepted no connection ({_short(message)}); not retried")
         if "too slow" in message and "curl_code='28'" in message:
             attempts = 1 + self._retries(kind)
             return StorageError(
@@ -544,7 +653,9 @@ class KvStore:
             future, pos, length, retry = pending.popleft()
             try:
                 rng = slice(offset + pos, offset + pos + length)
-                if retry is None and future.exception() is not None:  # waits for the first attempt
+                if retry is None:
+                    self._wait(future, name, rng)
+                if retry is None and future.exception() is not None:  # the first attempt failed
                     for item in pending:  # those that failed with it (a burst of 503s) retry with it
                         if item[3] is None and item[0].done() and item[0].exception() is not None:
                             item[3] = self._retried(item[0], name, slice(offset + item[1], offset + item[1] + item[2]))

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError
+from ..errors import CorruptCheckpointError, RegionError, TensorNotFoundError, UnsupportedFormatError
 from ..regions import Index, expand_index, normalize_index
 from ..storage import Store
 from .object_graph import ObjectGraph
@@ -87,6 +87,36 @@ class ReadStats:
             self.bytes_read += nbytes
             self.reads += 1
             self.seconds += seconds
+
+
+# numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
+MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+MAX_BYTES = int(np.iinfo(np.intp).max)
+
+
+def check_fits_numpy(info: TensorInfo, here: str) -> None:
+    """UnsupportedFormatError, before anything is allocated, if tensor ``info`` cannot be a numpy
+    array: more dimensions than numpy has, or more bytes than an index can count (``[0, 2**62]``
+    included: numpy refuses its shape although it holds nothing)."""
+    if len(info.shape) > MAX_RANK:
+        raise UnsupportedFormatError(f"{here} has rank {len(info.shape)}; numpy arrays have at most {MAX_RANK} "
+                                     "dimensions")
+    if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > MAX_BYTES:
+        raise UnsupportedFormatError(f"{here} of shape {shape_text(info.shape)} is too large for a numpy "
+                                     "array (its byte size overflows 64 bits)")
+
+
+def shape_text(dims: Sequence[int], limit: int = 16) -> str:
+    """``dims`` as a list for a message, its first ``limit`` dimensions at most.
+
+    Example::
+
+        shape_text([1] * 100, limit=3)   # '[1, 1, 1, ...] (100 dimensions)'
+    """
+    dims = list(dims)
+    if len(dims) <= limit:
+        return str(dims)
+    return f"[{', '.join(map(str, dims[:limit]))}, ...] ({len(dims)} dimensions)"
 
 
 def slice_region(extents: Sequence[tuple[int, int]], shape: tuple[int, ...], where: str) -> Index:

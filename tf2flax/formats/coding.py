@@ -55,25 +55,41 @@ def _multmodp(a: int, b: int) -> int:
         b = (b >> 1) ^ _POLY if b & 1 else b >> 1
 
 
-_X2N = [1 << 30]  # x^(2^k) modulo the polynomial, k = 0..31
-for _ in range(31):
+#: x^(2^k) modulo the polynomial for k = 0..66, enough for any length below 2**64 bytes. zlib wraps
+#: its table at 32 entries because x^(2^32) = x for its polynomial; that does not hold for CRC-32C's,
+#: so the table is as long as the lengths it serves and is never wrapped.
+_X2N = [1 << 30]
+for _ in range(66):
     _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
 
 
+def x8n_mod_p(nbytes: int) -> int:
+    """x^(8 * nbytes) modulo the CRC-32C polynomial (bit-reflected), by square-and-multiply.
+
+    Example::
+
+        x8n_mod_p(0) == 1 << 31   # x^0
+    """
+    if not 0 <= nbytes < 1 << 64:
+        raise ValueError(f"length {nbytes} is outside 0..2**64-1")
+    p, n, k = 1 << 31, nbytes, 3  # k starts at 3: 2^3 bits per byte
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k], p)
+        n >>= 1
+        k += 1
+    return p
+
+
 def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32C of ``a + b`` from ``crc1 = crc32c(a)``, ``crc2 = crc32c(b)`` and ``len(b)`` (zlib's method).
+    """CRC-32C of ``a + b`` from ``crc1 = crc32c(a)``, ``crc2 = crc32c(b)`` and ``len(b)`` (zlib's method),
+    right for any ``len(b)`` below 2**64.
 
     Example::
 
         crc32c_combine(crc32c(b"ab"), crc32c(b"cd"), 2) == crc32c(b"abcd")
     """
-    p, n, k = 1 << 31, len2, 3  # x^(8 * len2): k starts at 3 (2^3 bits per byte)
-    while n:
-        if n & 1:
-            p = _multmodp(_X2N[k & 31], p)
-        n >>= 1
-        k += 1
-    return _multmodp(p, crc1) ^ crc2
+    return _multmodp(x8n_mod_p(len2), crc1) ^ crc2
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None

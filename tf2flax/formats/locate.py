@@ -38,6 +38,8 @@ from .protos import CheckpointState
 from .table import FOOTER_SIZE, is_table_footer
 
 STATE_FILE = "checkpoint"
+#: Bytes a ``checkpoint`` state file may have (TensorFlow's hold one line per kept checkpoint).
+STATE_FILE_LIMIT = 1 << 20
 SAVED_MODEL_FILES = ("tfhub_module.pb", "saved_model.pb", "saved_model.pbtxt")  # a Hub module has both
 _SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _V1_SHARD = re.compile(r"-(\d{5}|\?{5})-of-(\d{5})$")
@@ -79,13 +81,47 @@ def describe_v1(store: Store, prefix: str, files: tuple[str, ...]) -> str:
     return store.describe(files[0] if "?" in prefix and is_url(store.location) else prefix)
 
 
+def read_bounded(store: Store, name: str, limit: int) -> bytes:
+    """The whole of file ``name``, which must be at most ``limit`` bytes: a larger one is refused
+    having read no more than ``limit + 1`` bytes (a URL's size is not known in advance, so a
+    range of ``limit + 1`` bytes is asked first; only a shorter file is then read whole).
+
+    Example::
+
+        text = read_bounded(store, "checkpoint", STATE_FILE_LIMIT)
+    """
+    size = store.size(name)
+    if size is None:
+        try:
+            store.read(name, 0, limit + 1)
+        except CorruptCheckpointError:  # shorter than the range: small enough to read whole
+            data = store.read(name)
+            if len(data) <= limit:
+                return data
+        size = limit + 1
+    if size > limit:
+        raise CorruptCheckpointError(f"{store.describe(name)}: larger than {limit} bytes; not a checkpoint state file "
+                                     "(TensorFlow's are a few hundred bytes)")
+    return store.read(name, 0, size)
+
+
 def _parse_state(store: Store) -> list[str]:
-    text = store.read(STATE_FILE)
+    """The checkpoint paths a state file names, latest first. A file that does not parse is
+    described by line and column only: its contents (a symlinked secret, say) are never shown."""
+    where = store.describe(STATE_FILE)
+    data = read_bounded(store, STATE_FILE, STATE_FILE_LIMIT)
     state = CheckpointState()
     try:
-        text_format.Parse(text.decode("utf-8"), state, allow_unknown_field=True)
-    except (text_format.ParseError, UnicodeDecodeError) as e:
-        raise CorruptCheckpointError(f"{store.describe(STATE_FILE)}: not a valid checkpoint state file: {e}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptCheckpointError(f"{where}: not a valid checkpoint state file: not UTF-8 text (byte {e.start})") from None
+    try:
+        text_format.Parse(text, state, allow_unknown_field=True)
+    except text_format.ParseError as e:
+        at = f" at line {e.GetLine()}, column {e.GetColumn()}" if e.GetLine() is not None else ""
+        raise CorruptCheckpointError(f"{where}: not a valid checkpoint state file: does not parse{at}") from None
+    except RecursionError:
+        raise CorruptCheckpointError(f"{where}: not a valid checkpoint state file: nested too deeply") from None
     paths = [state.model_checkpoint_path] if state.model_checkpoint_path else []
     return paths + [p for p in reversed(state.all_model_checkpoint_paths) if p not in paths]
 
@@ -157,6 +193,22 @@ def _same_place(store: Store, path: str) -> bool:
     return isinstance(store, LocalStore) and os.path.realpath(os.path.dirname(path)) == os.path.realpath(store.location)
 
 
+def _store_of(path: str) -> tuple[str, str]:
+    """(scheme, authority) of a URL, ("", "") of a local path: what a state file may point within."""
+    if not is_url(path):
+        return "", ""
+    scheme, _, rest = path.partition("://")
+    return scheme.lower(), rest.split("/", 1)[0].rsplit("@", 1)[-1].lower()  # credentials aside
+
+
+def _same_store(directory: str, path: str) -> bool:
+    """Whether a state file in ``directory`` may send us to ``path``: a local one to local paths, a
+    URL one to the same scheme and host or bucket (``file://`` URLs are local)."""
+    here, there = _store_of(directory), _store_of(path)
+    local = ("", ""), ("file", "")
+    return there == here or (here in local and there in local)
+
+
 def _from_state_file(store: Store, directory: str) -> Location:
     paths = _parse_state(store)
     if not paths:
@@ -166,9 +218,9 @@ def _from_state_file(store: Store, directory: str) -> Location:
         candidates = [(store, latest)]
     else:
         base = posixpath.basename(latest) if is_url(latest) else os.path.basename(latest)
-        # A local path in a state file read from a URL was written on another machine (TF1's Saver
-        # records absolute paths): this machine's file of that name is not the checkpoint.
-        foreign = is_url(directory) and not is_url(latest)
+        # A path in another store (a local path in a state file read from a URL, written on another
+        # machine, or another host, bucket or scheme) is not followed: only its copy here is read.
+        foreign = not _same_store(directory, latest)
         here = _checkpoint_at(store, base)
         if here is not None:
             if not foreign and not _same_place(store, latest):
@@ -206,9 +258,10 @@ def _latest_version(store: Store) -> str | None:
     """TF Serving's layout: a base directory of numbered SavedModel versions; the highest, as Serving picks."""
     if not isinstance(store, LocalStore):
         return None
-    versions = [d for d in os.listdir(store.location) if d.isdigit()
+    versions = [d for d in os.listdir(store.location) if d.isascii() and d.isdigit()  # not '²', which int() refuses
                 and any(os.path.isfile(os.path.join(store.location, d, f)) for f in SAVED_MODEL_FILES)]
-    return os.path.join(store.location, max(versions, key=int)) if versions else None
+    # Compared as digit strings (shorter is smaller, once leading zeros go): int() refuses 4,300+ digits.
+    return os.path.join(store.location, max(versions, key=lambda d: (len(d.lstrip("0")), d.lstrip("0")))) if versions else None
 
 
 def _from_directory(store: Store, directory: str) -> Location:

@@ -31,6 +31,41 @@ _MAX_SNAPPY_EXPANSION = 32
 # TensorFlow writes a full key every 16 entries (``block_restart_interval``), so a key is at most the
 # bytes stored since its restart point and a block's keys add up to at most 16x the block.
 _RESTART_INTERVAL = 16
+#: What parsed entries may cost, per byte of the table as stored (before snappy): a key and a value
+#: of their lengths plus ENTRY_COST for the objects holding them. Real tables cost 2-12x their
+#: bytes (a key shared but for a byte stands for up to 16 stored ones, snappy saves 2-3x more);
+#: prefix-compressed keys in a snappy block that expands 32x could cost 500x, and are refused.
+ENTRY_BUDGET_PER_BYTE = 64
+#: Bytes a table parsed whole may cost beyond ENTRY_BUDGET_PER_BYTE per stored byte.
+ENTRY_BUDGET_SLACK = 4 << 20
+#: The same for one block read on its own: small, so that many tiny blocks cannot add it up.
+BLOCK_BUDGET_SLACK = 4 << 10
+#: Memory of one parsed entry beyond its key and value bytes (two bytes objects, a tuple, a list slot).
+ENTRY_COST = 128
+
+
+class EntryBudget:
+    """Bytes that parsed (key, value) entries may still take; charged as entries are made.
+
+    Example::
+
+        budget = EntryBudget.for_stored(len(data))
+        budget.charge(len(key) + len(value))
+    """
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    @classmethod
+    def for_stored(cls, stored_bytes: int, slack: int = ENTRY_BUDGET_SLACK) -> "EntryBudget":
+        """The budget of a table (or, with ``BLOCK_BUDGET_SLACK``, a block) of ``stored_bytes`` as stored."""
+        return cls(ENTRY_BUDGET_PER_BYTE * stored_bytes + slack)
+
+    def charge(self, nbytes: int) -> None:
+        self.left -= nbytes + ENTRY_COST
+        if self.left < 0:
+            raise DecodeError(f"its entries expand to more than {ENTRY_BUDGET_PER_BYTE}x the table's stored bytes "
+                              "(prefix-compressed keys or snappy blocks that no table writer produces)")
 
 
 def _block_handle(data: bytes | memoryview, pos: int) -> tuple[int, int, int]:
@@ -84,7 +119,7 @@ def _read_block(data: bytes, offset: int, size: int, verify: bool) -> memoryview
     return check_block(memoryview(data)[offset:end + TRAILER_SIZE], offset, verify)
 
 
-def _block_entries(block: memoryview) -> list[tuple[bytes, bytes]]:
+def _block_entries(block: memoryview, budget: EntryBudget) -> list[tuple[bytes, bytes]]:
     (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
     limit = len(block) - 4 - 4 * num_restarts
     if num_restarts == 0 or limit < 0:
@@ -93,7 +128,7 @@ def _block_entries(block: memoryview) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     key = b""
     pos = 0
-    budget = _RESTART_INTERVAL * limit
+    keys = _RESTART_INTERVAL * limit
     while pos < limit:
         # Three varints; one byte each in nearly every entry, so that case is inlined.
         if data[pos] < 128 and pos + 2 < limit and data[pos + 1] < 128 and data[pos + 2] < 128:
@@ -106,11 +141,12 @@ def _block_entries(block: memoryview) -> list[tuple[bytes, bytes]]:
         end = pos + non_shared + value_len
         if shared > len(key) or end > limit:
             raise DecodeError(f"block entry at byte {pos} overruns its block")
-        key = key[:shared] + data[pos:pos + non_shared]
-        budget -= len(key)
-        if budget < 0:
+        keys -= shared + non_shared
+        if keys < 0:
             raise DecodeError(f"block's keys expand to more than {_RESTART_INTERVAL}x its {limit} bytes "
                               "(prefix-compressed keys that no table writer produces)")
+        budget.charge(shared + non_shared + value_len)  # before the key is built
+        key = key[:shared] + data[pos:pos + non_shared]
         out.append((key, data[pos + non_shared:end]))
         pos = end
     return out
@@ -126,11 +162,12 @@ def parse_table(data: bytes, verify_checksums: bool = True) -> list[tuple[bytes,
     index_offset, index_size = parse_footer(memoryview(data)[len(data) - FOOTER_SIZE:], len(data))
     entries: list[tuple[bytes, bytes]] = []
     previous: bytes | None = None
-    for _, handle in _block_entries(_read_block(data, index_offset, index_size, verify_checksums)):
+    budget = EntryBudget.for_stored(len(data))  # counted against stored bytes, before anything expands
+    for _, handle in _block_entries(_read_block(data, index_offset, index_size, verify_checksums), budget):
         offset, size, end = _block_handle(handle, 0)
         if end != len(handle):
             raise DecodeError("index entry is not a block handle")
-        for key, value in _block_entries(_read_block(data, offset, size, verify_checksums)):
+        for key, value in _block_entries(_read_block(data, offset, size, verify_checksums), budget):
             if previous is not None and key <= previous:
                 raise DecodeError(f"keys out of order at {key[:40]!r}")
             previous = key
@@ -181,7 +218,8 @@ class TableFile:
         self._separators: list[bytes] = []
         self.blocks: list[tuple[int, int]] = []
         end = 0
-        for separator, handle in _block_entries(check_block(raw, index_offset, verify_checksums)):
+        budget = EntryBudget.for_stored(len(raw), BLOCK_BUDGET_SLACK)
+        for separator, handle in _block_entries(check_block(raw, index_offset, verify_checksums), budget):
             offset, size, stop = _block_handle(handle, 0)
             if stop != len(handle) or offset < end or offset + size + TRAILER_SIZE > index_offset:
                 raise DecodeError("index entry is not the handle of a block in order within the file")
@@ -200,7 +238,8 @@ class TableFile:
         """The (key, value) entries of data block ``i``, in key order."""
         offset, size = self.blocks[i]
         entries = _block_entries(check_block(self._read(offset, offset + size + TRAILER_SIZE), offset,
-                                             self.verify_checksums))
+                                             self.verify_checksums),
+                                 EntryBudget.for_stored(size + TRAILER_SIZE, BLOCK_BUDGET_SLACK))
         keys = [k for k, _ in entries]
         if any(a >= b for a, b in zip(keys, keys[1:])) or (keys and keys[-1] > self._separators[i]):
             raise DecodeError(f"block at offset {offset}: keys out of order")

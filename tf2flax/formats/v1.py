@@ -36,7 +36,8 @@ from .coding import DecodeError
 from .dtypes import DT_STRING, is_supported, numpy_dtype
 from .locate import describe_v1
 from .protos import SavedTensorSlices
-from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, slice_region, slices_problem, squeezed
+from .base import (Checkpoint, ReadStats, StoredTensor, TensorInfo, check_fits_numpy, shape_text, slice_region,
+                   slices_problem, squeezed)
 from .slice_key import encode_slice_key
 from .table import FOOTER_SIZE, TableFile
 
@@ -140,7 +141,8 @@ class V1Checkpoint(Checkpoint):
         for ssm in meta.tensor:
             here = f"{where}: tensor {ssm.name!r}"
             if ssm.shape.unknown_rank or any(d.size < 0 for d in ssm.shape.dim):
-                raise CorruptCheckpointError(f"{here}: shape {ssm.shape} is not a known, non-negative shape")
+                shown = "of unknown rank" if ssm.shape.unknown_rank else shape_text([d.size for d in ssm.shape.dim])
+                raise CorruptCheckpointError(f"{here}: shape {shown} is not a known, non-negative shape")
             shape = tuple(d.size for d in ssm.shape.dim)
             tensor = self._tensors.setdefault(ssm.name, _Tensor(ssm.type, shape))
             if tensor.shape != shape or tensor.dtype_enum != ssm.type:
@@ -197,38 +199,62 @@ class V1Checkpoint(Checkpoint):
         """Tensor ``name``, or the region ``index`` (ints, step-1 slices, ``...``) of it.
 
         Each slice the region touches is read and decoded whole (its block's CRC32C checked unless
-        ``verify_checksums=False``).
+        ``verify_checksums=False``). Every table block holding one is parsed once per read, and
+        every slice's entry is found and sized before the output is allocated.
         """
         info = self.info(name)
+        here = f"{self.path}: tensor {name!r}"
         if info.dtype_enum not in _FIELDS:
-            raise UnsupportedFormatError(f"{self.path}: tensor {name!r}: DataType {info.dtype_enum} is not a type "
-                                         "V1 checkpoints store")
+            raise UnsupportedFormatError(f"{here}: DataType {info.dtype_enum} is not a type V1 checkpoints store")
+        check_fits_numpy(info, here)
         region, squeeze = self._region(info, index)
         parts = info.slices or ((normalize_index(None, info.shape), info.stored),)
         if info.stored is not None:  # saved whole: the decoded slice is the tensor
-            values = self._slice_values(info, parts[0][0], info.stored)
+            values = self._slice_values(info, parts[0][0], info.stored, self._entries_of(info, parts)[0])
             out = values if region == parts[0][0] else np.ascontiguousarray(values[region])
             return squeezed(out, squeeze)
-        out = np.empty(index_shape(region), info.dtype)
-        for part_region, stored in parts if out.size else ():
-            met = overlap(region, part_region)
-            if met is not None:
-                local, dest = met
-                out[dest] = self._slice_values(info, part_region, stored)[local]
+        out_shape = index_shape(region)
+        touched = [(r, s, overlap(region, r)) for r, s in parts] if math.prod(out_shape) else []
+        touched = [(r, s, met) for r, s, met in touched if met is not None]
+        entries = self._entries_of(info, [(r, s) for r, s, _ in touched])
+        out = np.empty(out_shape, info.dtype)
+        for (part_region, stored, (local, dest)), value in zip(touched, entries):
+            out[dest] = self._slice_values(info, part_region, stored, value)[local]
         return squeezed(out, squeeze)
 
-    def _slice_values(self, info: TensorInfo, region: Index, stored: StoredTensor) -> np.ndarray:
-        """One saved slice of ``info``, decoded whole, as TensorFlow's ``CopySliceData`` reads it."""
+    def _entries_of(self, info: TensorInfo, parts: list[tuple[Index, StoredTensor]]) -> list[bytes]:
+        """The table entry of each of ``parts`` (saved slices of ``info``), parsing each block once;
+        CorruptCheckpointError if one is missing or too short for the elements its slice declares."""
+        blocks: dict[tuple[int, int], dict[bytes, bytes]] = {}
+        out = []
+        for region, stored in parts:
+            extents = self._extents[(info.name, stored.shard_id, _flat(region))]
+            file = self.store.describe(self.files[stored.shard_id])
+            key = encode_slice_key(info.name, extents)
+            table = self._tables[stored.shard_id]
+            number = table.block_of(key)
+            if (stored.shard_id, number) not in blocks:
+                try:
+                    blocks[(stored.shard_id, number)] = dict(table.block(number)) if number is not None else {}
+                except DecodeError as e:
+                    raise CorruptCheckpointError(f"{file}: {e} (reading tensor {info.name!r})") from None
+            value = blocks[(stored.shard_id, number)].get(key)
+            what = f"{file}: tensor {info.name!r} slice {list(extents)}"
+            if value is None:
+                raise CorruptCheckpointError(f"{what}: the file has no entry for this slice")
+            count = math.prod(stored.shape)
+            if count > len(value):  # every value takes at least a byte of its entry
+                raise CorruptCheckpointError(f"{what}: declares {count} elements, its {len(value)}-byte entry "
+                                             "cannot hold them")
+            out.append(value)
+        return out
+
+    def _slice_values(self, info: TensorInfo, region: Index, stored: StoredTensor, value: bytes) -> np.ndarray:
+        """One saved slice of ``info`` from its entry ``value``, decoded whole, as TensorFlow's
+        ``CopySliceData`` reads it."""
         extents = self._extents[(info.name, stored.shard_id, _flat(region))]
         file = self.store.describe(self.files[stored.shard_id])
         what = f"{file}: tensor {info.name!r} slice {list(extents)}"
-        key = encode_slice_key(info.name, extents)
-        try:
-            value = self._tables[stored.shard_id].get(key)
-        except DecodeError as e:
-            raise CorruptCheckpointError(f"{file}: {e} (reading tensor {info.name!r})") from None
-        if value is None:
-            raise CorruptCheckpointError(f"{what}: the file has no entry for this slice")
         proto = _parse(value, file, f"tensor {info.name!r} slice {list(extents)}").data.data
         return _values(proto, info.dtype_enum, info.dtype, stored.shape, what)
 

@@ -23,7 +23,8 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 from ..errors import CorruptCheckpointError, UnsupportedFormatError
 from ..regions import Index, index_shape, normalize_index, overlap
 from ..storage import Store
-from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, slice_region, slices_problem, squeezed
+from .base import (Checkpoint, ReadStats, StoredTensor, TensorInfo, check_fits_numpy, slice_region, slices_problem,
+                   squeezed)
 from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
 from .locate import ends_like_a_table
@@ -32,11 +33,10 @@ from .protos import BundleEntryProto, BundleHeaderProto
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import parse_table
 
-# numpy's limits on an array: dimensions (NPY_MAXDIMS: 64 since numpy 2, 32 before) and bytes.
-_MAX_RANK = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
-_MAX_BYTES = int(np.iinfo(np.intp).max)
 # A local index larger than this has its footer checked before it is read whole.
 _SNIFF_ABOVE = 1 << 20
+# Reads claiming more bytes than this from files of unknown size (URLs) check the file's extent first.
+_PROBE_ABOVE = 64 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
 
@@ -74,6 +74,20 @@ def _stored(entry: Any, where: str, num_shards: int) -> StoredTensor:
     return StoredTensor(entry.dtype, shape, entry.shard_id, entry.offset, entry.size, entry.crc32c)
 
 
+def _shared_bytes(parts: list[StoredTensor]) -> str | None:
+    """Why slices' byte ranges overlap (TensorFlow writes each slice's bytes once), or None.
+
+    Checked before anything is allocated: slices that alias one range would make a small data file
+    stand for as many times its size as there are slices.
+    """
+    spans = sorted((p.shard_id, p.offset, p.offset + p.size) for p in parts if p.size)
+    for (shard, _, end), (next_shard, start, next_end) in zip(spans, spans[1:]):
+        if shard == next_shard and start < end:
+            return (f"two of its slices share bytes {start}..{min(end, next_end)} of data shard {shard} "
+                    "(each slice is stored in bytes of its own)")
+    return None
+
+
 class V2Checkpoint(Checkpoint):
     """An open TensorFlow V2 checkpoint (tensor bundle). Use :func:`tf2flax.open_checkpoint` to make one.
 
@@ -97,6 +111,7 @@ class V2Checkpoint(Checkpoint):
         self.opened = f"V2 checkpoint: {self.path}"
         self._min_run = _MIN_RUN_BYTES["local" if type(store).__name__ == "LocalStore" else "remote"]
         self._shard_sizes: dict[int, int | None] = {}
+        self._probed: dict[int, int] = {}  # shard -> bytes known to exist in a file of unknown size
         self._object_graph: ObjectGraph | None | bool = False
         index_name = prefix + ".index"
         where = store.describe(index_name)
@@ -179,7 +194,7 @@ class V2Checkpoint(Checkpoint):
                     f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
                     f"{list(index_shape(region))}")
             slices.append((region, part))
-        problem = slices_problem(shape, [r for r, _ in slices])
+        problem = slices_problem(shape, [r for r, _ in slices]) or _shared_bytes([p for _, p in slices])
         if problem:
             raise CorruptCheckpointError(f"{here}: {problem}")
         return TensorInfo(name, dtype, entry.dtype, shape, None, tuple(slices))
@@ -307,17 +322,30 @@ class V2Checkpoint(Checkpoint):
     def _check_readable(self, info: TensorInfo) -> None:
         """Refuse, before allocating anything, a tensor numpy cannot hold or whose bytes lie past its files."""
         here = f"{self.path}: tensor {info.name!r}"
-        if len(info.shape) > _MAX_RANK:
-            raise UnsupportedFormatError(f"{here} has rank {len(info.shape)}; numpy arrays have at most {_MAX_RANK} "
-                                         "dimensions")
-        if math.prod(d for d in info.shape if d) * max(info.dtype.itemsize, 1) > _MAX_BYTES:
-            raise UnsupportedFormatError(f"{here} of shape {list(info.shape)} is too large for a numpy array (its "
-                                         "byte size overflows 64 bits)")
+        check_fits_numpy(info, here)
         if info.dtype_enum == DT_STRING and math.prod(info.shape) > info.nbytes:
             raise CorruptCheckpointError(f"{here} of shape {list(info.shape)} is stored in {info.nbytes} bytes, "
                                          "less than one per string")
-        for stored in [info.stored] if info.stored is not None else [s for _, s in info.slices]:
+        parts = [info.stored] if info.stored is not None else [s for _, s in info.slices]
+        ends: dict[int, int] = {}
+        for stored in parts:
             self._check_extent(stored, f"tensor {info.name!r}")
+            ends[stored.shard_id] = max(ends.get(stored.shard_id, 0), stored.offset + stored.size)
+        if sum(s.size for s in parts) > _PROBE_ABOVE:  # a large claim on files of unknown size (URLs)
+            for shard, end in ends.items():
+                self._probe_end(shard, end, f"tensor {info.name!r}")
+
+    def _probe_end(self, shard: int, end: int, what: str) -> None:
+        """Where a data file's size is not known (a URL), read its byte ``end - 1`` before memory is
+        allocated for bytes up to ``end``: a small index claiming terabytes fails here, in one request."""
+        if self._shard_sizes.get(shard) is not None or end <= self._probed.get(shard, 0):
+            return
+        file = self._data_file(shard)
+        try:
+            self.store.read(file, end - 1, end)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{e} (reading {what})") from None
+        self._probed[shard] = end
 
     def _check_extent(self, stored: StoredTensor, what: str) -> str:
         """The data file holding ``stored``; CorruptCheckpointError if its bytes lie past the file's end."""
