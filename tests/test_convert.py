@@ -380,6 +380,35 @@ def test_force_never_deletes_the_input_or_unrelated_files(tmp_path, monkeypatch)
     assert (run / "orbax" / "_CHECKPOINT_METADATA").is_file()
 
 
+def test_force_refuses_an_output_holding_a_file_a_conversion_does_not_write(tf1_ckpt, tmp_path):
+    """Files added anywhere inside an earlier output (its item directory, a new subfolder, a symbolic
+    link) make --force refuse, naming the first one; nothing is deleted. Without them it replaces."""
+    out = tmp_path / "out"
+    quiet_convert(tf1_ckpt.prefix, out)
+    quiet_convert(tf1_ckpt.prefix, out, force=True)  # our own output, as written: replaced
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    ours = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert "state/_METADATA" in ours and any(p.startswith("state/d/") for p in ours)
+    for added, named in [("state/notes.txt", "holds 'state/notes.txt', a file a conversion does not write"),
+                         ("state/d/mine/keep.bin", "holds 'state/d/mine/keep.bin'"),
+                         ("extra/_METADATA", "holds 'extra/_METADATA'")]:
+        (out / added).parent.mkdir(parents=True, exist_ok=True)
+        (out / added).write_bytes(b"the user's")
+        with pytest.raises(OutputExistsError, match=re.escape(named)):
+            quiet_convert(tf1_ckpt.prefix, out, force=True)
+        assert (out / added).read_bytes() == b"the user's" and sorted(os.listdir(tmp_path)) == ["out"]
+        (out / added).unlink()
+    (out / "state" / "link").symlink_to(tmp_path)
+    with pytest.raises(OutputExistsError, match="holds a symbolic link 'state/link'"):
+        quiet_convert(tf1_ckpt.prefix, out, force=True)
+    (out / "state" / "link").unlink()
+    r = subprocess.run([sys.executable, "-m", "tf2flax", "convert", tf1_ckpt.prefix, str(out), "--force", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (out / "extra").exists()  # (the empty folder left from above went with the old output)
+    assert (out / "state" / "_METADATA").is_file() and (out / "commit_success.txt").is_file()
+
+
 def test_dangling_symlink_out_is_refused_up_front(tf1_ckpt, tmp_path):
     out = tmp_path / "out"
     out.symlink_to(tmp_path / "nowhere")

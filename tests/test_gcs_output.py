@@ -95,6 +95,14 @@ def test_cli_to_gs_with_force_replaces_only_a_checkpoint_tf2flax_wrote(gcs, tf1_
     assert forced.returncode == 0, forced.stderr[-3000:]
     restored = _leaves(ocp.v1.load(url))
     assert {str(v.dtype) for n, v in restored.items() if local[n].dtype.kind == "f"} == {"bfloat16"}
+    # An object the user added inside our output makes --force refuse, naming it; nothing is deleted.
+    gcs.put("runs/cli/state/sub/notes.txt", b"mine")
+    kept = gcs.names("runs/cli/")
+    added = _cli("convert", tf1_ckpt.prefix, url, "--force")
+    assert added.returncode == 2 and added.stderr.strip().splitlines() == [
+        f"tf2flax: error: {url} holds 'state/sub/notes.txt', a file a conversion does not write; --force replaces "
+        "only an empty directory or an Orbax checkpoint written by tf2flax: remove it yourself or choose another OUT"]
+    assert gcs.names("runs/cli/") == kept and gcs.read("runs/cli/state/sub/notes.txt") == b"mine"
     # Somebody else's objects are never replaced.
     gcs.put("theirs/notes.txt", b"keep me")
     refused = _cli("convert", tf1_ckpt.prefix, f"gs://{BUCKET}/theirs", "--force")
