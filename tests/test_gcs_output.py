@@ -110,6 +110,28 @@ def test_cli_to_gs_with_force_replaces_only_a_checkpoint_tf2flax_wrote(gcs, tf1_
     assert gcs.names("theirs/") == ["theirs/notes.txt"] and gcs.read("theirs/notes.txt") == b"keep me"
 
 
+def test_gs_with_tensorflow_installed_goes_through_gcsfs(gcs, tf1_ckpt, local):
+    """TensorFlow is importable here and EPATH_USE_TF is not set: etils.epath would take TensorFlow's
+    gfile (which cannot reach this server: a raw TensorFlow traceback). The conversion goes through
+    gcsfs instead, and never imports TensorFlow."""
+    import importlib.util
+
+    assert importlib.util.find_spec("tensorflow") is not None
+    env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+    url = f"gs://{BUCKET}/runs/with-tf"
+    code = ("import sys, tf2flax; "
+            f"print(tf2flax.convert({tf1_ckpt.prefix!r}, {url!r}).out); "
+            "print('tensorflow' in sys.modules)")
+    api = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert api.returncode == 0, api.stderr[-3000:]
+    assert api.stdout.split() == [url, "False"]
+    _assert_equal(url, local)
+    cli = subprocess.run([sys.executable, "-m", "tf2flax", "convert", tf1_ckpt.prefix, url, "--force"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 0 and "Traceback" not in cli.stderr, cli.stderr[-3000:]
+    _assert_equal(url, local)
+
+
 def test_a_failed_gs_conversion_leaves_nothing(gcs, tf1_ckpt):
     """GCS refuses the last object Orbax writes: the error names the URL, and every object written
     before it is deleted."""
