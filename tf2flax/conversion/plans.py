@@ -170,6 +170,7 @@ def _targets_of(key: Any, target: Any, kept: list[DefaultName], renamed: Callabl
 def _layer_targets(key: str, target: str, kept: list[DefaultName], renamed: Callable[[str], str | None],
                    resolver: Any, ckpt: Checkpoint, stacking: Any, where: str) -> list[Leaf]:
     """The output leaves of a ``{i}`` entry: one per layer (``{i}`` on both sides) or stacked."""
+    from ..mapping.rules import layer_index
     from ..mapping.stacking import LAYER, layer_matches, split_layer
 
     found = layer_matches(key, resolver.names(), where, scope=key.endswith("/"))
@@ -196,7 +197,7 @@ def _layer_targets(key: str, target: str, kept: list[DefaultName], renamed: Call
             r = renamed(name)
             m = tail.fullmatch(r, len(before)) if r is not None and r.startswith(before) else None
             if m:
-                rests.setdefault(m.group(2), {})[int(m.group(1))] = r
+                rests.setdefault(m.group(2), {})[layer_index(m.group(1), r)] = r
                 break
     out = []
     for rest, layers in rests.items():
