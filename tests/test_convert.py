@@ -163,6 +163,37 @@ def test_map_preset_transforms_and_dtype(keras3_ckpt, tmp_path):
     assert_restores_to(out, expected, tmp_path)
 
 
+def test_a_map_entry_that_matches_nothing_is_an_error_naming_it(tmp_path):
+    """As TensorFlow's init_from_checkpoint refuses a checkpoint name it cannot find: a scope entry with
+    no tensor under it (a typo among correct entries) names the entry and the closest scopes, in the
+    API, in --dry-run and in convert (exit 2, one line, nothing written). Before, its tensors were
+    silently dropped with exit 0."""
+    prefix = tf_writers.write_raw_bundle(tmp_path / "ckpt" / "model", {
+        "bert/encoder/w": np.ones(2, np.float32), "bert/pooler/w": np.ones(2, np.float32),
+        "cls/w": np.ones(2, np.float32), "bert/encoder/w/adam_m": np.ones(2, np.float32)})
+    out = tmp_path / "out"
+    with pytest.raises(MappingError, match=re.escape("map entry 'clss/': 'params/cls/': checkpoint ") + ".*"
+                       + re.escape("has no tensor under scope 'clss/'. Close names: 'cls/'.")):
+        quiet_convert(prefix, out, mapping={"bert/": "params/bert/", "clss/": "params/cls/"}, dry_run=True)
+    with pytest.raises(MappingError, match=r"scope 'bert/encodr/'\. Close names: 'bert/encoder/'"):
+        quiet_convert(prefix, out, mapping={"bert/encodr/": "params/enc/"})
+    with pytest.raises(MappingError, match=r"scope 'bert/encoder/w/' \(the tensors there are optimizer state .* "
+                                           r"--include-optimizer\)"):
+        quiet_convert(prefix, out, mapping={"bert/encoder/w/": "opt/"})
+    assert quiet_convert(prefix, out, mapping={"bert/encoder/w/": "opt/"}, include_optimizer=True,
+                         dry_run=True).plan.entries.keys() == {"opt/adam_m"}
+    map_file = tmp_path / "map.yaml"
+    map_file.write_text("map:\n  bert/: params/bert/\n  clss/: params/cls/\n")
+    for extra in (["--dry-run"], []):
+        r = subprocess.run([sys.executable, "-m", "tf2flax", "convert", prefix, str(out), "--map", str(map_file),
+                            *extra], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"tf2flax: error: map entry 'clss/': 'params/cls/': checkpoint {prefix} has no tensor under scope "
+            "'clss/'. Close names: 'cls/'."]
+    assert not out.exists()
+
+
 def test_map_file_matches_python_mapping(tmp_path):
     yaml_file = tmp_path / "map.yaml"
     yaml_file.write_text(textwrap.dedent("""

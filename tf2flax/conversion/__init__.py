@@ -7,7 +7,8 @@ is no model, so the target leaves are derived from the checkpoint: a scope entry
 ``'ckpt_scope/': 'out_scope/'`` makes a leaf ``out_scope/<rest>`` of every tensor with a (renamed) name
 ``ckpt_scope/<rest>`` (default name first, then a TF2 variable's ``full_name`` and object path; what
 default naming leaves out is skipped); an exact entry ``'name': 'out/path'`` makes one leaf, of any
-tensor. Without a map, the (renamed) default names are the leaves. Each leaf gets the shape and dtype
+tensor; an entry that matches nothing is a MappingError naming it and the closest names. Without a map,
+the (renamed) default names are the leaves. Each leaf gets the shape and dtype
 of its source after its transforms, and the mapping engine (:func:`tf2flax.mapping.build_plan`) then
 builds and checks the plan with TensorFlow's rules, exactly as for :func:`tf2flax.init_params`.
 
@@ -48,7 +49,7 @@ import numpy as np
 from ..formats import Checkpoint, open_checkpoint
 from ..errors import MappingError
 from ..mapping.names import check_part_axis
-from ..naming import default_names
+from ..naming import OPTIMIZER, DefaultName, default_names
 from ..plan import Plan
 from ..progress import human_bytes, human_rate
 from ..storage import is_url
@@ -191,7 +192,7 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
         if note:
             warnings.warn(note, ConvertWarning, stacklevel=5)  # the caller of convert()
     cast_to = float_dtype(dtype)
-    named = default_names(ckpt, include_optimizer, names)
+    named = preset_left_out(default_names(ckpt, include_optimizer, names), preset, include_optimizer)
     left_out = [(n.name, n.left_out) for n in named if n.left_out]
     if mapping is None and rules is None and preset is None and not transforms:
         plan = default_plan(ckpt, named, cast_to)
@@ -202,6 +203,23 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
     if not dry_run and not plan.entries:
         raise MappingError(f"{ckpt.path}: nothing to convert ({len(left_out)} tensor(s) left out, none mapped)")
     return plan, left_out, ckpt, out_path
+
+
+def preset_left_out(named: list[DefaultName], preset: Any, include_optimizer: bool) -> list[DefaultName]:
+    """``named`` with the tensors ``preset`` says are optimizer state (T5's Adafactor ``_slot_v``...,
+    which default naming does not know) left out, unless ``include_optimizer``.
+
+    Example::
+
+        preset_left_out(default_names(ckpt), "t5x", False)     # 'encoder/.../q_slot_v' left out
+    """
+    from ..mapping import get_preset
+
+    found = get_preset(preset) if preset is not None and not include_optimizer else None
+    if found is None or found.skip is None:
+        return named
+    return [dataclasses.replace(n, left_out=OPTIMIZER) if n.left_out is None and
+            any(found.skip(c) for c in (n.key, n.name, *n.aliases)) else n for n in named]
 
 
 def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
