@@ -112,7 +112,7 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
             rules: Any = None, preset: str | None = None, transforms: Mapping[Any, Any] | None = None,
             dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, stack_axis: Any = None,
             names: str = "object", dry_run: bool = False, force: bool = False, progress: bool = False,
-            distributed: bool = False, shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
+            distributed: bool | None = None, shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
             timeout: float = 600.0) -> ConvertResult:
     """Convert TensorFlow checkpoint ``ckpt`` into the new Orbax checkpoint ``out`` (a local directory or ``gs://``).
 
@@ -129,13 +129,16 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
     ``distributed``: this is one process of a ``jax.distributed`` program, and every process calls
-    ``convert`` with the same arguments. Each reads only the regions its devices hold of the output
+    ``convert`` with the same arguments (None, the default: whether ``jax.distributed`` runs more than one
+    process; ``False`` there is refused, as Orbax's save needs every process). Each reads only the regions its devices hold of the output
     leaves, sharded by ``shardings`` or ``sharding_rules`` over ``mesh`` (as for ``init_params``;
     by default each large leaf is split over all devices along its first axis that divides, and each
     other leaf read by one process: see :mod:`.distributed`), and
     Orbax's multi-process save writes them into one checkpoint, equal to a one-process convert's.
     If a process fails, every process raises the same :class:`~tf2flax.errors.DistributedError`
-    (a process missing for ``timeout`` seconds is named) and nothing is committed. ``bytes_read``
+    (a process missing for ``timeout`` seconds is named) and nothing is committed. Before anything is
+    written the processes compare digests of their plans, output paths and options: processes started
+    with different arguments (another map or dtype) raise a DistributedError naming what differs. ``bytes_read``
     and the progress bar are this process's; ``tensors`` and ``bytes`` the whole checkpoint's.
 
     Example::
@@ -144,6 +147,7 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
         r.report.unused          # checkpoint tensors the map did not cover
     """
     began = time.perf_counter()
+    distributed = _distributed(distributed)
     team: Any = Solo()
     if distributed:
         from .distributed import Team
@@ -155,8 +159,16 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     if distributed:
         from .distributed import output_shardings
 
+        team.agree({
+            "the plan (--map, --preset, --dtype, --names)": "\n".join(
+                [f"{e.describe()} {list(e.shape)} {np.dtype(e.dtype).name}" for _, e in sorted(plan.entries.items())]
+                + [f"left out: {name} ({why})" for name, why in left_out]),
+            "the output path (OUT)": str(out_path),
+            "the options (--force, --include-optimizer, --dry-run)": f"{force} {include_optimizer} {dry_run}"})
         team.shardings, team.owners = team.step(
             "place the output", lambda: output_shardings(plan, shardings, mesh, sharding_rules))
+        team.agree({"the placement (shardings, mesh, sharding_rules)": "\n".join(
+            f"{path} {team.shardings[path]} {team.owners.get(path)}" for path in sorted(plan.entries))})
     result = ConvertResult(plan, left_out, None)
     if dry_run:
         return result
@@ -173,6 +185,53 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     result.out, result.seconds = str(out_path), time.perf_counter() - began
     result.bytes_read = ckpt.stats.bytes_read - before
     return result
+
+
+def check_conversion(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, **kwargs: Any) -> None:
+    """Check what :func:`convert` checks before it reads any tensor (the checkpoint opens, the map fits it,
+    ``out`` may be written), raising the same errors, without writing anything or joining other processes;
+    ``kwargs``: those of :func:`convert` (``distributed``, placement and ``progress`` are not used).
+
+    Example::
+
+        check_conversion("/runs/bert/model.ckpt-1000", "/ckpts/bert", dtype="bfloat16")   # before a long wait
+    """
+    args = {"mapping": None, "rules": None, "preset": None, "transforms": None, "dtype": None,
+            "include_optimizer": False, "part_axis": None, "stack_axis": None, "names": "object", "dry_run": False,
+            "force": False}
+    args.update((k, v) for k, v in kwargs.items() if k in args)
+    given = ckpt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convert itself warns
+        _, _, opened, _ = _plan(ckpt, out, args["mapping"], args["rules"], args["preset"], args["transforms"],
+                                args["dtype"], args["include_optimizer"], args["part_axis"], args["stack_axis"],
+                                args["names"], args["dry_run"], args["force"])
+    if opened is not given:
+        opened.close()
+
+
+def _distributed(distributed: bool | None) -> bool:
+    """Whether this conversion is distributed: as asked, else whether ``jax.distributed`` runs several
+    processes; refused when asked not to be in a multi-process program (Orbax's save needs every process)."""
+    import sys
+
+    several = None
+    if "jax" in sys.modules:
+        from jax._src import distributed as jax_distributed
+
+        if jax_distributed.global_state.client is not None:
+            import jax
+
+            several = (jax.process_index(), jax.process_count()) if jax.process_count() > 1 else None
+    if distributed is None:
+        return several is not None
+    if not distributed and several is not None:
+        from ..errors import DistributedError
+
+        raise DistributedError(f"convert(distributed=False) in process {several[0]} of {several[1]} of a "
+                               "jax.distributed program: Orbax's save needs every process; call convert with "
+                               "distributed=True (or leave it out) in every process, with the same arguments")
+    return distributed
 
 
 def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms: Any, dtype: Any,
@@ -245,5 +304,5 @@ def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
     return Plan(entries, plan.report), dropped
 
 
-__all__ = ["VALUE_KEY", "ConvertResult", "ConvertWarning", "convert", "load_map_file", "settle_paths",
-           "write_orbax"]
+__all__ = ["VALUE_KEY", "ConvertResult", "ConvertWarning", "check_conversion", "convert", "load_map_file",
+           "preset_left_out", "settle_paths", "write_orbax"]
