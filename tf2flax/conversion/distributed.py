@@ -10,7 +10,9 @@ The processes agree after every step (:meth:`Team.step`): a process that fails t
 through JAX's coordination service, and every process raises the same :class:`DistributedError`
 naming the failed process and its one-line reason; a process that does not arrive within
 ``timeout`` seconds is named in a timeout. (A killed process is detected by JAX's own heartbeat,
-which ends the others.) Nothing is committed unless every process succeeded.
+which ends the others; ``convert --distributed`` turns that into one line, see :mod:`.supervise`.)
+Before anything is written, the processes compare digests of their plans, output paths and options
+(:meth:`Team.agree`). Nothing is committed unless every process succeeded.
 
 Example::
 
