@@ -246,7 +246,7 @@ def alias_bomb() -> str:
     ("deep.yaml", "map: " + "{a: " * 100000 + "1" + "}" * 100000, "nested more than 32 levels deep"),
     ("deep.json", '{"map": ' + "[" * 100000 + "]" * 100000 + "}", "nested more than 32 levels deep"),
     ("deep.json", '{"map": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels deep"),
-    ("big.yaml", "map: {}\n" + "#" * (16 << 20), "larger than 16 MB"),
+    ("big.yaml", "map: {}\n" + "#" * (1 << 20), "larger than 1 MB"),
     ("long.json", '{"rules": [["' + "x" * 5000 + '", "y"]]}', "(5000 characters) is longer than 4096 characters"),
     ("long.yaml", "map: {k: " + "v" * 5000 + "}", "(5000 characters) is longer than 4096 characters"),
     ("bad.yaml", "transforms: {k: " + "[flip, " * 25 + "1" + "]" * 25 + "}", "is not a transform"),
