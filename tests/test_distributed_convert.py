@@ -341,3 +341,43 @@ def test_convert_in_a_distributed_program_is_distributed_without_asking(ckpt_pat
             f"convert(distributed=False) in process {i} of 2 of a jax.distributed program: Orbax's save needs every "
             "process; call convert with distributed=True (or leave it out) in every process, with the same arguments")
     assert not (tmp_path / "solo").exists()
+
+
+def test_rendezvous_names_the_missing_processes_on_every_process_that_came():
+    """The meeting before JAX's (three processes as threads): all three meet, on IPv4 and IPv6; one missing
+    is named on both others within the timeout; a different --num-processes is named on both sides."""
+    import threading
+    import time
+
+    from tf2flax.conversion.launch import rendezvous
+    from tf2flax.errors import DistributedError
+
+    def meet(address: str, counts: list[int], timeout: float) -> dict[int, str]:
+        out: dict[int, str] = {}
+
+        def run(i: int) -> None:
+            try:
+                rendezvous(address, counts[i], i, timeout)
+                out[i] = "ok"
+            except DistributedError as e:
+                out[i] = str(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(counts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 20)
+        return out
+
+    assert meet(f"127.0.0.1:{_free_port()}", [3, 3, 3], 30) == {0: "ok", 1: "ok", 2: "ok"}
+    if socket.has_ipv6:
+        assert meet(f"[::1]:{_free_port()}", [2, 2], 30) == {0: "ok", 1: "ok"}
+    address = f"127.0.0.1:{_free_port()}"
+    began = time.monotonic()
+    missing = meet(address, [3, 3], 3)  # process 2 never comes
+    assert time.monotonic() - began < 3 + 10
+    assert missing == {i: f"process 2 of 3 did not join at {address} within 3 s (not started, failed before joining, "
+                          "or given another --coordinator); nothing was written" for i in range(2)}
+    assert meet(f"127.0.0.1:{_free_port()}", [2, 3], 10) == {i: (
+        "process 1 was started with 3 processes and process 0 with 2: every process needs the same "
+        "--num-processes") for i in range(2)}

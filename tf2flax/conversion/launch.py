@@ -17,7 +17,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
-import select
+import selectors
 import socket
 import time
 from typing import Callable
@@ -142,33 +142,35 @@ def _gather(port: int, count: int, deadline: float, address: str, timeout: float
     dual = socket.has_dualstack_ipv6()
     try:
         server = socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET,
-                                      dualstack_ipv6=dual, backlog=max(16, count))
+                                      dualstack_ipv6=dual, backlog=max(16, min(count, 4096)))
     except OSError as e:
         raise DistributedError(f"process 0 cannot listen at {address} for the other processes: {e}") from None
-    peers: dict[socket.socket, bytes] = {}
+    waiting = selectors.DefaultSelector()  # (epoll: any number of processes)
+    waiting.register(server, selectors.EVENT_READ)
+    peers: dict[socket.socket, bytes] = {}  # connected, hello not read yet
     joined: dict[int, socket.socket] = {}
     hellos: list[socket.socket] = []  # every process that reported (a duplicate index too: it hears why)
+    problem = None
     try:
-        problem = None
-        while len(joined) < count - 1 and problem is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select([server, *peers], [], [], min(left, 1.0))
-            for sock in ready:
+        while len(joined) < count - 1 and problem is None and time.monotonic() < deadline:
+            for key, _ in waiting.select(min(deadline - time.monotonic(), 1.0)):
+                sock = key.fileobj
                 if sock is server:
-                    peer, _ = server.accept()
+                    try:
+                        peer, _ = server.accept()
+                    except OSError:
+                        continue
                     peers[peer] = b""
+                    waiting.register(peer, selectors.EVENT_READ)
                     continue
-                data = sock.recv(_LINE_MAX)
-                peers[sock] += data
-                if b"\n" not in peers[sock] and data and len(peers[sock]) < _LINE_MAX:
+                hello = _read_hello(sock, peers)
+                if hello is None:
                     continue
-                line = peers.pop(sock).split(b"\n", 1)[0].decode("ascii", "replace").split()
-                if line[:2] != _HELLO.split() or len(line) != 4 or not all(x.isdigit() for x in line[2:]):
+                waiting.unregister(sock)
+                if hello == ():
                     sock.close()  # not one of ours (a port scanner, a client of something else)
                     continue
-                their_index, their_count = int(line[2]), int(line[3])
+                their_index, their_count = hello
                 hellos.append(sock)
                 if their_count != count:
                     problem = (f"process {their_index} was started with {their_count} processes and process 0 "
@@ -180,31 +182,51 @@ def _gather(port: int, count: int, deadline: float, address: str, timeout: float
             missing = [i for i in range(1, count) if i not in joined]
             problem = (f"{_missing_text(missing, count)} did not join at {address} within {timeout:.0f} s (not "
                        "started, failed before joining, or given another --coordinator); nothing was written")
-        answer = "ok" if problem is None else f"error {problem}"
+        answer = ("ok" if problem is None else f"error {problem}").encode() + b"\n"
         for sock in hellos:
             try:
-                sock.sendall(answer.encode() + b"\n")
+                sock.sendall(answer)
             except OSError:
                 pass
         _await_close(hellos, deadline=time.monotonic() + 5)  # they close first: no TIME_WAIT here
-        if problem is not None:
-            raise DistributedError(problem)
     finally:
+        waiting.close()
         for sock in [*peers, *hellos]:
             sock.close()
         server.close()
+    if problem is not None:
+        raise DistributedError(problem)
+
+
+def _read_hello(sock: socket.socket, peers: dict[socket.socket, bytes]) -> tuple[int, int] | tuple[()] | None:
+    """A peer's ``(index, count)`` once its line is complete; ``()`` for anything else; None: not yet."""
+    try:
+        data = sock.recv(_LINE_MAX)
+    except OSError:
+        data = b""
+    peers[sock] += data
+    if data and b"\n" not in peers[sock] and len(peers[sock]) < _LINE_MAX:
+        return None
+    words = peers.pop(sock).split(b"\n", 1)[0].decode("ascii", "replace").split()
+    if words[:2] != _HELLO.split() or len(words) != 4 or not all(w.isdigit() and len(w) < 10 for w in words[2:]):
+        return ()
+    return int(words[2]), int(words[3])
 
 
 def _await_close(socks: list[socket.socket], deadline: float) -> None:
-    open_ = list(socks)
-    while open_ and time.monotonic() < deadline:
-        ready, _, _ = select.select(open_, [], [], max(0.0, deadline - time.monotonic()))
-        for sock in ready:
-            try:
-                if not sock.recv(_LINE_MAX):
-                    open_.remove(sock)
-            except OSError:
-                open_.remove(sock)
+    with selectors.DefaultSelector() as waiting:
+        for sock in socks:
+            waiting.register(sock, selectors.EVENT_READ)
+        left = len(socks)
+        while left and time.monotonic() < deadline:
+            for key, _ in waiting.select(max(0.0, deadline - time.monotonic())):
+                try:
+                    closed = not key.fileobj.recv(_LINE_MAX)
+                except OSError:
+                    closed = True
+                if closed:
+                    waiting.unregister(key.fileobj)
+                    left -= 1
 
 
 def _report(host: str, port: int, count: int, index: int, deadline: float, address: str, timeout: float) -> None:
