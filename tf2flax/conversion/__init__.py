@@ -129,17 +129,17 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
     ``distributed``: this is one process of a ``jax.distributed`` program, and every process calls
-    ``convert`` with the same arguments (None, the default: whether ``jax.distributed`` runs more than one
-    process; ``False`` there is refused, as Orbax's save needs every process). Each reads only the regions its devices hold of the output
-    leaves, sharded by ``shardings`` or ``sharding_rules`` over ``mesh`` (as for ``init_params``;
+    ``convert`` with the same arguments (None, the default: whether ``jax.distributed`` runs more than
+    one process; ``False`` there is refused, as Orbax's save needs every process). Each reads only the
+    regions its devices hold of the output leaves, sharded by ``shardings`` or ``sharding_rules`` over ``mesh`` (as for ``init_params``;
     by default each large leaf is split over all devices along its first axis that divides, and each
     other leaf read by one process: see :mod:`.distributed`), and
     Orbax's multi-process save writes them into one checkpoint, equal to a one-process convert's.
     If a process fails, every process raises the same :class:`~tf2flax.errors.DistributedError`
     (a process missing for ``timeout`` seconds is named) and nothing is committed. Before anything is
     written the processes compare digests of their plans, output paths and options: processes started
-    with different arguments (another map or dtype) raise a DistributedError naming what differs. ``bytes_read``
-    and the progress bar are this process's; ``tensors`` and ``bytes`` the whole checkpoint's.
+    with different arguments (another map or dtype) raise a DistributedError naming what differs.
+    ``bytes_read`` and the progress bar are this process's; ``tensors`` and ``bytes`` the whole checkpoint's.
 
     Example::
 

@@ -12,7 +12,8 @@ others (transformed, stacked, or read from a URL) are held in memory until writt
 Orbax 0.12's TensorStore specs take them for local paths.
 
 Writing ``gs://`` needs a GCS file system for Orbax's metadata files: ``gcsfs`` (``pip install
-'tf2flax[gcs]'``), used even where TensorFlow is installed (see :func:`prefer_gcsfs`), or else TensorFlow's. ``--force`` first checks that the old checkpoint is one tf2flax
+'tf2flax[gcs]'``), used even where TensorFlow is installed (see :func:`prefer_gcsfs`), or else
+TensorFlow's. ``--force`` first checks that the old checkpoint is one tf2flax
 wrote, then deletes its ``commit_success.txt`` and the rest before writing: an object store has no
 atomic rename, so unlike a local ``--force`` the old checkpoint is gone before the new one is complete.
 
