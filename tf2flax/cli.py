@@ -142,7 +142,7 @@ def _convert(args: argparse.Namespace) -> int:
             raise DistributedError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
         cluster = resolve_cluster(args.coordinator, args.num_processes, args.process_id)
         if args.from_command_line and not is_supervised():  # before jax starts any thread
-            return supervise(cluster.index, cluster.count, cluster.coordinator)
+            return supervise(cluster.index, cluster.count, cluster.coordinator, debug=args.debug)
 
     import jax
 

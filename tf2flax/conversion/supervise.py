@@ -4,8 +4,10 @@ When a process of a ``jax.distributed`` program dies, JAX ends every other one f
 check failure (``F... client.h:80] Terminating process because the JAX distributed service detected
 fatal errors ...``), a C++ stack and SIGABRT, which no Python code can catch. So the command runs
 again as a child process (the same command line, ``TF2FLAX_SUPERVISED=1``) whose stderr the
-supervisor passes on, line by line, until such a failure: then it prints one line ``tf2flax: error:
-...`` naming the process that stopped (from JAX's message), and exits with status 2. The child dies
+supervisor passes on, line by line (lines other than ours held until the next of ours), until such a
+failure: then it prints one line ``tf2flax: error: ...`` naming the process that stopped (from JAX's
+message), and exits with status 2. A child ended by another signal (the OOM killer, a library's abort)
+is one line too. The child dies
 with the supervisor (``PR_SET_PDEATHSIG``); SIGTERM is passed on to it, Ctrl-C reaches both.
 
 Example::
@@ -25,7 +27,6 @@ from typing import Any
 
 SUPERVISED_ENV = "TF2FLAX_SUPERVISED"
 _FATAL = re.compile(r"^F\d{4} [\d:.]+ +\d+ [^\]]*\] ?(.*)")
-_LOG = re.compile(r"^[EWI]\d{4} [\d:.]+ +\d+ ")  # a C++ (absl) log line; the lines after it may continue it
 _UNHEALTHY = re.compile(r"stopped sending heartbeats\)?:?(.*?)(?:The tasks|$)", re.DOTALL)
 
 
@@ -34,9 +35,11 @@ def is_supervised() -> bool:
     return os.environ.get(SUPERVISED_ENV) == "1"
 
 
-def supervise(index: int | None, count: int | None, address: str | None) -> int:
+def supervise(index: int | None, count: int | None, address: str | None, debug: bool = False) -> int:
     """Run this command again as a supervised child; its exit status, or 2 after one line when JAX ended
     it (or a signal did). ``index``, ``count``, ``address``: this process's place, for the message.
+    The child's stderr lines other than ``tf2flax: ...`` ones (C++ logs, a library's abort message) are
+    held until the next of ours, and dropped if the child is ended (``debug``: all shown as they come).
 
     Example::
 
@@ -48,7 +51,7 @@ def supervise(index: int | None, count: int | None, address: str | None) -> int:
     handlers = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),  # the terminal sends it to the child too
                 signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))}
     fatal: list[str] = []
-    held: list[str] = []  # C++ log lines (and their continuations): shown unless a fatal one follows
+    held: list[str] = []  # lines not ours: shown before the next of ours, or at a normal end
     try:
         assert child.stderr is not None
         for raw in child.stderr:
@@ -59,7 +62,9 @@ def supervise(index: int | None, count: int | None, address: str | None) -> int:
             elif fatal:
                 if len(fatal) < 8:  # the rest of JAX's message; then its C++ stack, never shown
                     fatal.append(line.strip())
-            elif _LOG.match(line) or (held and not line.startswith("tf2flax:")):
+            elif debug:
+                _show([line])
+            elif not line.startswith("tf2flax:"):
                 held.append(line)
                 del held[:-200]
             else:
@@ -72,17 +77,17 @@ def supervise(index: int | None, count: int | None, address: str | None) -> int:
     if fatal:
         print(f"tf2flax: error: {why_ended(chr(10).join(fatal), index, count, address)}", file=sys.stderr)
         return 2
-    _show(held)
-    if status < 0:
-        if -status in (signal.SIGINT, signal.SIGTERM):
-            return 128 - status
+    if status < 0 and -status not in (signal.SIGINT, signal.SIGTERM):
         try:
             name = signal.Signals(-status).name
         except ValueError:
             name = f"signal {-status}"
-        print(f"tf2flax: error: {_this(index, count)} was ended by {name}; nothing was committed", file=sys.stderr)
+        hint = next((" ".join(h.split())[:200] for h in reversed(held) if "what()" in h or "rror" in h), None)
+        print(f"tf2flax: error: {_this(index, count)} was ended by {name}{f' ({hint})' if hint else ''}; "
+              "nothing was committed", file=sys.stderr)
         return 2
-    return status
+    _show(held)
+    return 128 - status if status < 0 else status
 
 
 def _show(lines: list[str]) -> None:
