@@ -381,3 +381,34 @@ def test_rendezvous_names_the_missing_processes_on_every_process_that_came():
     assert meet(f"127.0.0.1:{_free_port()}", [2, 3], 10) == {i: (
         "process 1 was started with 3 processes and process 0 with 2: every process needs the same "
         "--num-processes") for i in range(2)}
+
+
+def test_cli_killing_the_command_a_user_started_kills_its_conversion_too(ckpt_path, tmp_path):
+    """convert --distributed runs under a supervisor: SIGKILL to the process the user started (process 1)
+    takes its child with it, and process 0 exits 2 with one line naming process 1; nothing is committed."""
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "out"
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tf2flax", "convert", ckpt_path, str(out), "--distributed",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                               "--timeout", "20", "--quiet"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not psutil.Process(procs[1].pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = psutil.Process(procs[1].pid).children()
+    assert children, "the supervisor started no child"
+    time.sleep(1.0)  # (somewhere in joining or converting)
+    procs[1].send_signal(signal.SIGKILL)
+    _, err0 = procs[0].communicate(timeout=120)
+    procs[1].communicate(timeout=60)
+    psutil.wait_procs(children, timeout=30)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    assert procs[0].returncode == 2, err0
+    lines = _error_lines(err0)
+    assert len(lines) == 1 and lines[0].startswith("tf2flax: error: process 1 of 2 "), err0
+    assert not out.exists() and _finished(tmp_path) == []
