@@ -163,6 +163,37 @@ def test_map_preset_transforms_and_dtype(keras3_ckpt, tmp_path):
     assert_restores_to(out, expected, tmp_path)
 
 
+def test_a_map_entry_that_matches_nothing_is_an_error_naming_it(tmp_path):
+    """As TensorFlow's init_from_checkpoint refuses a checkpoint name it cannot find: a scope entry with
+    no tensor under it (a typo among correct entries) names the entry and the closest scopes, in the
+    API, in --dry-run and in convert (exit 2, one line, nothing written). Before, its tensors were
+    silently dropped with exit 0."""
+    prefix = tf_writers.write_raw_bundle(tmp_path / "ckpt" / "model", {
+        "bert/encoder/w": np.ones(2, np.float32), "bert/pooler/w": np.ones(2, np.float32),
+        "cls/w": np.ones(2, np.float32), "bert/encoder/w/adam_m": np.ones(2, np.float32)})
+    out = tmp_path / "out"
+    with pytest.raises(MappingError, match=re.escape("map entry 'clss/': 'params/cls/': checkpoint ") + ".*"
+                       + re.escape("has no tensor under scope 'clss/'. Close names: 'cls/'.")):
+        quiet_convert(prefix, out, mapping={"bert/": "params/bert/", "clss/": "params/cls/"}, dry_run=True)
+    with pytest.raises(MappingError, match=r"scope 'bert/encodr/'\. Close names: 'bert/encoder/'"):
+        quiet_convert(prefix, out, mapping={"bert/encodr/": "params/enc/"})
+    with pytest.raises(MappingError, match=r"scope 'bert/encoder/w/' \(the tensors there are optimizer state .* "
+                                           r"--include-optimizer\)"):
+        quiet_convert(prefix, out, mapping={"bert/encoder/w/": "opt/"})
+    assert quiet_convert(prefix, out, mapping={"bert/encoder/w/": "opt/"}, include_optimizer=True,
+                         dry_run=True).plan.entries.keys() == {"opt/adam_m"}
+    map_file = tmp_path / "map.yaml"
+    map_file.write_text("map:\n  bert/: params/bert/\n  clss/: params/cls/\n")
+    for extra in (["--dry-run"], []):
+        r = subprocess.run([sys.executable, "-m", "tf2flax", "convert", prefix, str(out), "--map", str(map_file),
+                            *extra], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"tf2flax: error: map entry 'clss/': 'params/cls/': checkpoint {prefix} has no tensor under scope "
+            "'clss/'. Close names: 'cls/'."]
+    assert not out.exists()
+
+
 def test_map_file_matches_python_mapping(tmp_path):
     yaml_file = tmp_path / "map.yaml"
     yaml_file.write_text(textwrap.dedent("""
@@ -215,7 +246,7 @@ def alias_bomb() -> str:
     ("deep.yaml", "map: " + "{a: " * 100000 + "1" + "}" * 100000, "nested more than 32 levels deep"),
     ("deep.json", '{"map": ' + "[" * 100000 + "]" * 100000 + "}", "nested more than 32 levels deep"),
     ("deep.json", '{"map": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels deep"),
-    ("big.yaml", "map: {}\n" + "#" * (16 << 20), "larger than 16 MB"),
+    ("big.yaml", "map: {}\n" + "#" * (1 << 20), "larger than 1 MB"),
     ("long.json", '{"rules": [["' + "x" * 5000 + '", "y"]]}', "(5000 characters) is longer than 4096 characters"),
     ("long.yaml", "map: {k: " + "v" * 5000 + "}", "(5000 characters) is longer than 4096 characters"),
     ("bad.yaml", "transforms: {k: " + "[flip, " * 25 + "1" + "]" * 25 + "}", "is not a transform"),
@@ -378,6 +409,35 @@ def test_force_never_deletes_the_input_or_unrelated_files(tmp_path, monkeypatch)
     monkeypatch.chdir(run)
     quiet_convert(prefix, run / "orbax")  # an OUT inside the checkpoint's directory is fine
     assert (run / "orbax" / "_CHECKPOINT_METADATA").is_file()
+
+
+def test_force_refuses_an_output_holding_a_file_a_conversion_does_not_write(tf1_ckpt, tmp_path):
+    """Files added anywhere inside an earlier output (its item directory, a new subfolder, a symbolic
+    link) make --force refuse, naming the first one; nothing is deleted. Without them it replaces."""
+    out = tmp_path / "out"
+    quiet_convert(tf1_ckpt.prefix, out)
+    quiet_convert(tf1_ckpt.prefix, out, force=True)  # our own output, as written: replaced
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    ours = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert "state/_METADATA" in ours and any(p.startswith("state/d/") for p in ours)
+    for added, named in [("state/notes.txt", "holds 'state/notes.txt', a file a conversion does not write"),
+                         ("state/d/mine/keep.bin", "holds 'state/d/mine/keep.bin'"),
+                         ("extra/_METADATA", "holds 'extra/_METADATA'")]:
+        (out / added).parent.mkdir(parents=True, exist_ok=True)
+        (out / added).write_bytes(b"the user's")
+        with pytest.raises(OutputExistsError, match=re.escape(named)):
+            quiet_convert(tf1_ckpt.prefix, out, force=True)
+        assert (out / added).read_bytes() == b"the user's" and sorted(os.listdir(tmp_path)) == ["out"]
+        (out / added).unlink()
+    (out / "state" / "link").symlink_to(tmp_path)
+    with pytest.raises(OutputExistsError, match="holds a symbolic link 'state/link'"):
+        quiet_convert(tf1_ckpt.prefix, out, force=True)
+    (out / "state" / "link").unlink()
+    r = subprocess.run([sys.executable, "-m", "tf2flax", "convert", tf1_ckpt.prefix, str(out), "--force", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (out / "extra").exists()  # (the empty folder left from above went with the old output)
+    assert (out / "state" / "_METADATA").is_file() and (out / "commit_success.txt").is_file()
 
 
 def test_dangling_symlink_out_is_refused_up_front(tf1_ckpt, tmp_path):

@@ -170,7 +170,7 @@ def test_cli_missing_shard_on_one_process_fails_every_process_alike(ckpt_path, t
     out = tmp_path / "out"
     results = _cli([ckpt_path, str(broken / Path(ckpt_path).name)], out)
     assert [rc for rc, _, _ in results] == [2, 2], results
-    lines = [e.strip().splitlines() for _, _, e in results]
+    lines = [_error_lines(e) for _, _, e in results]
     assert lines[0] == lines[1] and len(lines[0]) == 1, lines
     assert lines[0][0].startswith("tf2flax: error: process 1 of 2 failed") and "data-00001-of-00002" in lines[0][0]
     assert not out.exists() and _finished(tmp_path) == []
@@ -179,11 +179,10 @@ def test_cli_missing_shard_on_one_process_fails_every_process_alike(ckpt_path, t
 def test_cli_two_processes_existing_out_needs_force_and_summary_from_process_0(ckpt_path, reference, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    refused = _cli([ckpt_path, ckpt_path], out)
+    refused = _cli([ckpt_path, ckpt_path], out)  # each process checks its own inputs before joining
     assert [rc for rc, _, _ in refused] == [2, 2]
     assert refused[0][2].strip() == refused[1][2].strip() == (
-        f"tf2flax: error: process 0 of 2 failed in 'plan the conversion': {out} already exists; "
-        "use --force to replace it")
+        f"tf2flax: error: {out} already exists; use --force to replace it")
     assert out.is_dir() and not any(out.iterdir())
     results = _cli([ckpt_path, ckpt_path], out, "--force")
     assert [rc for rc, _, _ in results] == [0, 0], results
@@ -237,3 +236,190 @@ def test_default_placement_splits_large_leaves_contiguously_and_balances_the_res
     for path, owner in owners.items():
         first = shardings[path].mesh.devices.flat[0]          # replica 0, the one Orbax writes
         assert first == mesh.devices[owner, 0] and shardings[path].spec == P()
+
+
+def _cli_each(port: int, per_process: list[list[str]], timeout: float = 240,
+              prefix: list[list[str]] | None = None) -> tuple[list[tuple[int, str, str]], float]:
+    """``convert ARGS --distributed`` as process i of len(per_process), each with its own arguments (and
+    its own interpreter arguments ``prefix[i]``, default ``-m tf2flax``); the results and the seconds taken."""
+    import time
+
+    began = time.monotonic()
+    commands = [[sys.executable, *(prefix[i] if prefix else ["-m", "tf2flax"]), "convert", *args, "--distributed",
+                 "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+                for i, args in enumerate(per_process)]
+    return _run(commands, timeout), time.monotonic() - began
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.strip().splitlines() if not line.startswith("tf2flax: waiting for")]
+
+
+@pytest.mark.parametrize("differ, what", [
+    (["--dtype", "bfloat16"], "the plan (--map, --preset, --dtype, --names) differs"),
+    (["--include-optimizer"], "the options (--force, --include-optimizer, --dry-run) differs"),
+    ("map", "the plan (--map, --preset, --dtype, --names) differs"),
+    ("out", "the output path (OUT) differs"),
+])
+def test_cli_processes_started_with_different_arguments_fail_alike_and_commit_nothing(ckpt_path, tmp_path, differ,
+                                                                                       what):
+    """Before, both exited 0 and committed a checkpoint mixing the two plans (or two half checkpoints)."""
+    out = tmp_path / "out"
+    first, second = [ckpt_path, str(out)], [ckpt_path, str(out)]
+    if differ == "map":
+        for i, target in enumerate(("params/", "weights/")):
+            (tmp_path / f"map{i}.yaml").write_text(f"map:\n  model/: {target}\n")
+        first += ["--map", str(tmp_path / "map0.yaml")]
+        second += ["--map", str(tmp_path / "map1.yaml")]
+    elif differ == "out":
+        second[1] = str(tmp_path / "other")
+    else:
+        second += differ
+    results, _ = _cli_each(_free_port(), [first, second])
+    assert [rc for rc, _, _ in results] == [2, 2], results
+    lines = [_error_lines(e) for _, _, e in results]
+    assert lines[0] == lines[1] == [
+        f"tf2flax: error: process 1 of 2 was started with other arguments than process 0: {what}; every process "
+        "needs the same command; nothing was written"], lines
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".yaml")) == []
+
+
+def test_cli_checks_its_inputs_before_joining_and_names_the_missing_processes(ckpt_path, tmp_path):
+    """A process whose checkpoint does not exist fails at once, before joining; the others say whom they
+    wait for, and give up within --timeout naming it (before: every process hung silently)."""
+    out = tmp_path / "out"
+    results, seconds = _cli_each(_free_port(), [[ckpt_path, str(out), "--timeout", "15"],
+                                                [str(tmp_path / "missing"), str(out), "--timeout", "15"]])
+    (rc0, _, err0), (rc1, _, err1) = results
+    assert rc1 == 2 and err1.strip().splitlines() == [
+        f"tf2flax: error: {tmp_path / 'missing'}: no checkpoint here (expected {tmp_path / 'missing'}.index, or a "
+        "directory)"], err1
+    assert rc0 == 2, err0
+    lines = err0.strip().splitlines()
+    assert lines[0].startswith("tf2flax: waiting for 2 processes at 127.0.0.1:") and lines[1:] == [
+        f"tf2flax: error: process 1 of 2 did not join at {lines[0].split(' at ')[1].split(' ')[0]} within 15 s (not "
+        "started, failed before joining, or given another --coordinator); nothing was written"], lines
+    assert seconds < 15 + 30, seconds
+    assert not out.exists() and _finished(tmp_path) == []
+    # Alone, a process other than 0 names the coordinator.
+    port = _free_port()
+    alone = _run([[sys.executable, "-m", "tf2flax", "convert", ckpt_path, str(out), "--distributed", "--coordinator",
+                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1", "--timeout", "5"]])
+    assert alone[0][0] == 2 and _error_lines(alone[0][2]) == [
+        f"tf2flax: error: process 0 of 2 (the coordinator, at 127.0.0.1:{port}) did not answer within 5 s (not "
+        "started, failed before joining, or at another address); nothing was written"], alone
+
+
+_KILL_WHILE_READING = ("import os, signal, sys; from tf2flax.conversion import distributed; "
+                       "distributed.Team.read = lambda self, group: os.kill(os.getpid(), signal.SIGKILL); "
+                       "from tf2flax.cli import main; sys.exit(main())")
+
+
+@pytest.mark.parametrize("killed", [1, 0])
+def test_cli_killed_process_every_survivor_exits_with_our_line_within_the_timeout(ckpt_path, tmp_path, killed):
+    """One process is killed (SIGKILL) while reading its share. Before, JAX aborted the survivors after its
+    heartbeat timeout with a C++ stack; now each exits 2 with one line naming the process that stopped,
+    within --timeout, and nothing is committed."""
+    out = tmp_path / "out"
+    prefix = [["-c", _KILL_WHILE_READING] if i == killed else ["-m", "tf2flax"] for i in range(2)]
+    port = _free_port()
+    results, seconds = _cli_each(port, [[ckpt_path, str(out), "--timeout", "20", "--quiet"]] * 2, prefix=prefix)
+    assert [rc for rc, _, _ in results] == [2, 2], results
+    survivor = _error_lines(results[1 - killed][2])
+    expected = ("tf2flax: error: process 1 of 2 stopped (killed, or its host went down): JAX's heartbeat gave up on "
+                "it; nothing was committed" if killed == 1 else
+                f"tf2flax: error: process 0 of 2 (the coordinator, at 127.0.0.1:{port}) stopped or cannot be "
+                "reached; nothing was committed")
+    assert survivor == [expected], results[1 - killed][2][-3000:]
+    assert _error_lines(results[killed][2]) == [
+        f"tf2flax: error: process {killed} of 2 was ended by SIGKILL; nothing was committed"]
+    assert seconds < 20 + 40, seconds
+    assert not out.exists() and _finished(tmp_path) == []
+
+
+def test_convert_in_a_distributed_program_is_distributed_without_asking(ckpt_path, reference, tmp_path):
+    """tf2flax.convert(ckpt, out) in every process of a jax.distributed program (before: Orbax's bare
+    'Directory path mismatch'); distributed=False there is refused in one line."""
+    out = tmp_path / "out"
+    for rc, _, err in _workers(ckpt_path, out, tmp_path, "auto"):
+        assert rc == 0, err[-3000:]
+    for name, value in _leaves(ocp.v1.load(str(out))).items():
+        np.testing.assert_array_equal(value, reference[name])
+    for rc, _, err in _workers(ckpt_path, tmp_path / "solo", tmp_path, "solo"):
+        assert rc == 0, err[-3000:]
+    for i in range(2):
+        assert (tmp_path / f"error_{i}.txt").read_text() == (
+            f"convert(distributed=False) in process {i} of 2 of a jax.distributed program: Orbax's save needs every "
+            "process; call convert with distributed=True (or leave it out) in every process, with the same arguments")
+    assert not (tmp_path / "solo").exists()
+
+
+def test_rendezvous_names_the_missing_processes_on_every_process_that_came():
+    """The meeting before JAX's (three processes as threads): all three meet, on IPv4 and IPv6; one missing
+    is named on both others within the timeout; a different --num-processes is named on both sides."""
+    import threading
+    import time
+
+    from tf2flax.conversion.launch import rendezvous
+    from tf2flax.errors import DistributedError
+
+    def meet(address: str, counts: list[int], timeout: float) -> dict[int, str]:
+        out: dict[int, str] = {}
+
+        def run(i: int) -> None:
+            try:
+                rendezvous(address, counts[i], i, timeout)
+                out[i] = "ok"
+            except DistributedError as e:
+                out[i] = str(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(counts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 20)
+        return out
+
+    assert meet(f"127.0.0.1:{_free_port()}", [3, 3, 3], 30) == {0: "ok", 1: "ok", 2: "ok"}
+    if socket.has_ipv6:
+        assert meet(f"[::1]:{_free_port()}", [2, 2], 30) == {0: "ok", 1: "ok"}
+    address = f"127.0.0.1:{_free_port()}"
+    began = time.monotonic()
+    missing = meet(address, [3, 3], 3)  # process 2 never comes
+    assert time.monotonic() - began < 3 + 10
+    assert missing == {i: f"process 2 of 3 did not join at {address} within 3 s (not started, failed before joining, "
+                          "or given another --coordinator); nothing was written" for i in range(2)}
+    assert meet(f"127.0.0.1:{_free_port()}", [2, 3], 10) == {i: (
+        "process 1 was started with 3 processes and process 0 with 2: every process needs the same "
+        "--num-processes") for i in range(2)}
+
+
+def test_cli_killing_the_command_a_user_started_kills_its_conversion_too(ckpt_path, tmp_path):
+    """convert --distributed runs under a supervisor: SIGKILL to the process the user started (process 1)
+    takes its child with it, and process 0 exits 2 with one line naming process 1; nothing is committed."""
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "out"
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tf2flax", "convert", ckpt_path, str(out), "--distributed",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                               "--timeout", "20", "--quiet"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not psutil.Process(procs[1].pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = psutil.Process(procs[1].pid).children()
+    assert children, "the supervisor started no child"
+    time.sleep(1.0)  # (somewhere in joining or converting)
+    procs[1].send_signal(signal.SIGKILL)
+    _, err0 = procs[0].communicate(timeout=120)
+    procs[1].communicate(timeout=60)
+    psutil.wait_procs(children, timeout=30)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    assert procs[0].returncode == 2, err0
+    lines = _error_lines(err0)
+    assert len(lines) == 1 and lines[0].startswith("tf2flax: error: process 1 of 2 "), err0
+    assert not out.exists() and _finished(tmp_path) == []

@@ -95,11 +95,41 @@ def test_cli_to_gs_with_force_replaces_only_a_checkpoint_tf2flax_wrote(gcs, tf1_
     assert forced.returncode == 0, forced.stderr[-3000:]
     restored = _leaves(ocp.v1.load(url))
     assert {str(v.dtype) for n, v in restored.items() if local[n].dtype.kind == "f"} == {"bfloat16"}
+    # An object the user added inside our output makes --force refuse, naming it; nothing is deleted.
+    gcs.put("runs/cli/state/sub/notes.txt", b"mine")
+    kept = gcs.names("runs/cli/")
+    added = _cli("convert", tf1_ckpt.prefix, url, "--force")
+    assert added.returncode == 2 and added.stderr.strip().splitlines() == [
+        f"tf2flax: error: {url} holds 'state/sub/notes.txt', a file a conversion does not write; --force replaces "
+        "only an empty directory or an Orbax checkpoint written by tf2flax: remove it yourself or choose another OUT"]
+    assert gcs.names("runs/cli/") == kept and gcs.read("runs/cli/state/sub/notes.txt") == b"mine"
     # Somebody else's objects are never replaced.
     gcs.put("theirs/notes.txt", b"keep me")
     refused = _cli("convert", tf1_ckpt.prefix, f"gs://{BUCKET}/theirs", "--force")
     assert refused.returncode == 2 and "--force replaces only" in refused.stderr
     assert gcs.names("theirs/") == ["theirs/notes.txt"] and gcs.read("theirs/notes.txt") == b"keep me"
+
+
+def test_gs_with_tensorflow_installed_goes_through_gcsfs(gcs, tf1_ckpt, local):
+    """TensorFlow is importable here and EPATH_USE_TF is not set: etils.epath would take TensorFlow's
+    gfile (which cannot reach this server: a raw TensorFlow traceback). The conversion goes through
+    gcsfs instead, and never imports TensorFlow."""
+    import importlib.util
+
+    assert importlib.util.find_spec("tensorflow") is not None
+    env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+    url = f"gs://{BUCKET}/runs/with-tf"
+    code = ("import sys, tf2flax; "
+            f"print(tf2flax.convert({tf1_ckpt.prefix!r}, {url!r}).out); "
+            "print('tensorflow' in sys.modules)")
+    api = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert api.returncode == 0, api.stderr[-3000:]
+    assert api.stdout.split() == [url, "False"]
+    _assert_equal(url, local)
+    cli = subprocess.run([sys.executable, "-m", "tf2flax", "convert", tf1_ckpt.prefix, url, "--force"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 0 and "Traceback" not in cli.stderr, cli.stderr[-3000:]
+    _assert_equal(url, local)
 
 
 def test_a_failed_gs_conversion_leaves_nothing(gcs, tf1_ckpt):

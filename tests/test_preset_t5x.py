@@ -187,6 +187,30 @@ def test_tf_written_t5_loads_with_importer_names(mtf):
         n for n in values if "_slot_" in n or n == "global_step")
 
 
+def test_convert_with_the_preset_leaves_adafactor_slots_out_unless_asked(mtf, tmp_path):
+    """docs/presets.md: the Adafactor slots are optimizer state, left out of a conversion unless
+    include_optimizer (--include-optimizer), as global_step is."""
+    import subprocess
+    import sys
+
+    version, prefix, values = mtf
+    slots = sorted(n for n in values if "_slot_" in n)
+    assert slots
+    result = tf2flax.convert(prefix, tmp_path / "out", preset="t5x", dry_run=True)
+    assert set(result.plan.entries) == set(importer_names(version))
+    assert not [p for p in result.plan.entries if p.startswith("state/")]
+    assert sorted(n for n, why in result.left_out if why == "optimizer state") == slots
+    kept = tf2flax.convert(prefix, tmp_path / "out", preset="t5x", dry_run=True, include_optimizer=True)
+    assert len([p for p in kept.plan.entries if p.startswith("state/param_states/")]) == len(slots)
+    r = subprocess.run([sys.executable, "-m", "tf2flax", "convert", prefix, str(tmp_path / "cli"), "--preset", "t5x",
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import orbax.checkpoint as ocp
+
+    written = ocp.v1.metadata(str(tmp_path / "cli")).metadata
+    assert set(written) == {"target"}, set(written)
+
+
 def test_tf_written_t5_scanned_on_8_devices(mtf):
     version, prefix, values = mtf
     names = importer_names(version)

@@ -27,7 +27,7 @@ import traceback
 import warnings
 from typing import Any, Sequence
 
-from .errors import Tf2FlaxError, command_line_wording
+from .errors import DistributedError, Tf2FlaxError, command_line_wording
 from .progress import human_bytes
 from .storage import redact_url
 
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--num-processes", type=int, metavar="N", help="how many processes (JAX_NUM_PROCESSES)")
     dist.add_argument("--process-id", type=int, metavar="I", help="this process's index (JAX_PROCESS_ID)")
     dist.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                      help="seconds to wait for the other processes at each step (default 600)")
+                      help="seconds to wait for the other processes to join, and at each step; a process "
+                           "missing longer is named and every process stops (default 600)")
     conv.set_defaults(func=_convert)
 
     ls = sub.add_parser("ls", parents=[common], help="list a checkpoint's tensors",
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         main(["ls", "/runs/bert/model.ckpt-1000", "--json"])
     """
     args = build_parser().parse_args(argv)
+    args.from_command_line = argv is None  # (a distributed convert then runs under a supervisor)
     if not args.debug:
         logging.getLogger("absl").setLevel(logging.ERROR)
         warnings.showwarning = _one_line_warning(warnings.showwarning)
@@ -170,6 +172,16 @@ def _one_line_warning(show: Any) -> Any:
 # ---- convert -----------------------------------------------------------------------------------------
 
 def _convert(args: argparse.Namespace) -> int:
+    if args.distributed:
+        from .conversion.launch import resolve_cluster
+        from .conversion.supervise import is_supervised, supervise
+
+        if not args.timeout > 0:
+            raise DistributedError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
+        cluster = resolve_cluster(args.coordinator, args.num_processes, args.process_id)
+        if args.from_command_line and not is_supervised():  # before jax starts any thread
+            return supervise(cluster.index, cluster.count, cluster.coordinator, debug=args.debug)
+
     import jax
 
     from .conversion import ConvertWarning, convert, load_map_file
@@ -186,9 +198,14 @@ def _convert(args: argparse.Namespace) -> int:
     # gloo (JAX's CPU collectives) prints '[Gloo] Rank 0 is connected ...' on stdout at every save
     with _native_lines_dropped(args.distributed and not args.debug):
         if args.distributed:
+            from .conversion import check_conversion
             from .conversion.launch import join_distributed
 
-            primary = join_distributed(args.coordinator, args.num_processes, args.process_id, args.timeout) == 0
+            # This process's own inputs first: a bad one ends it now, and the others name it as missing.
+            check_conversion(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
+                             dry_run=args.dry_run, force=args.force, **options)
+            primary = join_distributed(cluster, args.timeout, announce=lambda text: print(
+                f"tf2flax: {text}", file=sys.stderr, flush=True)) == 0
             options.update(distributed=True, timeout=args.timeout)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvertWarning)

@@ -23,6 +23,8 @@ import numpy as np
 from .errors import MappingError, spoken
 from .regions import Index, index_shape, normalize_index
 
+MAX_RANK = 64  # numpy's most dimensions (NPY_MAXDIMS)
+
 class Source(Protocol):
     """A lazy tensor: its shape and dtype are known without reading; ``read`` reads a region."""
 
@@ -261,6 +263,9 @@ class Reshape:
         return self.in_shape is not None and axis_groups(self.in_shape, self.out_shape(self.in_shape)) is not None
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(self.shape) > MAX_RANK:
+            raise MappingError(f"cannot reshape {list(shape)} into {len(self.shape)} dimensions: numpy arrays "
+                               f"have at most {MAX_RANK}")
         try:
             return _reshape_shape(shape, self.shape)
         except ValueError:

@@ -7,7 +7,8 @@ is no model, so the target leaves are derived from the checkpoint: a scope entry
 ``'ckpt_scope/': 'out_scope/'`` makes a leaf ``out_scope/<rest>`` of every tensor with a (renamed) name
 ``ckpt_scope/<rest>`` (default name first, then a TF2 variable's ``full_name`` and object path; what
 default naming leaves out is skipped); an exact entry ``'name': 'out/path'`` makes one leaf, of any
-tensor. Without a map, the (renamed) default names are the leaves. Each leaf gets the shape and dtype
+tensor; an entry that matches nothing is a MappingError naming it and the closest names. Without a map,
+the (renamed) default names are the leaves. Each leaf gets the shape and dtype
 of its source after its transforms, and the mapping engine (:func:`tf2flax.mapping.build_plan`) then
 builds and checks the plan with TensorFlow's rules, exactly as for :func:`tf2flax.init_params`.
 
@@ -48,7 +49,7 @@ import numpy as np
 from ..formats import Checkpoint, open_checkpoint
 from ..errors import MappingError
 from ..mapping.names import check_part_axis
-from ..naming import default_names
+from ..naming import OPTIMIZER, DefaultName, default_names
 from ..plan import Plan
 from ..progress import human_bytes, human_rate
 from ..storage import is_url
@@ -111,7 +112,7 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
             rules: Any = None, preset: str | None = None, transforms: Mapping[Any, Any] | None = None,
             dtype: Any = None, include_optimizer: bool = False, part_axis: Any = None, stack_axis: Any = None,
             names: str = "object", dry_run: bool = False, force: bool = False, progress: bool = False,
-            distributed: bool = False, shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
+            distributed: bool | None = None, shardings: Any = None, mesh: Any = None, sharding_rules: Any = None,
             timeout: float = 600.0) -> ConvertResult:
     """Convert TensorFlow checkpoint ``ckpt`` into the new Orbax checkpoint ``out`` (a local directory or ``gs://``).
 
@@ -128,14 +129,17 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     String and zero-size tensors, which Orbax cannot store, are left out with a warning.
 
     ``distributed``: this is one process of a ``jax.distributed`` program, and every process calls
-    ``convert`` with the same arguments. Each reads only the regions its devices hold of the output
-    leaves, sharded by ``shardings`` or ``sharding_rules`` over ``mesh`` (as for ``init_params``;
+    ``convert`` with the same arguments (None, the default: whether ``jax.distributed`` runs more than
+    one process; ``False`` there is refused, as Orbax's save needs every process). Each reads only the
+    regions its devices hold of the output leaves, sharded by ``shardings`` or ``sharding_rules`` over ``mesh`` (as for ``init_params``;
     by default each large leaf is split over all devices along its first axis that divides, and each
     other leaf read by one process: see :mod:`.distributed`), and
     Orbax's multi-process save writes them into one checkpoint, equal to a one-process convert's.
     If a process fails, every process raises the same :class:`~tf2flax.errors.DistributedError`
-    (a process missing for ``timeout`` seconds is named) and nothing is committed. ``bytes_read``
-    and the progress bar are this process's; ``tensors`` and ``bytes`` the whole checkpoint's.
+    (a process missing for ``timeout`` seconds is named) and nothing is committed. Before anything is
+    written the processes compare digests of their plans, output paths and options: processes started
+    with different arguments (another map or dtype) raise a DistributedError naming what differs.
+    ``bytes_read`` and the progress bar are this process's; ``tensors`` and ``bytes`` the whole checkpoint's.
 
     Example::
 
@@ -143,6 +147,7 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
         r.report.unused          # checkpoint tensors the map did not cover
     """
     began = time.perf_counter()
+    distributed = _distributed(distributed)
     team: Any = Solo()
     if distributed:
         from .distributed import Team
@@ -154,8 +159,16 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     if distributed:
         from .distributed import output_shardings
 
+        team.agree({
+            "the plan (--map, --preset, --dtype, --names)": "\n".join(
+                [f"{e.describe()} {list(e.shape)} {np.dtype(e.dtype).name}" for _, e in sorted(plan.entries.items())]
+                + [f"left out: {name} ({why})" for name, why in left_out]),
+            "the output path (OUT)": str(out_path),
+            "the options (--force, --include-optimizer, --dry-run)": f"{force} {include_optimizer} {dry_run}"})
         team.shardings, team.owners = team.step(
             "place the output", lambda: output_shardings(plan, shardings, mesh, sharding_rules))
+        team.agree({"the placement (shardings, mesh, sharding_rules)": "\n".join(
+            f"{path} {team.shardings[path]} {team.owners.get(path)}" for path in sorted(plan.entries))})
     result = ConvertResult(plan, left_out, None)
     if dry_run:
         return result
@@ -172,6 +185,53 @@ def convert(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, *, map
     result.out, result.seconds = str(out_path), time.perf_counter() - began
     result.bytes_read = ckpt.stats.bytes_read - before
     return result
+
+
+def check_conversion(ckpt: str | os.PathLike | Checkpoint, out: str | os.PathLike, **kwargs: Any) -> None:
+    """Check what :func:`convert` checks before it reads any tensor (the checkpoint opens, the map fits it,
+    ``out`` may be written), raising the same errors, without writing anything or joining other processes;
+    ``kwargs``: those of :func:`convert` (``distributed``, placement and ``progress`` are not used).
+
+    Example::
+
+        check_conversion("/runs/bert/model.ckpt-1000", "/ckpts/bert", dtype="bfloat16")   # before a long wait
+    """
+    args = {"mapping": None, "rules": None, "preset": None, "transforms": None, "dtype": None,
+            "include_optimizer": False, "part_axis": None, "stack_axis": None, "names": "object", "dry_run": False,
+            "force": False}
+    args.update((k, v) for k, v in kwargs.items() if k in args)
+    given = ckpt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convert itself warns
+        _, _, opened, _ = _plan(ckpt, out, args["mapping"], args["rules"], args["preset"], args["transforms"],
+                                args["dtype"], args["include_optimizer"], args["part_axis"], args["stack_axis"],
+                                args["names"], args["dry_run"], args["force"])
+    if opened is not given:
+        opened.close()
+
+
+def _distributed(distributed: bool | None) -> bool:
+    """Whether this conversion is distributed: as asked, else whether ``jax.distributed`` runs several
+    processes; refused when asked not to be in a multi-process program (Orbax's save needs every process)."""
+    import sys
+
+    several = None
+    if "jax" in sys.modules:
+        from jax._src import distributed as jax_distributed
+
+        if jax_distributed.global_state.client is not None:
+            import jax
+
+            several = (jax.process_index(), jax.process_count()) if jax.process_count() > 1 else None
+    if distributed is None:
+        return several is not None
+    if not distributed and several is not None:
+        from ..errors import DistributedError
+
+        raise DistributedError(f"convert(distributed=False) in process {several[0]} of {several[1]} of a "
+                               "jax.distributed program: Orbax's save needs every process; call convert with "
+                               "distributed=True (or leave it out) in every process, with the same arguments")
+    return distributed
 
 
 def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms: Any, dtype: Any,
@@ -191,7 +251,7 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
         if note:
             warnings.warn(note, ConvertWarning, stacklevel=5)  # the caller of convert()
     cast_to = float_dtype(dtype)
-    named = default_names(ckpt, include_optimizer, names)
+    named = preset_left_out(default_names(ckpt, include_optimizer, names), preset, include_optimizer)
     left_out = [(n.name, n.left_out) for n in named if n.left_out]
     if mapping is None and rules is None and preset is None and not transforms:
         plan = default_plan(ckpt, named, cast_to)
@@ -202,6 +262,23 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
     if not dry_run and not plan.entries:
         raise MappingError(f"{ckpt.path}: nothing to convert ({len(left_out)} tensor(s) left out, none mapped)")
     return plan, left_out, ckpt, out_path
+
+
+def preset_left_out(named: list[DefaultName], preset: Any, include_optimizer: bool) -> list[DefaultName]:
+    """``named`` with the tensors ``preset`` says are optimizer state (T5's Adafactor ``_slot_v``...,
+    which default naming does not know) left out, unless ``include_optimizer``.
+
+    Example::
+
+        preset_left_out(default_names(ckpt), "t5x", False)     # 'encoder/.../q_slot_v' left out
+    """
+    from ..mapping import get_preset
+
+    found = get_preset(preset) if preset is not None and not include_optimizer else None
+    if found is None or found.skip is None:
+        return named
+    return [dataclasses.replace(n, left_out=OPTIMIZER) if n.left_out is None and
+            any(found.skip(c) for c in (n.key, n.name, *n.aliases)) else n for n in named]
 
 
 def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
@@ -227,5 +304,5 @@ def _drop_unwritable(plan: Plan) -> tuple[Plan, list[tuple[str, str]]]:
     return Plan(entries, plan.report), dropped
 
 
-__all__ = ["VALUE_KEY", "ConvertResult", "ConvertWarning", "convert", "load_map_file", "settle_paths",
-           "write_orbax"]
+__all__ = ["VALUE_KEY", "ConvertResult", "ConvertWarning", "check_conversion", "convert", "load_map_file",
+           "preset_left_out", "settle_paths", "write_orbax"]

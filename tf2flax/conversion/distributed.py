@@ -10,7 +10,9 @@ The processes agree after every step (:meth:`Team.step`): a process that fails t
 through JAX's coordination service, and every process raises the same :class:`DistributedError`
 naming the failed process and its one-line reason; a process that does not arrive within
 ``timeout`` seconds is named in a timeout. (A killed process is detected by JAX's own heartbeat,
-which ends the others.) Nothing is committed unless every process succeeded.
+which ends the others; ``convert --distributed`` turns that into one line, see :mod:`.supervise`.)
+Before anything is written, the processes compare digests of their plans, output paths and options
+(:meth:`Team.agree`). Nothing is committed unless every process succeeded.
 
 Example::
 
@@ -21,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -189,6 +192,35 @@ class Team:
             if reason:
                 raise DistributedError(f"process {other} of {self.count} failed in '{name}': {reason}") from error
         return result
+
+    def agree(self, facts: dict[str, str]) -> None:
+        """Check that every process has the same ``facts`` (``{what: text}``, e.g. ``{"the output path": out}``),
+        compared as digests through the coordination service: the first process that differs from process
+        0 is a DistributedError on every process, naming what differs. Nothing is written before.
+
+        Example::
+
+            team.agree({"the plan (--map, --dtype, ...)": plan_text, "the output path (OUT)": str(out)})
+        """
+        mine = {what: hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+                for what, text in facts.items()}
+        key = f"{_KEY_PREFIX}/{self._run}/{next(self._steps)}"
+        self._client.key_value_set(f"{key}/{self.index}", json.dumps(mine))
+        digests = []
+        for other in range(self.count):
+            try:
+                digests.append(json.loads(self._client.blocking_key_value_get(f"{key}/{other}",
+                                                                              int(self.timeout * 1000))))
+            except Exception:  # jax raises its own XlaRuntimeError on a deadline
+                raise DistributedError(f"process {other} of {self.count} did not compare its arguments within "
+                                       f"{self.timeout:.0f} s (stopped or killed?); nothing was committed") from None
+        for other, theirs in enumerate(digests[1:], 1):
+            differ = [what for what in mine if theirs.get(what) != digests[0].get(what)]
+            if differ:
+                raise DistributedError(
+                    f"process {other} of {self.count} was started with other arguments than process 0: "
+                    f"{', '.join(differ)} differ{'s' if len(differ) == 1 else ''}; every process needs the same "
+                    "command; nothing was written")
 
     def read(self, group: list[tuple[str, PlanEntry]]) -> list[tuple[str, Any]]:
         """This process's regions of ``group`` as global ``jax.Array``s (see :func:`wide_dtypes`); leaves

@@ -16,8 +16,12 @@ from ..mapping.names import check_part_axis
 
 MAP_FILE_KEYS = ("map", "rules", "preset", "transforms", "part_axis", "stack_axis", "names")
 _TRANSFORM_OPS = ("transpose", "reshape", "cast")
-# A map file is a few kilobytes; these bounds keep a hostile one from costing more than a few MB.
-MAX_BYTES, MAX_NESTING, MAX_STRING = 16 << 20, 32, 4096
+# A map file is a few kilobytes; these bounds keep a hostile one from costing more than a few seconds
+# and tens of MB (PyYAML builds Python objects per node: about 3 s and 16 MB per MB of an ordinary map,
+# and 0.5 s per 10,000 nodes of a flow list, measured on a busy 2-core machine; MAX_NODES keys and values
+# are 10,000 entries). MAX_NUMBER: characters of an integer (int64 needs 20; Python's int() refuses
+# over 4300 digits with a ValueError).
+MAX_BYTES, MAX_NODES, MAX_NESTING, MAX_STRING, MAX_NUMBER = 1 << 20, 20_000, 32, 4096, 24
 
 
 def load_map_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -60,14 +64,16 @@ def _read(path: str) -> str:
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size > MAX_BYTES:
-                raise MappingError(f"map file {path} is larger than {MAX_BYTES >> 20} MB; a map file is a few KB")
+                raise MappingError(f"map file {path} is larger than {MAX_BYTES >> 20} MB; a map file is a few KB "
+                                   "(use {i} and scopes instead of one entry per tensor)")
             raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise MappingError(f"map file {path} does not exist") from None
     except OSError as e:
         raise MappingError(f"map file {path}: cannot read it: {e}") from None
     if len(raw) > MAX_BYTES:  # (a file that grew, or a pipe)
-        raise MappingError(f"map file {path} is larger than {MAX_BYTES >> 20} MB; a map file is a few KB")
+        raise MappingError(f"map file {path} is larger than {MAX_BYTES >> 20} MB; a map file is a few KB "
+                           "(use {i} and scopes instead of one entry per tensor)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -75,13 +81,17 @@ def _read(path: str) -> str:
 
 
 def _parse(path: str, text: str) -> Any:
-    """The JSON (``*.json``) or YAML in ``text``: no YAML aliases, at most ``MAX_NESTING`` levels."""
+    """The JSON (``*.json``) or YAML in ``text``: no YAML aliases, at most ``MAX_NESTING`` levels, ``MAX_NODES``
+    values, and integers of at most ``MAX_NUMBER`` characters, each refused while parsing."""
     import yaml
 
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.load(text, Loader=_loader())
+        data = (json.loads(text, parse_int=_json_int, object_pairs_hook=_json_counted())
+                if path.endswith(".json") else yaml.load(text, Loader=_loader()))
     except json.JSONDecodeError as e:
         raise MappingError(f"map file {path}: not valid JSON: {e}") from None
+    except ValueError as e:  # a number _json_int refused
+        raise MappingError(f"map file {path}: {e}") from None
     except RecursionError:
         raise MappingError(f"map file {path}: nested more than {MAX_NESTING} levels deep") from None
     except yaml.YAMLError as e:
@@ -93,12 +103,38 @@ def _parse(path: str, text: str) -> Any:
     return data
 
 
+def _json_int(text: str) -> int:
+    if len(text) > MAX_NUMBER:
+        raise ValueError(f"an integer of {len(text)} digits ({text[:20]}...); a number in a map file has at most "
+                         f"{MAX_NUMBER}")
+    return int(text)
+
+
+def _json_counted() -> Any:
+    """A ``json`` object hook that refuses more than ``MAX_NODES`` keys and values in all."""
+    count = [0]
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        count[0] += 2 * len(pairs)
+        if count[0] > MAX_NODES:
+            raise ValueError(f"more than {MAX_NODES} keys and values; a map file is a few KB "
+                             "(use {i} and scopes instead of one entry per tensor)")
+        return dict(pairs)
+
+    return hook
+
+
 def _check_sizes(data: Any, path: str) -> None:
     """Refuse nesting deeper than ``MAX_NESTING`` and strings longer than ``MAX_STRING`` (names,
     paths and patterns; a megabyte regex took minutes to compile and match), without recursion."""
     todo = [(data, 1)]
+    seen = 0
     while todo:
         node, depth = todo.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise MappingError(f"map file {path}: more than {MAX_NODES} keys and values; a map file is a few KB "
+                               "(use {i} and scopes instead of one entry per tensor)")
         if isinstance(node, str) and len(node) > MAX_STRING:
             raise MappingError(f"map file {path}: {clip(node, 40)} is longer than {MAX_STRING} characters, the "
                                "most a name, path or pattern in a map file may have")
@@ -120,6 +156,14 @@ def _loader() -> type:
 
     class MapFileLoader(yaml.SafeLoader):
         depth = 0
+        nodes = 0
+
+        def construct_bounded_int(self, node: Any) -> int:
+            if len(str(node.value)) > MAX_NUMBER:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"an integer of {len(str(node.value))} characters; a number in a map file has "
+                    f"at most {MAX_NUMBER}", node.start_mark)
+            return super().construct_yaml_int(node)
 
         def fetch_flow_collection_start(self, token_class: Any) -> None:
             if self.flow_level >= MAX_NESTING:
@@ -138,12 +182,18 @@ def _loader() -> type:
                                                   "are not allowed in map files", event.start_mark)
             if self.depth >= MAX_NESTING:
                 raise too_deep(event.start_mark)
+            self.nodes += 1
+            if self.nodes > MAX_NODES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES} keys and values; a map file "
+                                                  "is a few KB (use {i} and scopes instead of one entry per tensor)",
+                                                  event.start_mark)
             self.depth += 1
             try:
                 return super().compose_node(parent, index)
             finally:
                 self.depth -= 1
 
+    MapFileLoader.add_constructor("tag:yaml.org,2002:int", MapFileLoader.construct_bounded_int)
     return MapFileLoader
 
 

@@ -2,7 +2,8 @@
 
 Nothing is lost: an OUT that is or holds the checkpoint being converted, or the current directory, is
 refused; ``force`` replaces only an empty directory or an Orbax checkpoint tf2flax wrote (its
-``_CHECKPOINT_METADATA`` says so, and it holds nothing else), and only once the new one is complete.
+``_CHECKPOINT_METADATA`` says so, and every file in it, at any depth, is one a conversion writes),
+and only once the new one is complete.
 
 Example::
 
@@ -19,7 +20,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..errors import OutputExistsError, StorageError, Tf2FlaxError, clip, option, spoken
 from ..storage import LocalStore, redact_url
@@ -118,12 +119,32 @@ def _holds(out: Path, inside: str) -> bool:
 
 def check_replaceable(path: Any) -> None:
     """Refuse to replace ``path`` (a local ``Path``, or an ``epath.Path`` on an object store) unless it
-    is an empty directory or an Orbax checkpoint tf2flax wrote."""
+    is an empty directory or an Orbax checkpoint tf2flax wrote, every file of which (at any depth) is
+    one a conversion writes (:func:`written_by_conversion`); the refusal names the first other file."""
     why = _not_ours(path)
     if why:
         raise OutputExistsError(f"{redact_url(str(path))} {why}; {option('force')} replaces only an empty directory or "
                                 "an Orbax checkpoint written by tf2flax: remove it yourself or choose another "
                                 f"{spoken('output path', 'OUT')}")
+
+
+# Every file a conversion writes, relative to OUT: Orbax's top-level files, and in ``state`` (the one
+# item a conversion saves) its metadata and OCDBT files (one tree per process in a multi-process save).
+_WRITTEN = re.compile(
+    r"(?:_CHECKPOINT_METADATA|orbax\.checkpoint|commit_success\.txt)"
+    r"|state/(?:_METADATA|_sharding|manifest\.ocdbt|d/[0-9a-f]+|array_metadatas/process_[0-9]+"
+    r"|ocdbt\.process_[0-9A-Za-z_]+/(?:manifest\.ocdbt|d/[0-9a-f]+))")
+
+
+def written_by_conversion(relative: str) -> bool:
+    """Whether ``relative`` (a file's ``/``-separated path inside an output) is one a conversion writes.
+
+    Example::
+
+        written_by_conversion("state/d/4ded199239f895572c6740b80fcb2ba6")      # True
+        written_by_conversion("state/notes.txt")                               # False
+    """
+    return _WRITTEN.fullmatch(relative) is not None
 
 
 def _not_ours(path: Any) -> str | None:
@@ -142,10 +163,44 @@ def _not_ours(path: Any) -> str | None:
     custom = meta.get("custom_metadata") if isinstance(meta, dict) else None
     if not (isinstance(custom, dict) and "tf2flax" in custom):
         return "is an Orbax checkpoint that tf2flax did not write"
-    others = sorted(n for n in names if n not in ORBAX_FILES and not (path / n / "_METADATA").is_file())
-    if others:
-        return f"holds files Orbax did not write ({', '.join(clip(n, 60) for n in others[:5])})"
+    try:
+        for relative, kind in _entries(path):
+            if kind != "file":
+                return f"holds {kind} {clip(relative, 200)}, which a conversion does not write"
+            if not written_by_conversion(relative):
+                return f"holds {clip(relative, 200)}, a file a conversion does not write"
+    except OSError as e:
+        return f"cannot be listed to the end ({redact_url(' '.join(str(e).split()))})"
     return None
+
+
+def _entries(path: Any) -> Iterator[tuple[str, str]]:
+    """Every file below ``path`` as ``(relative path, kind)``: ``"file"``, or what else it is (a
+    symbolic link, a FIFO...), in sorted order so that the first one named is always the same. A local
+    tree is walked without following links."""
+    if not isinstance(path, Path):  # an object store: only files, in directories that exist because of them
+        top = str(path).split("://", 1)[-1].rstrip("/")
+        for root, _, files in path.walk(on_error=_raise):  # (fsspec's roots come without the scheme)
+            base = str(root).split("://", 1)[-1].rstrip("/")[len(top):].strip("/")
+            for name in sorted(files):
+                yield (f"{base}/{name}" if base else name), "file"
+        return
+    for root, dirs, files in os.walk(path, onerror=_raise):
+        base = os.path.relpath(root, path).replace(os.sep, "/")
+        dirs.sort()
+        for name in sorted([*dirs, *files]):
+            full = os.path.join(root, name)
+            relative = name if base == "." else f"{base}/{name}"
+            if os.path.islink(full):
+                yield relative, "a symbolic link"
+            elif name in files and not os.path.isfile(full):
+                yield relative, "a special file"
+            elif name in files:
+                yield relative, "file"
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def install(tmp: Path, out: Path, force: bool) -> None:

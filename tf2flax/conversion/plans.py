@@ -101,7 +101,7 @@ def mapped_plan(ckpt: Checkpoint, names: list[DefaultName], mapping: Any, rules:
     else:
         resolver = CheckpointNames(ckpt, stages, None, part_axis)
         for key, target in sorted(normalize(mapping), key=lambda p: str(p[0])):
-            leaves += _targets_of(key, target, kept, renamed, resolver, ckpt, stacking)
+            leaves += _targets_of(key, target, names, renamed, resolver, ckpt, stacking)
     check_tree(list(dict.fromkeys((path, source) for path, source, _ in leaves)), ckpt.path)
     sources = {path: shape_dtype for path, _, shape_dtype in leaves}
     specs = TransformSpecs(transforms, _path_key)
@@ -132,17 +132,19 @@ def _layers_source(layers: dict[int, str]) -> str:
 Leaf = tuple[str, str, tuple[tuple[int, ...], np.dtype]]
 
 
-def _targets_of(key: Any, target: Any, kept: list[DefaultName], renamed: Callable[[str], str | None],
+def _targets_of(key: Any, target: Any, names: list[DefaultName], renamed: Callable[[str], str | None],
                 resolver: Any, ckpt: Checkpoint, stacking: Any) -> list[Leaf]:
-    """The output leaves one map entry defines: ``(path, source, (shape, dtype))``."""
+    """The output leaves one map entry defines: ``(path, source, (shape, dtype))``; ``names``: every
+    default name, those left out included."""
     from ..mapping.stacking import LAYER
 
+    kept = [n for n in names if n.left_out is None]
     where = f"map entry {short_repr(key)}: {short_repr(target)}"
     if not isinstance(key, str) or not isinstance(target, str):
         raise MappingError(f"{where}: convert needs string checkpoint names and output paths (splitting a "
                            "tensor into a list of targets needs a model: use tf2flax.init_params)")
     if LAYER in key:
-        return _layer_targets(key, target, kept, renamed, resolver, ckpt, stacking, where)
+        return _layer_targets(key, target, names, renamed, resolver, ckpt, stacking, where)
     if not key.endswith("/"):
         if target.endswith("/") or not target:
             raise MappingError(f"{where}: a tensor maps to a leaf path; to map a scope, end both sides with '/'")
@@ -164,12 +166,42 @@ def _targets_of(key: Any, target: Any, kept: list[DefaultName], renamed: Callabl
                 check_path(path, n.key, ckpt.path)
                 out.append((path, n.key, (ckpt.shape(n.key), ckpt.dtype(n.key))))
                 break
+    if not out:
+        raise MappingError(f"{where}: {_no_tensor_under(key, names, renamed, ckpt)}")
     return out
 
 
-def _layer_targets(key: str, target: str, kept: list[DefaultName], renamed: Callable[[str], str | None],
+def _no_tensor_under(key: str, names: list[DefaultName], renamed: Callable[[str], str | None],
+                     ckpt: Checkpoint) -> str:
+    """Why scope ``key`` of a map entry gives no leaf (as TensorFlow's ``init_from_checkpoint`` refuses a
+    checkpoint name it cannot find), with the closest scopes. Checked for every entry, so that a typo in
+    one entry of many is never a silent loss of its tensors."""
+    from ..mapping.hints import close_matches
+
+    scopes: set[str] = set()
+    left_out = False
+    for n in names:
+        for name in (n.name, *n.aliases):
+            r = renamed(name)
+            if r is None:
+                continue
+            if n.left_out is not None:
+                left_out = left_out or (r.startswith(key) and len(r) > len(key))
+                continue
+            at = r.find("/")
+            while at > 0 and len(scopes) < 100_000:
+                scopes.add(r[: at + 1])
+                at = r.find("/", at + 1)
+    why = (" (the tensors there are optimizer state or bookkeeping, left out unless include_optimizer=True, "
+           "--include-optimizer)" if left_out else "")
+    return f"checkpoint {ckpt.path} has no tensor under scope {clip(key)}{why}.{close_matches(key, sorted(scopes))}"
+
+
+def _layer_targets(key: str, target: str, names: list[DefaultName], renamed: Callable[[str], str | None],
                    resolver: Any, ckpt: Checkpoint, stacking: Any, where: str) -> list[Leaf]:
     """The output leaves of a ``{i}`` entry: one per layer (``{i}`` on both sides) or stacked."""
+    kept = [n for n in names if n.left_out is None]
+    from ..mapping.rules import layer_index
     from ..mapping.stacking import LAYER, layer_matches, split_layer
 
     found = layer_matches(key, resolver.names(), where, scope=key.endswith("/"))
@@ -178,7 +210,7 @@ def _layer_targets(key: str, target: str, kept: list[DefaultName], renamed: Call
     if LAYER in target:
         out = []
         for i, text in found.items():
-            out += _targets_of(key.replace(LAYER, text), target.replace(LAYER, str(i)), kept, renamed,
+            out += _targets_of(key.replace(LAYER, text), target.replace(LAYER, str(i)), names, renamed,
                                resolver, ckpt, stacking)
         return out
     if not key.endswith("/"):
@@ -196,7 +228,7 @@ def _layer_targets(key: str, target: str, kept: list[DefaultName], renamed: Call
             r = renamed(name)
             m = tail.fullmatch(r, len(before)) if r is not None and r.startswith(before) else None
             if m:
-                rests.setdefault(m.group(2), {})[int(m.group(1))] = r
+                rests.setdefault(m.group(2), {})[layer_index(m.group(1), r)] = r
                 break
     out = []
     for rest, layers in rests.items():

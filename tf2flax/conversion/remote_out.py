@@ -12,7 +12,8 @@ others (transformed, stacked, or read from a URL) are held in memory until writt
 Orbax 0.12's TensorStore specs take them for local paths.
 
 Writing ``gs://`` needs a GCS file system for Orbax's metadata files: ``gcsfs`` (``pip install
-'tf2flax[gcs]'``) or TensorFlow's. ``--force`` first checks that the old checkpoint is one tf2flax
+'tf2flax[gcs]'``), used even where TensorFlow is installed (see :func:`prefer_gcsfs`), or else
+TensorFlow's. ``--force`` first checks that the old checkpoint is one tf2flax
 wrote, then deletes its ``commit_success.txt`` and the rest before writing: an object store has no
 atomic rename, so unlike a local ``--force`` the old checkpoint is gone before the new one is complete.
 
@@ -76,10 +77,32 @@ def check_output_url(out: str | os.PathLike, force: bool, *, dry_run: bool = Fal
 
 
 def gcs_path(url: str) -> Any:
-    """``url`` as an ``epath.Path`` (the paths Orbax writes through)."""
+    """``url`` as an ``epath.Path`` (the paths Orbax writes through), on gcsfs (:func:`prefer_gcsfs`)."""
     from etils import epath
 
+    prefer_gcsfs()
     return epath.Path(url)
+
+
+def prefer_gcsfs() -> None:
+    """Make ``etils.epath`` (and so Orbax) reach ``gs://`` through gcsfs, not TensorFlow's gfile.
+
+    epath takes TensorFlow whenever it is importable, which imports TensorFlow into a library that never
+    does and, with no TensorFlow GCS setup, fails with a raw TensorFlow traceback. So unless the user
+    chose (``EPATH_USE_TF`` is set) or gcsfs is missing, ``EPATH_USE_TF=false`` is set for this process.
+    """
+    if "EPATH_USE_TF" in os.environ:
+        return
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        return
+    os.environ["EPATH_USE_TF"] = "false"
+    from etils.epath import gpath
+
+    decided = getattr(gpath, "_is_tf_installed", None)  # epath decides once per process: decide again
+    if hasattr(decided, "cache_clear"):
+        decided.cache_clear()
 
 
 def _exists(path: Any) -> bool:
@@ -88,9 +111,9 @@ def _exists(path: Any) -> bool:
     except ImportError as e:  # fsspec: "Install gcsfs to access Google Storage"
         raise UnsupportedFormatError(f"{redact_url(str(path))}: writing gs:// needs gcsfs (pip install "
                                      f"'tf2flax[gcs]') or TensorFlow's file systems ({e})") from None
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - gcsfs raises OSError, TensorFlow's gfile its own OpError
         raise StorageError(f"{redact_url(str(path))}: cannot list the output location: "
-                           f"{redact_url(' '.join(str(e).split()))}") from None
+                           f"{redact_url(' '.join(str(e).split()))[:500]}") from None
 
 
 def write_orbax_url(plan: Plan, url: str, *, force: bool = False, progress: bool = False,

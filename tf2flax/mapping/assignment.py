@@ -37,7 +37,7 @@ from .hints import close_matches
 from .names import CheckpointNames, Resolved
 from .stacking import LAYER, Stacking, check_indices, layer_matches
 
-_PART = re.compile(r"^(.*)/part_(\d+)$")
+_PART = re.compile(r"^(.*)/part_(\d{1,9})$")  # (a longer number is no part index)
 
 
 @dataclasses.dataclass(frozen=True)

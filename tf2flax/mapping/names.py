@@ -36,7 +36,7 @@ from ..plan import ConcatSource, Source, TensorSource
 from .hints import close_matches
 from .rules import Rule, rename_layer
 
-_PART = re.compile(r"^(.*)/part_(\d+)$")
+_PART = re.compile(r"^(.*)/part_(\d{1,9})$")  # (a longer number is no part index)
 
 PartAxis = int | Mapping[str, int] | None
 

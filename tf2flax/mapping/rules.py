@@ -25,7 +25,7 @@ import functools
 import re
 from typing import Any, Callable, Iterable, Mapping, Union
 
-from ..errors import MappingError, short_repr
+from ..errors import MappingError, clip, short_repr
 from ..patterns import SUB_ERRORS, compile_pattern
 
 Replacement = Union[str, Callable[[Any], str], None]
@@ -33,6 +33,9 @@ RulesSpec = Union[Mapping[str, Replacement], Iterable[tuple[Union[str, re.Patter
 
 
 LAYER = "{i}"
+# Significant digits a layer or part index may have: no model has a billion layers, and Python's int()
+# refuses strings of over 4300 digits with a ValueError.
+MAX_INDEX_DIGITS = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +75,24 @@ def compile_rules(rules: RulesSpec | None) -> tuple[Rule, ...]:
     return tuple(out)
 
 
+def layer_index(text: str, name: str) -> int:
+    """The decimal layer (or part) index ``text`` found in tensor ``name``, as an int; an index of more than
+    ``MAX_INDEX_DIGITS`` significant digits is a MappingError naming the tensor.
+
+    Example::
+
+        layer_index("007", "enc/block_007/w")      # 7
+    """
+    significant = text.lstrip("0")
+    if len(significant) > MAX_INDEX_DIGITS:
+        raise MappingError(f"tensor {clip(name)}: layer index {clip(text, 20)} has {len(text)} digits; a layer "
+                           f"index has at most {MAX_INDEX_DIGITS}")
+    return int(significant or "0")
+
+
 def _per_layer(template: str, m: Any) -> str:
     """``template`` expanded for match ``m``, its ``{i}`` the layer index without leading zeros."""
-    return m.expand(template.replace(LAYER, "\x00")).replace("\x00", str(int(m.group("i"))))
+    return m.expand(template.replace(LAYER, "\x00")).replace("\x00", str(layer_index(m.group("i"), m.string)))
 
 
 def rename(name: str, rules: Iterable[Rule]) -> str | None:
@@ -100,5 +118,5 @@ def rename_layer(name: str, rules: Iterable[Rule]) -> tuple[str | None, int | No
             except SUB_ERRORS as e:
                 raise MappingError(f"rule {rule.pattern.pattern!r} -> {rule.replacement!r} "
                                    f"fails on {name!r}: {e}") from None
-            return new, int(m.group("i")) if rule.stack else None
+            return new, layer_index(m.group("i"), name) if rule.stack else None
     return name, None

@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 from ..errors import MappingError
 from ..patterns import compile_pattern
 from ..plan import Source
+from .rules import layer_index
 
 LAYER = "{i}"
 
@@ -95,10 +96,11 @@ def layer_matches(pattern: str, names: list[str], where: str, scope: bool = Fals
         if m is None:
             continue
         text = m.group(1)
-        other = found.setdefault(int(text), text)
+        index = layer_index(text, name)
+        other = found.setdefault(index, text)
         if other != text:
             raise MappingError(f"{where}: {before}{other}{after!s} and {before}{text}{after} both match "
-                               f"{pattern!r} with layer index {int(text)}")
+                               f"{pattern!r} with layer index {index}")
     return found
 
 

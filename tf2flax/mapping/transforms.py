@@ -25,14 +25,15 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
-from ..errors import MappingError
+from ..errors import MappingError, short_repr
 from ..patterns import compile_pattern
-from ..plan import Cast, Fn, Reshape, Transform, Transpose
+from ..plan import MAX_RANK, Cast, Fn, Reshape, Transform, Transpose
 
 _OPS = ("transpose", "reshape", "cast")
 
@@ -84,22 +85,39 @@ def parse_spec(spec: Any, shape: tuple[int, ...], dtype: Any, where: str) -> tup
 def _parse_step(step: Any, shape: tuple[int, ...], dtype: Any, where: str) -> Transform:
     if hasattr(step, "out_shape") and hasattr(step, "apply"):
         return step
-    if step == "transpose":
+    if isinstance(step, str) and step == "transpose":
         return Transpose(tuple(range(len(shape)))[::-1])
     if isinstance(step, tuple) and len(step) == 2 and step[0] in _OPS:
         op, arg = step
+        if op in ("transpose", "reshape"):
+            values = _integers(arg, op, where)
+            return Transpose(values) if op == "transpose" else Reshape(values, tuple(shape))
         try:
-            if op == "transpose":
-                return Transpose(tuple(int(a) for a in arg))
-            if op == "reshape":
-                return Reshape(tuple(int(d) for d in arg), tuple(shape))
             return Cast(np.dtype(arg))
         except (TypeError, ValueError, SyntaxError) as e:  # numpy parses some dtype strings with ast
-            raise MappingError(f"transform {step!r} for {where}: bad argument ({e})") from None
+            raise MappingError(f"transform {short_repr(step)} for {where}: bad argument ({e})") from None
     if callable(step):
         return _fn(step, shape, dtype)
-    raise MappingError(f"transform {step!r} for {where} is not one of 'transpose', ('transpose', perm), "
+    raise MappingError(f"transform {short_repr(step)} for {where} is not one of 'transpose', ('transpose', perm), "
                        "('reshape', shape), ('cast', dtype), a callable or a list of these")
+
+
+def _integers(arg: Any, op: str, where: str) -> tuple[int, ...]:
+    """A ``transpose`` permutation or ``reshape`` shape: a list of at most ``MAX_RANK`` integers (not
+    bools, not floats such as ``2.5``, which ``int()`` would silently truncate), each within int64."""
+    if isinstance(arg, (str, bytes)) or not isinstance(arg, (list, tuple, np.ndarray)):
+        raise MappingError(f"transform ({op!r}, {short_repr(arg)}) for {where}: expected a list of integers")
+    if len(arg) > MAX_RANK:
+        raise MappingError(f"transform {op!r} for {where}: {len(arg)} dimensions; numpy arrays have at most {MAX_RANK}")
+    for a in arg:
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
+            why = "is not an integer (expected a list of integers)"
+        elif not -(1 << 63) < int(a) < 1 << 63:
+            why = "is out of range (more than int64 holds)"
+        else:
+            continue
+        raise MappingError(f"transform ({op!r}, {short_repr(arg)}) for {where}: {short_repr(a)} {why}")
+    return tuple(int(a) for a in arg)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,9 +20,11 @@ def step_count(ckpt: Any, slots: Slots, count: int | None, b1: float | None) -> 
     """The step count, where it came from, and notes."""
     notes: list[str] = []
     step_key = slots.counters.get("step")
-    step = int(_scalar(ckpt, step_key)) if step_key else None
-    if count is not None:
+    if count is not None:  # the checkpoint's counters are not read
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise MappingError(f"count={count!r}: expected a step count, an int >= 0")
         return int(count), "given", notes
+    step = _whole(_scalar(ckpt, step_key), ckpt, step_key) if step_key else None
     power_key = slots.counters.get("beta1_power")
     if power_key and b1 is not None:
         power = float(_scalar(ckpt, power_key))
@@ -41,6 +43,35 @@ def step_count(ckpt: Any, slots: Slots, count: int | None, b1: float | None) -> 
         return step, strip_value_suffix(step_key), notes
     notes.append("the checkpoint has no step counter: count is not set (pass count=...)")
     return None, "none found", notes
+
+
+def _whole(value: Any, ckpt: Any, key: str) -> int:
+    """A step counter's value as an int: a whole number >= 0 (a NaN, a fraction or a negative count is an
+    error naming the tensor)."""
+    if isinstance(value, float) and not (math.isfinite(value) and value == math.floor(value)):
+        raise MappingError(f"{getattr(ckpt, 'path', '<checkpoint>')}: optimizer counter {strip_value_suffix(key)!r} "
+                           f"is {value!r}, not a whole number of steps")
+    if not -(1 << 63) <= value < 1 << 63:
+        raise MappingError(f"{getattr(ckpt, 'path', '<checkpoint>')}: optimizer counter {strip_value_suffix(key)!r} "
+                           f"is {value!r}, larger than any step count (int64)")
+    step = int(value)
+    if step < 0:
+        raise MappingError(f"{getattr(ckpt, 'path', '<checkpoint>')}: optimizer counter {strip_value_suffix(key)!r} "
+                           f"is {step}, not a step count (>= 0)")
+    return step
+
+
+def check_count_fits(step: int, dtype: Any, leaf: str, source: str) -> None:
+    """Refuse a step count the optax counter ``leaf`` (of ``dtype``, int32 unless x64) cannot hold.
+
+    Example::
+
+        check_count_fits(2**40, np.int32, "0/count", "global_step")     # MappingError
+    """
+    info = np.iinfo(np.dtype(dtype)) if np.dtype(dtype).kind in "iu" else None
+    if info is not None and not info.min <= step <= info.max:
+        raise MappingError(f"step count {step} (from {source}) does not fit {leaf} ({np.dtype(dtype).name}, "
+                           f"at most {info.max}); pass count=... or enable jax_enable_x64 for an int64 counter")
 
 
 def _scalar(ckpt: Any, key: str) -> Any:

@@ -35,7 +35,7 @@ from ..progress import ByteProgress
 from ..restore import as_checkpoint
 from ..sharding import ShardingRules, check_sharding, keypath_str, resolve_shardings
 from ..targets import TargetLeaf, flatten_targets, unflatten_targets
-from .counts import step_count
+from .counts import check_count_fits, step_count
 from .follow import Scale, ValueSource, rebase
 from .slots import SlotKey, Slots, find_slots, strip_value_suffix
 
@@ -274,6 +274,7 @@ class _Builder:
         if step is None:
             self.unset.add(path)
             return
+        check_count_fits(step, leaf.dtype, path, source)
         value = np.asarray(step, dtype=np.dtype(leaf.dtype))
         self._value(path, ValueSource(value, f"step {step} ({source})"))
 

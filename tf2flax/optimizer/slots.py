@@ -54,7 +54,7 @@ _TF1 = [
     ("tf1_momentum", re.compile(r"^(.+)/(Momentum)$"), {"Momentum": "trace"}),
     ("mtf_adafactor", re.compile(r"^(.+)_slot_(vr|vc|v|m)$"), {"vr": "vr", "vc": "vc", "v": "v", "m": "m"}),
 ]
-_PART = re.compile(r"^(.*)/part_(\d+)$")
+_PART = re.compile(r"^(.*)/part_(\d{1,9})$")  # (a longer number is no part index)
 _KERAS3 = re.compile(r"^[^/]+/(.+)_(momentum|velocity)$")
 _KERAS2 = re.compile(r"^[^/]+/(m|v)/(.+)$")
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 
-from ..rules import compile_rules
+from ..rules import compile_rules, layer_index
 from .base import Preset
 
 _LEAF = [(re.compile(r"(^|/)gamma$"), r"\1scale"), (re.compile(r"(^|/)beta$"), r"\1bias"),
@@ -75,7 +75,7 @@ def _block(layer: int, rest: str, original: str) -> str:
 
 
 def _garden(m: re.Match) -> str:
-    k, rest = int(m.group(1)), m.group(2)
+    k, rest = layer_index(m.group(1), m.string), m.group(2)
     if k in _GARDEN_EMBEDDINGS and rest == "embeddings":
         return f"embeddings/{_GARDEN_EMBEDDINGS[k]}/embedding"
     if k == 3:

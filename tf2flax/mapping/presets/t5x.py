@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from ..rules import Rule, compile_rules
+from ..rules import Rule, compile_rules, layer_index
 from .base import Preset
 
 _SLOTS = {"_slot_vc": "v_col", "_slot_vr": "v_row", "_slot_v": "v"}
@@ -84,7 +84,7 @@ def _final_norm(m: re.Match) -> str:
 
 def _relpos_rules(names: Sequence[str]) -> tuple[Rule, ...]:
     """Relative position bias: one per layer, unless only block 0 has one (shared, as T5X decides)."""
-    blocks = [int(m.group(2)) for n in names if (m := _RELPOS.match(n))]
+    blocks = [layer_index(m.group(2), n) for n in names if (m := _RELPOS.match(n))]
     shared = max(blocks, default=0) == 0
 
     def relpos(m: re.Match) -> str:
