@@ -204,7 +204,7 @@ def _convert(args: argparse.Namespace) -> int:
             # This process's own inputs first: a bad one ends it now, and the others name it as missing.
             check_conversion(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
                              dry_run=args.dry_run, force=args.force, **options)
-            primary = join_distributed(cluster, args.timeout, announce=lambda text: print(
+            primary = join_distributed(cluster, args.timeout, announce=None if args.quiet else lambda text: print(
                 f"tf2flax: {text}", file=sys.stderr, flush=True)) == 0
             options.update(distributed=True, timeout=args.timeout)
         with warnings.catch_warnings(record=True) as caught:
