@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+from .hostmem import ALIGNMENT, HOST_POOL, HostPool
 from .plan import Cast, Plan, PlanEntry, release_source
 from .regions import Index, index_shape, normalize_index
 from .progress import human_bytes, human_rate
@@ -85,19 +86,7 @@ def _hull(regions: list[Index]) -> Index | None:
     return hull if len(regions) > 1 and covered == math.prod(index_shape(hull)) else None
 
 
-#: jax on CPU takes a host buffer without copying it when it is aligned to this many bytes.
-ALIGNMENT = 64
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-order array whose data starts on an ``ALIGNMENT``-byte boundary."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    skip = -raw.ctypes.data % ALIGNMENT
-    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
-
-
-def _owned(block: np.ndarray) -> np.ndarray:
+def _owned(block: np.ndarray, pool: HostPool) -> np.ndarray:
     """``block`` as C-order, aligned memory of its own, which jax then holds without another copy.
 
     A view (of a mapped data file, or of a larger block) is copied here, once, straight into
@@ -107,7 +96,7 @@ def _owned(block: np.ndarray) -> np.ndarray:
     if (block.base is None and block.flags.c_contiguous and block.flags.writeable
             and block.ctypes.data % ALIGNMENT == 0):
         return block
-    out = _aligned_empty(block.shape, block.dtype)
+    out, = pool.take([(block.shape, block.dtype)])
     np.copyto(out, block)
     return out
 
@@ -130,7 +119,7 @@ def _blocks(entry: PlanEntry, regions: list[Index]) -> dict:
     return {_key(r): entry.read(r, contiguous=False) for r in regions}
 
 
-def _streamed(entry: PlanEntry, regions: list[Index]) -> dict | None:
+def _streamed(entry: PlanEntry, regions: list[Index], pool: HostPool) -> dict | None:
     """{region key: block} of a leaf read whole in one pass (``Checkpoint.read_rows``): each chunk of
     rows is checksummed while in the CPU's cache and copied (and cast) straight into the device
     blocks it falls in. None where the leaf is not one checkpoint tensor, cast at most, whose
@@ -143,7 +132,7 @@ def _streamed(entry: PlanEntry, regions: list[Index]) -> dict | None:
             or not all(isinstance(t, Cast) for t in entry.transforms)
             or sum(math.prod(index_shape(r)) for r in regions) != math.prod(shape)):
         return None
-    blocks = {_key(r): _aligned_empty(index_shape(r), entry.dtype) for r in regions}
+    blocks = dict(zip((_key(r) for r in regions), pool.take([(index_shape(r), entry.dtype) for r in regions])))
     for first, rows in read_rows(name):
         last = first + rows.shape[0]
         for r in regions:
@@ -154,13 +143,14 @@ def _streamed(entry: PlanEntry, regions: list[Index]) -> dict | None:
     return blocks
 
 
-def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Index]) -> tuple[jax.Array, int]:
+def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Index],
+           pool: HostPool) -> tuple[jax.Array, int]:
     """Read one leaf and put each device's block on its device: one copy per block, from the page
     cache (or the read buffer) into the aligned memory the device then keeps (jax on CPU takes it
     without copying; devices holding the same block share it, as jax's own replicated puts do).
     Returns (array, regions read)."""
-    streamed = _streamed(entry, regions)
-    blocks = streamed if streamed is not None else {key: _owned(b) for key, b in _blocks(entry, regions).items()}
+    streamed = _streamed(entry, regions, pool)
+    blocks = streamed if streamed is not None else {key: _owned(b, pool) for key, b in _blocks(entry, regions).items()}
     release_source(entry.source)  # copied out: the mapped pages may go
     array = jax.make_array_from_callback(entry.shape, sharding,
                                          lambda index: blocks[_key(normalize_index(index, entry.shape))])
@@ -208,7 +198,7 @@ def materialize(
                 nbytes = _nbytes(entry, regions)
                 while pending and in_flight + nbytes > bytes_in_flight:
                     finish()
-                pending.append((target, entry, pool.submit(_place, entry, sharding, regions), nbytes,
+                pending.append((target, entry, pool.submit(_place, entry, sharding, regions, HOST_POOL), nbytes,
                                 not entry.reads_regions(regions)))
                 in_flight += nbytes
             while pending:

@@ -1,0 +1,179 @@
+"""Host memory for loaded blocks: page-aligned buffers that are reused once jax lets go of them.
+
+A fresh page costs a page fault, and on virtual machines (and GPU/TPU hosts staging through new
+buffers) that fault costs far more than copying the page's 4 KB. Loads therefore take their host
+blocks from a :class:`HostPool`:
+
+- a block is an anonymous private mapping of its own, in ordinary 4 KB pages: no transparent
+  huge-page advice, whose 2 MB faults stalled for milliseconds each on the machine we measured
+  (numpy advises huge pages for every array of 4 MB or more);
+- when the last array using a block dies (the params are dropped, or an accelerator's copy of a
+  staged block is done), the block returns to the pool, marked ``MADV_FREE`` so the kernel may
+  take its pages back under memory pressure; the next load of blocks of that size reuses it with
+  no page faults. At most ``retain_bytes`` of free blocks are kept; the rest are unmapped;
+- with a ``limit`` (staging for accelerators), :meth:`HostPool.take` waits while the blocks in use
+  would exceed it, so a load's host memory stays within its bytes in flight.
+
+Example::
+
+    pool = HostPool()
+    block, = pool.take([((1024, 3072), np.dtype(np.float32))])
+    block[:] = 1.0                         # this memory is reused once ``block`` is gone
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import mmap
+import os
+import threading
+import weakref
+from typing import Sequence
+
+import numpy as np
+
+#: Blocks smaller than this come from numpy (not worth a mapping of their own).
+MIN_POOLED = 1 << 20
+#: jax on CPU takes a host buffer without copying it when it is aligned to this many bytes.
+ALIGNMENT = 64
+
+
+def default_retain_bytes() -> int:
+    """Free bytes a pool keeps for reuse: ``TF2FLAX_HOST_POOL_BYTES``, else a quarter of the RAM."""
+    value = os.environ.get("TF2FLAX_HOST_POOL_BYTES")
+    if value:
+        return int(float(value))
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError):
+        return 1 << 30
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-order numpy array whose data starts on an ``ALIGNMENT``-byte boundary."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    skip = -raw.ctypes.data % ALIGNMENT
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+
+
+@dataclasses.dataclass
+class PoolStats:
+    """What a pool handed out: bytes in fresh and in reused blocks, blocks in use now and at most."""
+
+    fresh_bytes: int = 0
+    reused_bytes: int = 0
+    fresh_blocks: int = 0
+    reused_blocks: int = 0
+    in_use_bytes: int = 0
+    peak_in_use_bytes: int = 0
+    waits: int = 0
+
+
+class HostPool:
+    """Page-aligned host blocks, reused across leaves and loads; see the module docstring.
+
+    ``limit`` (bytes) bounds the pooled blocks in use at once: :meth:`take` waits for others to
+    be returned, except that a request is always granted when no pooled block is in use (so a
+    single block larger than the limit cannot deadlock). ``None``: no bound (blocks that become
+    the params themselves, as on CPU devices).
+    """
+
+    def __init__(self, limit: int | None = None, retain_bytes: int | None = None):
+        self.limit = limit
+        self.retain_bytes = default_retain_bytes() if retain_bytes is None else retain_bytes
+        self.stats = PoolStats()
+        self._free: dict[int, list[mmap.mmap]] = {}
+        self._free_bytes = 0
+        self._changed = threading.Condition(threading.RLock())
+
+    def take(self, requests: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
+        """Uninitialised C-order arrays of the given (shape, dtype)s, all granted at once."""
+        sizes = [math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in requests]
+        pooled = sum(_rounded(n) for n in sizes if n >= MIN_POOLED)
+        with self._changed:
+            if self.limit is not None:
+                while self.stats.in_use_bytes and self.stats.in_use_bytes + pooled > self.limit:
+                    self.stats.waits += 1
+                    self._changed.wait()
+            self.stats.in_use_bytes += pooled
+            self.stats.peak_in_use_bytes = max(self.stats.peak_in_use_bytes, self.stats.in_use_bytes)
+            maps = [self._reuse(_rounded(n)) if n >= MIN_POOLED else None for n in sizes]
+        out = []
+        for (shape, dtype), n, mapped in zip(requests, sizes, maps):
+            dtype = np.dtype(dtype)
+            if mapped is None and n >= MIN_POOLED:
+                mapped = self._fresh(_rounded(n))
+            if mapped is None:
+                out.append(aligned_empty(tuple(shape), dtype))
+                continue
+            array = np.frombuffer(mapped, dtype, count=math.prod(shape))
+            owner = array
+            while isinstance(owner, np.ndarray):
+                owner = owner.base
+            # Every array over this memory holds ``owner`` (the buffer object numpy keeps as the
+            # base of the array and of every view of it), so it dies only when the last of them
+            # does: then the block is free.
+            weakref.finalize(owner, self._give_back, mapped)
+            out.append(array.reshape(shape))
+        return out
+
+    def clear(self) -> None:
+        """Unmap every free block (blocks in use are unmapped when they are returned)."""
+        with self._changed:
+            free, self._free, self._free_bytes = self._free, {}, 0
+        for blocks in free.values():
+            for mapped in blocks:
+                mapped.close()
+
+    def _reuse(self, size: int) -> mmap.mmap | None:
+        blocks = self._free.get(size)
+        if not blocks:
+            return None
+        self._free_bytes -= size
+        self.stats.reused_bytes += size
+        self.stats.reused_blocks += 1
+        return blocks.pop()
+
+    def _fresh(self, size: int) -> mmap.mmap:
+        with self._changed:
+            self.stats.fresh_bytes += size
+            self.stats.fresh_blocks += 1
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def _give_back(self, mapped: mmap.mmap) -> None:
+        size = len(mapped)
+        try:  # before anyone can take it again: a write after MADV_FREE would be kept, one before lost
+            mapped.madvise(mmap.MADV_FREE)
+        except (AttributeError, OSError, ValueError):  # no MADV_FREE here: the pages just stay
+            pass
+        with self._changed:
+            self.stats.in_use_bytes -= size
+            keep = self._free_bytes + size <= self.retain_bytes
+            if keep:
+                self._free.setdefault(size, []).append(mapped)
+                self._free_bytes += size
+            self._changed.notify_all()
+        if not keep:
+            mapped.close()
+
+
+def _rounded(nbytes: int) -> int:
+    return -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+#: The pool of blocks that become params on CPU devices (no bound on blocks in use).
+HOST_POOL = HostPool()
+
+
+def release_host_memory() -> None:
+    """Give the free blocks kept for reuse back to the system.
+
+    Example::
+
+        params = tf2flax.init_params(path, mapping, abstract)
+        del params
+        tf2flax.release_host_memory()
+    """
+    HOST_POOL.clear()
