@@ -77,11 +77,12 @@ class HostPool:
     ``limit`` (bytes) bounds the pooled blocks in use at once: :meth:`take` waits for others to
     be returned, except that a request is always granted when no pooled block is in use (so a
     single block larger than the limit cannot deadlock). ``None``: no bound (blocks that become
-    the params themselves, as on CPU devices).
+    the params themselves, as on CPU devices). Blocks under ``min_bytes`` come from numpy.
     """
 
-    def __init__(self, limit: int | None = None, retain_bytes: int | None = None):
+    def __init__(self, limit: int | None = None, retain_bytes: int | None = None, min_bytes: int = MIN_POOLED):
         self.limit = limit
+        self.min_bytes = min_bytes
         self.retain_bytes = default_retain_bytes() if retain_bytes is None else retain_bytes
         self.stats = PoolStats()
         self._free: dict[int, list[mmap.mmap]] = {}
@@ -91,7 +92,7 @@ class HostPool:
     def take(self, requests: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
         """Uninitialised C-order arrays of the given (shape, dtype)s, all granted at once."""
         sizes = [math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in requests]
-        pooled = sum(_rounded(n) for n in sizes if n >= MIN_POOLED)
+        pooled = sum(_rounded(n) for n in sizes if n >= self.min_bytes)
         with self._changed:
             if self.limit is not None:
                 while self.stats.in_use_bytes and self.stats.in_use_bytes + pooled > self.limit:
@@ -99,11 +100,11 @@ class HostPool:
                     self._changed.wait()
             self.stats.in_use_bytes += pooled
             self.stats.peak_in_use_bytes = max(self.stats.peak_in_use_bytes, self.stats.in_use_bytes)
-            maps = [self._reuse(_rounded(n)) if n >= MIN_POOLED else None for n in sizes]
+            maps = [self._reuse(_rounded(n)) if n >= self.min_bytes else None for n in sizes]
         out = []
         for (shape, dtype), n, mapped in zip(requests, sizes, maps):
             dtype = np.dtype(dtype)
-            if mapped is None and n >= MIN_POOLED:
+            if mapped is None and n >= self.min_bytes:
                 mapped = self._fresh(_rounded(n))
             if mapped is None:
                 out.append(aligned_empty(tuple(shape), dtype))

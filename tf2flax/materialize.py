@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import math
+import os
 import time
 from typing import Callable, Mapping
 
@@ -86,19 +87,20 @@ def _hull(regions: list[Index]) -> Index | None:
     return hull if len(regions) > 1 and covered == math.prod(index_shape(hull)) else None
 
 
-def _owned(block: np.ndarray, pool: HostPool) -> np.ndarray:
-    """``block`` as C-order, aligned memory of its own, which jax then holds without another copy.
+def _owned(blocks: dict, pool: HostPool) -> dict:
+    """``blocks`` as C-order, aligned memory of their own, which jax then holds without another copy.
 
-    A view (of a mapped data file, or of a larger block) is copied here, once, straight into
-    the buffer the device keeps: no jax array ever aliases a checkpoint file, so a file changed
-    after loading cannot change the params.
+    Views (of a mapped data file, or of a larger block) are copied here, once, straight into the
+    buffers the devices keep: no jax array ever aliases a checkpoint file, so a file changed after
+    loading cannot change the params. The buffers of a leaf are taken from ``pool`` at once, so a
+    bounded pool never has threads each holding part of a leaf and waiting for the rest.
     """
-    if (block.base is None and block.flags.c_contiguous and block.flags.writeable
-            and block.ctypes.data % ALIGNMENT == 0):
-        return block
-    out, = pool.take([(block.shape, block.dtype)])
-    np.copyto(out, block)
-    return out
+    copy = {key: b for key, b in blocks.items()
+            if not (b.base is None and b.flags.c_contiguous and b.flags.writeable and b.ctypes.data % ALIGNMENT == 0)}
+    out = dict(zip(copy, pool.take([(b.shape, b.dtype) for b in copy.values()])))
+    for key, b in copy.items():
+        np.copyto(out[key], b)
+    return {key: out.get(key, b) for key, b in blocks.items()}
 
 
 def _blocks(entry: PlanEntry, regions: list[Index]) -> dict:
@@ -133,28 +135,66 @@ def _streamed(entry: PlanEntry, regions: list[Index], pool: HostPool) -> dict | 
             or sum(math.prod(index_shape(r)) for r in regions) != math.prod(shape)):
         return None
     blocks = dict(zip((_key(r) for r in regions), pool.take([(index_shape(r), entry.dtype) for r in regions])))
-    for first, rows in read_rows(name):
-        last = first + rows.shape[0]
-        for r in regions:
-            lo, hi = max(first, r[0].start), min(last, r[0].stop)
-            if lo < hi:
-                np.copyto(blocks[_key(r)][lo - r[0].start:hi - r[0].start],
-                          rows[(slice(lo - first, hi - first), *r[1:])], casting="unsafe")
+    copies = []
+    try:
+        for first, rows in read_rows(name):
+            last = first + rows.shape[0]
+            pairs = [(blocks[_key(r)][lo - r[0].start:hi - r[0].start], rows[(slice(lo - first, hi - first), *r[1:])])
+                     for r in regions for lo, hi in [(max(first, r[0].start), min(last, r[0].stop))] if lo < hi]
+            copies.append(_copier().submit(_copy_pairs, pairs))
+    finally:  # a failed checksum raises here: no copy may still be writing once the blocks are dropped
+        concurrent.futures.wait(copies)
+    for copy in copies:
+        copy.result()
     return blocks
 
 
+def _copy_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    for out, rows in pairs:
+        np.copyto(out, rows, casting="unsafe")
+
+
+_COPIER: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _copier() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that copy streamed chunks into device blocks (numpy copies without the GIL), so
+    the checksum of one chunk, the copy of another and the page faults of fresh blocks run on
+    every core."""
+    if not _COPIER:
+        _COPIER.append(concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                             thread_name_prefix="tf2flax-copy"))
+    return _COPIER[0]
+
+
 def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Index],
-           pool: HostPool) -> tuple[jax.Array, int]:
+           pool: HostPool, staging: bool) -> tuple[jax.Array, int]:
     """Read one leaf and put each device's block on its device: one copy per block, from the page
-    cache (or the read buffer) into the aligned memory the device then keeps (jax on CPU takes it
-    without copying; devices holding the same block share it, as jax's own replicated puts do).
+    cache (or the read buffer) into a host block from ``pool``. Without ``staging`` (CPU devices)
+    the device keeps that block (jax on CPU takes an aligned buffer without copying; devices
+    holding the same block share it, as jax's own replicated puts do). With ``staging`` the block
+    is copied to the device (asynchronously) and returns to the pool once jax is done with it.
     Returns (array, regions read)."""
     streamed = _streamed(entry, regions, pool)
-    blocks = streamed if streamed is not None else {key: _owned(b, pool) for key, b in _blocks(entry, regions).items()}
+    blocks = streamed if streamed is not None else _owned(_blocks(entry, regions), pool)
     release_source(entry.source)  # copied out: the mapped pages may go
-    array = jax.make_array_from_callback(entry.shape, sharding,
-                                         lambda index: blocks[_key(normalize_index(index, entry.shape))])
-    return array, len(blocks)
+    if not staging:
+        array = jax.make_array_from_callback(entry.shape, sharding,
+                                             lambda index: blocks[_key(normalize_index(index, entry.shape))])
+        return array, len(blocks)
+    devices = sharding.addressable_devices_indices_map(entry.shape)
+    arrays = jax.device_put([blocks[_key(normalize_index(index, entry.shape))] for index in devices.values()],
+                            list(devices))
+    # jax on CPU may alias an aligned host block: copy it on the device, as an accelerator's transfer
+    # would, so the block goes back to the pool once the copy is done.
+    arrays = [a.copy() if device.platform == "cpu" else a for a, device in zip(arrays, devices)]
+    return jax.make_array_from_single_device_arrays(entry.shape, sharding, arrays), len(blocks)
+
+
+def stages(sharding: jax.sharding.Sharding) -> bool:
+    """Whether a leaf placed with ``sharding`` goes through host staging blocks (accelerators) rather
+    than keeping its host blocks (CPU devices)."""
+    return any(d.platform != "cpu" for d in sharding.device_set)
 
 
 def materialize(
@@ -164,11 +204,19 @@ def materialize(
     bytes_in_flight: int = DEFAULT_BYTES_IN_FLIGHT,
     workers: int = DEFAULT_WORKERS,
     on_progress: Callable[[str, int], None] | None = None,
+    staging: bool | None = None,
+    host_pool: HostPool | None = None,
 ) -> tuple[dict[str, jax.Array], LoadStats]:
     """Read and place every entry of ``plan``; return {target path: jax.Array} and stats.
 
     ``shardings[target]`` says where each leaf goes (the default device when absent).
     ``on_progress(target, nbytes)`` is called after each leaf is placed.
+
+    Host blocks come from ``host_pool``. By default, leaves on CPU devices keep their blocks
+    (from :data:`~tf2flax.hostmem.HOST_POOL`, reused once the params are dropped), and leaves on
+    accelerators are staged (``staging=True`` forces it, ``False`` forbids it): their blocks come
+    from a pool of at most ``bytes_in_flight`` bytes in use, reused from leaf to leaf, and reads
+    of the next leaves overlap the devices' copies of the last ones.
     """
     began = time.perf_counter()
     stats = LoadStats()
@@ -176,6 +224,10 @@ def materialize(
     out: dict[str, jax.Array] = {}
     pending: collections.deque = collections.deque()
     in_flight = 0
+    staged = {target: stages(shardings.get(target) or default) if staging is None else staging
+              for target in plan.entries}
+    staging_pool = host_pool or HostPool(limit=bytes_in_flight, retain_bytes=bytes_in_flight)
+    keeping_pool = host_pool or HOST_POOL
 
     def finish() -> None:
         nonlocal in_flight
@@ -198,8 +250,9 @@ def materialize(
                 nbytes = _nbytes(entry, regions)
                 while pending and in_flight + nbytes > bytes_in_flight:
                     finish()
-                pending.append((target, entry, pool.submit(_place, entry, sharding, regions, HOST_POOL), nbytes,
-                                not entry.reads_regions(regions)))
+                host = staging_pool if staged[target] else keeping_pool
+                pending.append((target, entry, pool.submit(_place, entry, sharding, regions, host, staged[target]),
+                                nbytes, not entry.reads_regions(regions)))
                 in_flight += nbytes
             while pending:
                 finish()
