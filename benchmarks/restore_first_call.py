@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def report(first: dict, repeated: dict, nbytes: int, args: argparse.Namespace, load_before, load_after) -> dict:
     med = {m: {k: statistics.median(x[k] for x in runs) for k in ("wall", "user", "sys", "minflt", "peak_rss")}
-           for m, runs in first.items()}
+           for m, runs in first.items() if runs}
     rows, cols = shape_for(args.size_gb)
     print(versions())
     print(f"checkpoint: {N_TENSORS} float32 [{rows}, {cols}] tensors, {nbytes / 1e9:.2f} GB (TF2 bundle; "
@@ -220,6 +220,8 @@ def report(first: dict, repeated: dict, nbytes: int, args: argparse.Namespace, l
           "getrusage over the call, peak RSS = VmHWM of the process")
     print(f"  {'method':36s} {'wall s':>7s} {'user s':>7s} {'sys s':>7s} {'minflt':>8s} {'peak RSS':>9s}  all walls")
     for m, runs in first.items():
+        if not runs:
+            continue
         d = med[m]
         walls = " ".join(f"{x['wall']:.2f}" for x in runs)
         print(f"  {LABELS[m]:36s} {d['wall']:7.3f} {d['user']:7.2f} {d['sys']:7.2f} {d['minflt']:8.0f} "

@@ -78,11 +78,15 @@ class HostPool:
     be returned, except that a request is always granted when no pooled block is in use (so a
     single block larger than the limit cannot deadlock). ``None``: no bound (blocks that become
     the params themselves, as on CPU devices). Blocks under ``min_bytes`` come from numpy.
+    ``huge_pages`` (default: ``TF2FLAX_HUGE_PAGES=1``) advises transparent huge pages for fresh
+    blocks: fewer faults, each zeroing 2 MB, which pays on hosts that have free huge pages at hand.
     """
 
-    def __init__(self, limit: int | None = None, retain_bytes: int | None = None, min_bytes: int = MIN_POOLED):
+    def __init__(self, limit: int | None = None, retain_bytes: int | None = None, min_bytes: int = MIN_POOLED,
+                 huge_pages: bool | None = None):
         self.limit = limit
         self.min_bytes = min_bytes
+        self.huge_pages = os.environ.get("TF2FLAX_HUGE_PAGES") == "1" if huge_pages is None else huge_pages
         self.retain_bytes = default_retain_bytes() if retain_bytes is None else retain_bytes
         self.stats = PoolStats()
         self._free: dict[int, list[mmap.mmap]] = {}
@@ -141,7 +145,10 @@ class HostPool:
         with self._changed:
             self.stats.fresh_bytes += size
             self.stats.fresh_blocks += 1
-        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapped = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if self.huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
+            mapped.madvise(mmap.MADV_HUGEPAGE)
+        return mapped
 
     def _give_back(self, mapped: mmap.mmap) -> None:
         size = len(mapped)
