@@ -91,8 +91,6 @@ def child(method: str, prefix: str, twin: str, calls: int, digest: bool) -> dict
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import gc
-
     import jax
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -129,7 +127,6 @@ def child(method: str, prefix: str, twin: str, calls: int, digest: bool) -> dict
     results = []
     baseline = rss()
     for _ in range(calls):
-        gc.collect()
         before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         params = jax.block_until_ready(load())
         wall, after = time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF)

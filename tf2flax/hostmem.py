@@ -10,7 +10,9 @@ blocks from a :class:`HostPool`:
 - when the last array using a block dies (the params are dropped, or an accelerator's copy of a
   staged block is done), the block returns to the pool, marked ``MADV_FREE`` so the kernel may
   take its pages back under memory pressure; the next load of blocks of that size reuses it with
-  no page faults. At most ``retain_bytes`` of free blocks are kept; the rest are unmapped;
+  no page faults. At most ``retain_bytes`` of free blocks are kept, and free blocks are unmapped
+  when fresh blocks of other sizes are needed, so the pool never holds more memory than the most
+  that was in use at once;
 - with a ``limit`` (staging for accelerators), :meth:`HostPool.take` waits while the blocks in use
   would exceed it, so a load's host memory stays within its bytes in flight.
 
@@ -24,10 +26,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import mmap
 import os
 import threading
+import time
 import weakref
 from typing import Sequence
 
@@ -35,6 +39,8 @@ import numpy as np
 
 #: Blocks smaller than this come from numpy (not worth a mapping of their own).
 MIN_POOLED = 1 << 20
+#: At most one garbage collection per this many seconds while a bounded pool waits (see ``HostPool.collect``).
+WAIT_SECONDS = 0.05
 #: jax on CPU takes a host buffer without copying it when it is aligned to this many bytes.
 ALIGNMENT = 64
 
@@ -92,6 +98,7 @@ class HostPool:
         self._free: dict[int, list[mmap.mmap]] = {}
         self._free_bytes = 0
         self._changed = threading.Condition(threading.RLock())
+        self._collected = -math.inf
 
     def take(self, requests: Sequence[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
         """Uninitialised C-order arrays of the given (shape, dtype)s, all granted at once."""
@@ -101,10 +108,15 @@ class HostPool:
             if self.limit is not None:
                 while self.stats.in_use_bytes and self.stats.in_use_bytes + pooled > self.limit:
                     self.stats.waits += 1
-                    self._changed.wait()
+                    if not self._changed.wait(timeout=WAIT_SECONDS):
+                        self._collect(WAIT_SECONDS)
             self.stats.in_use_bytes += pooled
             self.stats.peak_in_use_bytes = max(self.stats.peak_in_use_bytes, self.stats.in_use_bytes)
             maps = [self._reuse(_rounded(n)) if n >= self.min_bytes else None for n in sizes]
+            fresh = sum(_rounded(n) for n, m in zip(sizes, maps) if m is None and n >= self.min_bytes)
+            evicted = self._evict(fresh)
+        for mapped in evicted:
+            mapped.close()
         out = []
         for (shape, dtype), n, mapped in zip(requests, sizes, maps):
             dtype = np.dtype(dtype)
@@ -131,6 +143,34 @@ class HostPool:
         for blocks in free.values():
             for mapped in blocks:
                 mapped.close()
+
+    def collect(self) -> None:
+        """Take back the blocks that only garbage still holds, if any block is in use (a load calls
+        this before it starts): jax keeps the host arrays it aliases in reference cycles, so dropped
+        params give their blocks back only when the garbage collector runs."""
+        with self._changed:
+            self._collect(0.0)
+
+    def _collect(self, interval: float) -> None:
+        now = time.monotonic()
+        if self.stats.in_use_bytes and now - self._collected > interval:
+            self._collected = now
+            gc.collect()
+
+    def _evict(self, nbytes: int) -> list[mmap.mmap]:
+        """Free blocks of at least ``nbytes`` in all (or all of them), taken out of the pool to be
+        unmapped: fresh blocks replace free ones of other sizes, so the pool's memory (blocks in
+        use plus free ones) never grows beyond the most that was in use at once."""
+        evicted = []
+        while nbytes > 0 and self._free:
+            size = max(self._free)
+            blocks = self._free[size]
+            evicted.append(blocks.pop())
+            if not blocks:
+                del self._free[size]
+            self._free_bytes -= size
+            nbytes -= size
+        return evicted
 
     def _reuse(self, size: int) -> mmap.mmap | None:
         blocks = self._free.get(size)

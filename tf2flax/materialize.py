@@ -228,6 +228,8 @@ def materialize(
               for target in plan.entries}
     staging_pool = host_pool or HostPool(limit=bytes_in_flight, retain_bytes=bytes_in_flight)
     keeping_pool = host_pool or HOST_POOL
+    if not all(staged.values()):
+        keeping_pool.collect()  # blocks of dropped params come back for this load to reuse
 
     def finish() -> None:
         nonlocal in_flight
