@@ -68,7 +68,7 @@ def test_retained_free_blocks_are_bounded():
     del blocks
     gc.collect()
     assert pool.stats.in_use_bytes == 0
-    assert sum(len(v) for v in pool._free.values()) == 2
+    assert pool.free_bytes == 2 * PAGE
 
 
 @pytest.fixture(scope="module")
@@ -137,5 +137,5 @@ def test_fresh_blocks_of_another_size_replace_free_ones():
     del blocks
     gc.collect()
     bigger, = pool.take([((2 * PAGE,), np.uint8)])  # no free block fits: two free ones are unmapped
-    assert pool.stats.reused_blocks == 0 and pool._free_bytes == 2 * PAGE
-    assert pool._free_bytes + pool.stats.in_use_bytes <= pool.stats.peak_in_use_bytes
+    assert pool.stats.reused_blocks == 0 and pool.free_bytes == 2 * PAGE
+    assert pool.free_bytes + pool.stats.in_use_bytes <= pool.stats.peak_in_use_bytes

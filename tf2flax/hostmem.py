@@ -132,9 +132,14 @@ class HostPool:
             # Every array over this memory holds ``owner`` (the buffer object numpy keeps as the
             # base of the array and of every view of it), so it dies only when the last of them
             # does: then the block is free.
-            weakref.finalize(owner, self._give_back, mapped)
+            weakref.finalize(owner, self._give_back, mapped).atexit = False  # at exit, nothing to reuse
             out.append(array.reshape(shape))
         return out
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes of free blocks kept for reuse."""
+        return self._free_bytes
 
     def clear(self) -> None:
         """Unmap every free block (blocks in use are unmapped when they are returned)."""
@@ -222,6 +227,6 @@ def release_host_memory() -> None:
 
         params = tf2flax.init_params(path, mapping, abstract)
         del params
-        tf2flax.release_host_memory()
+        tf2flax.hostmem.release_host_memory()
     """
     HOST_POOL.clear()

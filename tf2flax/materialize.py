@@ -3,11 +3,14 @@
 Each leaf becomes a ``jax.Array`` assembled from one array per device. Only the regions this
 process's devices hold are read (a region replicated on several local devices is read once).
 From a local checkpoint the reads are views of the mapped data files, so each device's block is
-copied once, from the page cache straight into the aligned buffer jax keeps (jax on CPU takes
-such a buffer without copying); no full-tensor buffer sits in between, even where a device's
-block is a strided region. A leaf read whole goes in one pass (``Checkpoint.read_rows``): each
-chunk of rows is checksummed while in cache and copied into the device blocks it falls in. Leaves are read and placed on a thread pool, with a bound on the bytes
-in flight, so peak host memory is this process's share of the model plus that bound.
+copied once, from the page cache into a host block from a pool (``hostmem.HostPool``); no
+full-tensor buffer sits in between, even where a device's block is a strided region. A leaf read
+whole goes in one pass (``Checkpoint.read_rows``): each chunk of rows is checksummed while in
+cache and copied, on a pool of copier threads, into the device blocks it falls in. On CPU devices
+the block is the device buffer (jax takes it without copying) and is reused once the params are
+dropped; on accelerators it is a staging block, reused once copied to the device, with at most
+``bytes_in_flight`` of them in use. Leaves are read and placed on a thread pool, with a bound on
+the bytes in flight, so peak host memory is this process's share of the model plus that bound.
 
 Example::
 
