@@ -139,3 +139,20 @@ def test_fresh_blocks_of_another_size_replace_free_ones():
     bigger, = pool.take([((2 * PAGE,), np.uint8)])  # no free block fits: two free ones are unmapped
     assert pool.stats.reused_blocks == 0 and pool.free_bytes == 2 * PAGE
     assert pool.free_bytes + pool.stats.in_use_bytes <= pool.stats.peak_in_use_bytes
+
+
+def test_a_failed_mapping_leaves_nothing_counted_in_use(monkeypatch):
+    pool = HostPool(limit=8 * PAGE, min_bytes=PAGE)
+    kept, = pool.take([((PAGE,), np.uint8)])
+    del kept
+    gc.collect()
+
+    def no_memory(size):
+        raise MemoryError("no memory for a fresh block")
+
+    monkeypatch.setattr(pool, "_fresh", no_memory)
+    with pytest.raises(MemoryError):
+        pool.take([((PAGE,), np.uint8), ((2 * PAGE,), np.uint8)])  # the first is reused, the second fails
+    assert pool.stats.in_use_bytes == 0 and pool.free_bytes == PAGE
+    again, = pool.take([((PAGE,), np.uint8)])  # neither waits nor leaks: the free block is reused
+    assert pool.stats.reused_blocks == 2

@@ -116,25 +116,38 @@ class HostPool:
             fresh = sum(_rounded(n) for n, m in zip(sizes, maps) if m is None and n >= self.min_bytes)
             evicted = self._evict(fresh)
         for mapped in evicted:
-            mapped.close()
-        out = []
-        for (shape, dtype), n, mapped in zip(requests, sizes, maps):
-            dtype = np.dtype(dtype)
-            if mapped is None and n >= self.min_bytes:
-                mapped = self._fresh(_rounded(n))
-            if mapped is None:
-                out.append(aligned_empty(tuple(shape), dtype))
-                continue
-            array = np.frombuffer(mapped, dtype, count=math.prod(shape))
-            owner = array
-            while isinstance(owner, np.ndarray):
-                owner = owner.base
-            # Every array over this memory holds ``owner`` (the buffer object numpy keeps as the
-            # base of the array and of every view of it), so it dies only when the last of them
-            # does: then the block is free.
-            weakref.finalize(owner, self._give_back, mapped).atexit = False  # at exit, nothing to reuse
-            out.append(array.reshape(shape))
+            _unmap(mapped)
+        out: list[np.ndarray] = []
+        try:
+            for (shape, dtype), n, mapped in zip(requests, sizes, maps):
+                out.append(self._wrap(tuple(shape), np.dtype(dtype), n, mapped))
+        except BaseException:  # out of memory: what was not handed out is no longer in use
+            with self._changed:
+                for n, mapped in list(zip(sizes, maps))[len(out):]:
+                    if n >= self.min_bytes:
+                        self.stats.in_use_bytes -= _rounded(n)
+                        if mapped is not None:
+                            self._free.setdefault(len(mapped), []).append(mapped)
+                            self._free_bytes += len(mapped)
+                self._changed.notify_all()
+            raise
         return out
+
+    def _wrap(self, shape: tuple[int, ...], dtype: np.dtype, nbytes: int, mapped: mmap.mmap | None) -> np.ndarray:
+        """An array over ``mapped`` (a fresh block when None) that gives it back when it is gone."""
+        if nbytes < self.min_bytes:
+            return aligned_empty(shape, dtype)
+        if mapped is None:
+            mapped = self._fresh(_rounded(nbytes))
+        array = np.frombuffer(mapped, dtype, count=math.prod(shape))
+        owner = array
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        # Every array over this memory holds ``owner`` (the buffer object numpy keeps as the base
+        # of the array and of every view of it), so it dies only when the last of them does: then
+        # the block is free.
+        weakref.finalize(owner, self._give_back, mapped).atexit = False  # at exit, nothing to reuse
+        return array.reshape(shape)
 
     @property
     def free_bytes(self) -> int:
@@ -147,7 +160,7 @@ class HostPool:
             free, self._free, self._free_bytes = self._free, {}, 0
         for blocks in free.values():
             for mapped in blocks:
-                mapped.close()
+                _unmap(mapped)
 
     def collect(self) -> None:
         """Take back the blocks that only garbage still holds, if any block is in use (a load calls
@@ -184,7 +197,10 @@ class HostPool:
         self._free_bytes -= size
         self.stats.reused_bytes += size
         self.stats.reused_blocks += 1
-        return blocks.pop()
+        mapped = blocks.pop()
+        if not blocks:
+            del self._free[size]
+        return mapped
 
     def _fresh(self, size: int) -> mmap.mmap:
         with self._changed:
@@ -209,7 +225,14 @@ class HostPool:
                 self._free_bytes += size
             self._changed.notify_all()
         if not keep:
-            mapped.close()
+            _unmap(mapped)
+
+
+def _unmap(mapped: mmap.mmap) -> None:
+    try:
+        mapped.close()
+    except BufferError:  # still exported somewhere: unmapped by the mmap object's own finalizer
+        pass
 
 
 def _rounded(nbytes: int) -> int:
