@@ -241,6 +241,11 @@ def report(first: dict, repeated: dict, nbytes: int, args: argparse.Namespace, l
         for i, c in enumerate(calls, 1):
             print(f"  {i:4d} {c['wall']:7.3f} {c['user']:7.2f} {c['sys']:7.2f} {c['minflt']:8d}")
         print(f"  slowest / fastest = {spread:.2f}x (goal <= 2x: {'met' if spread <= 2 else 'NOT met'})")
+        if len(walls) > 2:
+            later = max(walls[1:]) / min(walls[1:])
+            out[f"drift_{m}"] = later
+            print(f"  calls 2-{len(walls)}: slowest / fastest = {later:.2f}x; the first call pays the fresh pages "
+                  f"of its blocks ({calls[0]['minflt']} faults, {calls[0]['sys']:.2f} s system), later calls reuse them")
     return out
 
 

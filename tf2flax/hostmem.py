@@ -37,8 +37,9 @@ from typing import Sequence
 
 import numpy as np
 
-#: Blocks smaller than this come from numpy (not worth a mapping of their own).
-MIN_POOLED = 1 << 20
+#: Blocks smaller than this come from numpy: not worth a mapping of their own, and a process may
+#: hold at most vm.max_map_count (65530 by default) mappings.
+MIN_POOLED = 256 << 10
 #: At most one garbage collection per this many seconds while a bounded pool waits (see ``HostPool.collect``).
 WAIT_SECONDS = 0.05
 #: jax on CPU takes a host buffer without copying it when it is aligned to this many bytes.
