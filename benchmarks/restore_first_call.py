@@ -158,7 +158,8 @@ def run_child(method: str, prefix: str, twin: Path, calls: int = 1, digest: bool
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-gb", type=float, default=1.208, help="checkpoint size in GB (default 1.208: 12 x [4096, 6144])")
+    parser.add_argument("--size-gb", type=float, default=1.208,
+                        help="checkpoint size in GB (default 1.208: 12 x [4096, 6144])")
     parser.add_argument("--rounds", type=int, default=5, help="fresh-process rounds, methods alternating (default 5)")
     parser.add_argument("--calls", type=int, default=6, help="calls in one process (default 6)")
     parser.add_argument("--methods", default=",".join(METHODS), help="first-call methods (default: all three)")
@@ -245,7 +246,8 @@ def report(first: dict, repeated: dict, nbytes: int, args: argparse.Namespace, l
             later = max(walls[1:]) / min(walls[1:])
             out[f"drift_{m}"] = later
             print(f"  calls 2-{len(walls)}: slowest / fastest = {later:.2f}x; the first call pays the fresh pages "
-                  f"of its blocks ({calls[0]['minflt']} faults, {calls[0]['sys']:.2f} s system), later calls reuse them")
+                  f"of its blocks ({calls[0]['minflt']} faults, {calls[0]['sys']:.2f} s system), "
+                  "later calls reuse them")
     return out
 
 
