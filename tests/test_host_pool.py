@@ -156,3 +156,24 @@ def test_a_failed_mapping_leaves_nothing_counted_in_use(monkeypatch):
     assert pool.stats.in_use_bytes == 0 and pool.free_bytes == PAGE
     again, = pool.take([((PAGE,), np.uint8)])  # neither waits nor leaks: the free block is reused
     assert pool.stats.reused_blocks == 2
+
+
+def test_a_forked_child_loads_with_threads_of_its_own(ckpt):
+    import multiprocessing
+
+    prefix, values = ckpt
+    names = ["big0"]
+    abstract = _abstract(values, names)
+    mapping = {"big0/.ATTRIBUTES/VARIABLE_VALUE": "big0"}
+    tf2flax.init_params(prefix, mapping, abstract, progress=False)  # the parent's copier threads exist
+
+    def child(queue):
+        got = tf2flax.init_params(prefix, mapping, abstract, progress=False)
+        queue.put(bool(np.array_equal(np.asarray(got["big0"]), values["big0"])))
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == 0 and queue.get(timeout=5)

@@ -157,17 +157,19 @@ def _copy_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         np.copyto(out, rows, casting="unsafe")
 
 
-_COPIER: list[concurrent.futures.ThreadPoolExecutor] = []
+_COPIER: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 
 
 def _copier() -> concurrent.futures.ThreadPoolExecutor:
     """The threads that copy streamed chunks into device blocks (numpy copies without the GIL), so
     the checksum of one chunk, the copy of another and the page faults of fresh blocks run on
-    every core."""
-    if not _COPIER:
-        _COPIER.append(concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                                             thread_name_prefix="tf2flax-copy"))
-    return _COPIER[0]
+    every core. One pool per process id: a forked child has none of its parent's threads."""
+    pid = os.getpid()
+    if pid not in _COPIER:
+        _COPIER.clear()
+        _COPIER[pid] = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                             thread_name_prefix="tf2flax-copy")
+    return _COPIER[pid]
 
 
 def _place(entry: PlanEntry, sharding: jax.sharding.Sharding, regions: list[Index],
