@@ -1,0 +1,138 @@
+"""Write real Keras 3 files (``.keras``, ``.weights.h5``, legacy ``.h5``) for the Keras reader tests.
+
+Every file is written by Keras itself, with seeded random weights (every variable, batch statistics
+included, is overwritten, so no two variables hold the same values). Keras is imported lazily.
+Each builder returns a compiled model that has run one training step (so the optimizer has its
+variables); :func:`write_all` saves it in the three formats.
+
+Models:
+
+- ``mlp``: a Sequential of Dense layers (with an Embedding-free input), Adam;
+- ``cnn``: Conv2D, BatchNormalization, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose, Conv1D-free
+  functional model with a nested Sequential head;
+- ``encoder``: Embedding, MultiHeadAttention, LayerNormalization, a nested Functional feed-forward
+  block and a nested Sequential;
+- ``rnn``: Conv1D, GRU, LSTM, SimpleRNN, Bidirectional(LSTM), TimeDistributed(Dense), Conv3D input branch.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+_KERAS = None
+
+
+def keras():
+    """Import Keras once (its TensorFlow backend, as ``tensorflow-cpu`` installs it)."""
+    global _KERAS
+    if _KERAS is None:
+        import keras as _keras
+
+        _KERAS = _keras
+    return _KERAS
+
+
+def randomize(model: Any, seed: int) -> None:
+    """Overwrite every variable of ``model`` with seeded random values (variances kept positive)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        dtype = np.dtype(str(w.dtype))
+        values = rng.standard_normal(tuple(w.shape)).astype(dtype)
+        if "variance" in w.path:
+            values = np.abs(values) + 0.5
+        w.assign(values)
+
+
+def _train(model: Any, x: Any, y: Any, optimizer: str = "adam", loss: str = "mse") -> Any:
+    model.compile(optimizer=optimizer, loss=loss)
+    model.fit(x, y, batch_size=len(y), epochs=1, verbose=0)
+    return model
+
+
+def mlp() -> Any:
+    k = keras()
+    layers = k.layers
+    model = k.Sequential([k.Input((12,)), layers.Dense(16, activation="relu"), layers.Dense(8, activation="relu"),
+                          layers.Dense(3, use_bias=False)], name="mlp")
+    return _train(model, np.ones((4, 12), "float32"), np.zeros((4, 3), "float32"))
+
+
+def cnn() -> Any:
+    k = keras()
+    layers = k.layers
+    inp = k.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, name="stem")(inp)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x)
+    x = layers.BatchNormalization(center=False, name="dw_bn")(x)
+    x = layers.SeparableConv2D(6, 3, padding="same", name="sep")(x)
+    x = layers.Conv2DTranspose(4, 2, strides=2, name="up")(x)
+    x = layers.Conv2D(5, 1, use_bias=False)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    head = k.Sequential([layers.Dense(7), layers.Dropout(0.1), layers.Dense(2)], name="head")
+    model = k.Model(inp, head(x), name="cnn")
+    return _train(model, np.ones((2, 16, 16, 3), "float32"), np.zeros((2, 2), "float32"), optimizer="sgd")
+
+
+def encoder() -> Any:
+    k = keras()
+    layers = k.layers
+    tokens = k.Input((10,), dtype="int32", name="tokens")
+    x = layers.Embedding(50, 16, name="embed")(tokens)
+    attn = layers.MultiHeadAttention(num_heads=2, key_dim=8, name="mha")(x, x)
+    x = layers.LayerNormalization(name="ln1")(layers.Add()([x, attn]))
+    ffn_in = k.Input((10, 16))
+    h = layers.Dense(32, activation="gelu", name="ffn_up")(ffn_in)
+    h = layers.Dense(16, name="ffn_down")(h)
+    ffn = k.Model(ffn_in, h, name="ffn")
+    x = layers.LayerNormalization(rms_scaling=False, center=False, name="ln2")(layers.Add()([x, ffn(x)]))
+    x = layers.GlobalAveragePooling1D()(x)
+    pooler = k.Sequential([layers.Dense(8, activation="tanh"), layers.LayerNormalization()], name="pooler")
+    out = layers.Dense(1, name="logit")(pooler(x))
+    model = k.Model(tokens, out, name="encoder")
+    return _train(model, np.ones((2, 10), "int32"), np.zeros((2, 1), "float32"))
+
+
+def rnn() -> Any:
+    k = keras()
+    layers = k.layers
+    seq = k.Input((6, 4), name="seq")
+    x = layers.Conv1D(5, 2, padding="same", name="conv1d")(seq)
+    x = layers.GRU(6, return_sequences=True, name="gru")(x)
+    x = layers.LSTM(5, return_sequences=True, name="lstm")(x)
+    x = layers.Bidirectional(layers.LSTM(3, return_sequences=True), name="bi")(x)
+    x = layers.SimpleRNN(4, return_sequences=True, name="simple")(x)
+    x = layers.TimeDistributed(layers.Dense(3), name="td")(x)
+    x = layers.Flatten()(x)
+    vol = k.Input((4, 4, 4, 1), name="volume")
+    v = layers.Conv3D(2, 2, name="conv3d")(vol)
+    v = layers.Flatten()(v)
+    x = layers.Concatenate()([x, v])
+    x = layers.PReLU(name="prelu")(layers.Dense(4, name="mix")(x))
+    model = k.Model([seq, vol], layers.Dense(1, name="out")(x), name="rnn")
+    return _train(model, [np.ones((2, 6, 4), "float32"), np.ones((2, 4, 4, 4, 1), "float32")],
+                  np.zeros((2, 1), "float32"), optimizer="rmsprop")
+
+
+MODELS: dict[str, Callable[[], Any]] = {"mlp": mlp, "cnn": cnn, "encoder": encoder, "rnn": rnn}
+
+
+def write_all(name: str, directory: Path, seed: int = 0) -> dict[str, Path]:
+    """Build model ``name``, randomize it, save it as ``.keras``, ``.weights.h5`` and legacy ``.h5``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = MODELS[name]()
+    randomize(model, seed)
+    paths = {"keras": directory / f"{name}.keras", "weights": directory / f"{name}.weights.h5",
+             "h5": directory / f"{name}.h5"}
+    model.save(paths["keras"])
+    model.save_weights(paths["weights"])
+    model.save(paths["h5"])
+    return paths

@@ -1,0 +1,278 @@
+"""HDF5 files read through the storage layer, and checked before the HDF5 library trusts them.
+
+HDF5 is a large format parsed in C; a hostile file can declare a dataset of terabytes, point at other
+files (external links, external storage, virtual datasets), or use a filter (compressor) nobody has
+reviewed. :func:`open_hdf5` opens a window of a file in a :class:`~tf2flax.storage.Store` (a whole
+``.weights.h5``, or the stored ``model.weights.h5`` member inside a ``.keras`` zip) through h5py's
+file-object driver, and :func:`datasets` walks it, refusing all of that before any tensor is read.
+
+Example::
+
+    with open_hdf5(store, "m.weights.h5", 0, store.size("m.weights.h5"), "m.weights.h5") as h5:
+        found = datasets(h5.file, h5.size, "m.weights.h5")      # {'layers/dense/vars/0': Dataset, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptCheckpointError, UnsupportedFormatError, clip
+from ..storage import Store
+from .base import ReadStats
+
+# HDF5 filters tf2flax lets the library run: gzip (deflate), shuffle, fletcher32, lzf (h5py's own).
+ALLOWED_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf"}
+# Deflate expands at most ~1032x; a chunk declaring more than this per stored byte is a bomb.
+MAX_EXPANSION = 1100
+# Data that is never stored (HDF5 reads the fill value): allowed only this small.
+MAX_UNSTORED_BYTES = 1 << 20
+MAX_OBJECTS = 1_000_000
+MAX_DEPTH = 64
+MAX_ATTRIBUTE_BYTES = 64 << 20
+
+
+class WindowFile(io.RawIOBase):
+    """Bytes ``[start, start + size)`` of file ``name`` in ``store``, as a read-only seekable file.
+
+    h5py reads through it (its ``fileobj`` driver calls ``seek`` and ``readinto``), so a ``.keras``
+    zip's stored member is read in place, and remote files go through the store's range reads.
+    ``stats`` counts what was read.
+    """
+
+    def __init__(self, store: Store, name: str, start: int, size: int, stats: ReadStats | None = None):
+        super().__init__()
+        self.store, self.name, self.start, self.size = store, name, start, size
+        self.stats = stats if stats is not None else ReadStats()
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        count = max(0, min(len(out), self.size - self.position))
+        if count:
+            began = time.perf_counter()
+            self.store.read_into(self.name, self.start + self.position, out[:count])
+            self.stats.add(count, time.perf_counter() - began)
+        self.position += count
+        return count
+
+
+@dataclasses.dataclass
+class OpenHDF5:
+    """An open HDF5 file (``file``: an ``h5py.File``) over a window of ``size`` bytes."""
+
+    file: Any
+    window: WindowFile
+
+    @property
+    def size(self) -> int:
+        return self.window.size
+
+    def close(self) -> None:
+        self.file.close()
+        self.window.close()
+
+    def __enter__(self) -> OpenHDF5:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_hdf5(store: Store, name: str, start: int, size: int, where: str, stats: ReadStats | None = None) -> OpenHDF5:
+    """Open bytes ``[start, start + size)`` of ``name`` as HDF5; CorruptCheckpointError if they are not."""
+    import h5py
+
+    window = WindowFile(store, name, start, size, stats)
+    try:
+        file = h5py.File(window, "r")
+    except (OSError, ValueError, RuntimeError) as e:
+        window.close()
+        raise CorruptCheckpointError(f"{where}: not a readable HDF5 file ({short_error(e)})") from None
+    return OpenHDF5(file, window)
+
+
+def short_error(error: BaseException) -> str:
+    """An exception's text, cut to 200 characters, for messages."""
+    text = str(error).strip() or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def attribute(obj: Any, key: str, where: str) -> Any:
+    """Attribute ``key`` of HDF5 object ``obj`` (None if absent), its size checked before it is read."""
+    import h5py
+
+    try:
+        if key not in obj.attrs:
+            return None
+        attr = h5py.h5a.open(obj.id, key.encode())
+        if math.prod(attr.shape or ()) > MAX_ATTRIBUTE_BYTES or _storage_size(attr) > MAX_ATTRIBUTE_BYTES:
+            raise CorruptCheckpointError(f"{where}: attribute {key!r} of {clip(obj.name)} is too large")
+        return obj.attrs[key]
+    except CorruptCheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(
+            f"{where}: attribute {key!r} of {clip(obj.name)} cannot be read ({short_error(e)})") from None
+
+
+def _storage_size(attr: Any) -> int:
+    try:
+        return attr.get_storage_size()
+    except RuntimeError:  # the library reports an empty attribute's 0 bytes as an error
+        return 0
+
+
+def text_attribute(obj: Any, key: str, where: str) -> str | None:
+    """A string attribute (bytes decoded as UTF-8), or None if absent or not a string."""
+    value = attribute(obj, key, where)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def text_list_attribute(obj: Any, key: str, where: str) -> list[str] | None:
+    """An attribute holding a list of strings (Keras 2's ``layer_names``, ``weight_names``), or None."""
+    value = attribute(obj, key, where)
+    if value is None:
+        return None
+    items = np.asarray(value).reshape(-1)
+    if items.size and items.dtype.kind not in "SOU":
+        raise CorruptCheckpointError(f"{where}: attribute {key!r} of {clip(obj.name)} is not a list of names")
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in items.tolist()]
+
+
+def datasets(file: Any, size: int, where: str, groups: list[str] | None = None) -> dict[str, Any]:
+    """Every dataset of the HDF5 ``file`` (``size`` bytes), by path, after checking the whole tree;
+    ``groups``, if given, receives the path of every group.
+
+    Refused (UnsupportedFormatError): external links, external storage, virtual datasets, filters
+    outside :data:`ALLOWED_FILTERS`. Corrupt (CorruptCheckpointError): data lying outside the file,
+    datasets declaring more bytes than their storage can hold, a tree too deep or too large.
+    Soft links are not followed (Keras never writes them).
+    """
+    found: dict[str, Any] = {}
+    _walk(file, "", size, where, found, [0], 0, groups if groups is not None else [])
+    return found
+
+
+def _walk(group: Any, prefix: str, size: int, where: str, found: dict[str, Any], count: list[int], depth: int,
+          groups: list[str]) -> None:
+    import h5py
+
+    if depth > MAX_DEPTH:
+        raise CorruptCheckpointError(f"{where}: groups nested more than {MAX_DEPTH} deep at {clip(prefix)}")
+    try:
+        names = list(group.keys())
+    except (OSError, RuntimeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{where}: group {clip(prefix or '/')} cannot be listed ({short_error(e)})") \
+            from None
+    for name in names:
+        count[0] += 1
+        if count[0] > MAX_OBJECTS:
+            raise CorruptCheckpointError(f"{where}: more than {MAX_OBJECTS} objects")
+        path = f"{prefix}/{name}" if prefix else name
+        try:
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise UnsupportedFormatError(
+                    f"{where}: {clip(path)} is an external link to {clip(link.filename)}; tf2flax reads nothing "
+                    "outside the file it was given")
+            if isinstance(link, h5py.SoftLink):
+                continue
+            obj = group[name]
+        except (UnsupportedFormatError, CorruptCheckpointError):
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpointError(f"{where}: {clip(path)} cannot be opened ({short_error(e)})") from None
+        if isinstance(obj, h5py.Group):
+            groups.append(path)
+            _walk(obj, path, size, where, found, count, depth + 1, groups)
+        elif isinstance(obj, h5py.Dataset):
+            check_dataset(obj, path, size, where)
+            found[path] = obj
+
+
+def check_dataset(ds: Any, path: str, size: int, where: str) -> None:
+    """Refuse dataset ``ds`` unless its layout, filters and declared size fit inside a ``size``-byte file."""
+    import h5py
+
+    here = f"{where}: dataset {clip(path)}"
+    try:
+        plist = ds.id.get_create_plist()
+        layout = plist.get_layout()
+        shape = ds.shape
+        itemsize = ds.id.get_type().get_size()
+        external = plist.get_external_count()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())] if layout == h5py.h5d.CHUNKED else []
+    except (OSError, RuntimeError, ValueError, TypeError) as e:
+        raise CorruptCheckpointError(f"{here}: its layout cannot be read ({short_error(e)})") from None
+    if layout == getattr(h5py.h5d, "VIRTUAL", -1):
+        raise UnsupportedFormatError(f"{here} is a virtual dataset (its data lies in other files); tf2flax reads "
+                                     "nothing outside the file it was given")
+    if external:
+        raise UnsupportedFormatError(f"{here} keeps its data in {external} external file(s); tf2flax reads nothing "
+                                     "outside the file it was given")
+    unknown = [f for f in filters if f not in ALLOWED_FILTERS]
+    if unknown:
+        raise UnsupportedFormatError(
+            f"{here} uses HDF5 filter {unknown[0]}, which tf2flax does not run (allowed: "
+            f"{', '.join(sorted(ALLOWED_FILTERS.values()))})")
+    if shape is None:  # a null dataspace: nothing to read
+        return
+    nbytes = math.prod(shape) * itemsize
+    try:
+        if layout == h5py.h5d.CHUNKED:
+            stored = _chunks_stored(ds, size, here)
+        elif layout == h5py.h5d.CONTIGUOUS:
+            offset = ds.id.get_offset()
+            stored = ds.id.get_storage_size() if offset is not None else 0
+            if offset is not None and (offset < 0 or offset + stored > size):
+                raise CorruptCheckpointError(
+                    f"{here}: its {stored} bytes at offset {offset} lie outside the file's {size} bytes")
+        else:  # compact: the data lies in the object header, which the library has read already
+            stored = ds.id.get_storage_size()
+    except CorruptCheckpointError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError) as e:
+        raise CorruptCheckpointError(f"{here}: its storage cannot be read ({short_error(e)})") from None
+    limit = stored * (MAX_EXPANSION if filters else 1) + MAX_UNSTORED_BYTES
+    if nbytes > limit:
+        raise CorruptCheckpointError(
+            f"{here} declares shape {list(shape)} ({nbytes} bytes) but stores {stored} bytes in a "
+            f"{size}-byte file")
+
+
+def _chunks_stored(ds: Any, size: int, here: str) -> int:
+    """The bytes of ``ds``'s allocated chunks, each checked to lie inside the file."""
+    count = ds.id.get_num_chunks()
+    if count > MAX_OBJECTS:
+        raise CorruptCheckpointError(f"{here}: {count} chunks, more than {MAX_OBJECTS}")
+    total = 0
+    for i in range(count):
+        chunk = ds.id.get_chunk_info(i)
+        if chunk.byte_offset is None or chunk.byte_offset < 0 or chunk.byte_offset + chunk.size > size:
+            raise CorruptCheckpointError(
+                f"{here}: chunk {i} ({chunk.size} bytes at offset {chunk.byte_offset}) lies outside the "
+                f"file's {size} bytes")
+        total += chunk.size
+    return total

@@ -1,0 +1,335 @@
+"""Reading Keras weights files: ``.keras`` archives, Keras 3 ``.weights.h5``, Keras 2 ``.h5``.
+
+All three hold HDF5 (read with h5py, imported only here):
+
+- a ``.keras`` file is a zip of ``config.json``, ``metadata.json`` and ``model.weights.h5``. Keras
+  stores the weights member uncompressed, so it is read in place (HDF5 over the member's byte range
+  of the zip); a deflated member is decompressed into memory up to :data:`MAX_INFLATED_BYTES`.
+  Variables are named by their Keras paths (``mha/query/kernel``), derived from ``config.json``
+  (``keras_names.py``); the stored paths (``layers/dense/vars/0``) work as well.
+- a Keras 3 ``.weights.h5``: the same HDF5, alone. Names are the stored paths, or Keras paths when
+  ``keras_config`` (the model's ``config.json`` or ``.keras``) is given.
+- a Keras 2 ``.h5`` (``model.save("m.h5")``, ``save_weights("m.h5")``): ``<layer>/<weight>`` from its
+  ``layer_names``/``weight_names`` attributes (``conv1_conv/kernel``).
+
+Optimizer variables are listed under ``optimizer/...``. Opening walks and checks the whole HDF5
+tree (``hdf5.py``) and reads no tensor data. A region read is an HDF5 hyperslab selection: only the
+rows and columns asked for are read (for chunked, compressed datasets: the chunks they touch, each
+decompressed whole).
+
+Example::
+
+    with open_checkpoint("model.keras") as ckpt:               # a KerasCheckpoint
+        ckpt.opened                                          # 'Keras 3 .keras archive: /m/model.keras ...'
+        ckpt.read("dense_1/kernel", np.s_[:, :8])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import threading
+import zipfile
+from typing import Any, Mapping
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import CorruptCheckpointError, UnsupportedFormatError, clip
+from ..storage import LocalStore, Store, open_store
+from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, squeezed
+from .hdf5 import OpenHDF5, WindowFile, datasets, open_hdf5, short_error, text_attribute, text_list_attribute
+from .keras_names import keras2_name, keras3_names
+
+WEIGHTS_MEMBER = "model.weights.h5"
+CONFIG_MEMBER = "config.json"
+MAX_INFLATED_BYTES = 1 << 30
+MAX_CONFIG_BYTES = 64 << 20
+_VARS = re.compile(r"^(?:(.*)/)?vars/\d+$")
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+# numpy dtype -> TensorFlow DataType enum (what TensorInfo carries for every format)
+_ENUMS = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.uint8): 4,
+          np.dtype(np.int16): 5, np.dtype(np.int8): 6, np.dtype(np.complex64): 8, np.dtype(np.int64): 9,
+          np.dtype(np.bool_): 10, np.dtype(ml_dtypes.bfloat16): 14, np.dtype(np.uint16): 17,
+          np.dtype(np.complex128): 18, np.dtype(np.float16): 19, np.dtype(np.uint32): 22, np.dtype(np.uint64): 23}
+
+
+class MemoryStore:
+    """One file's bytes held in memory (a ``.keras`` member that had to be decompressed)."""
+
+    def __init__(self, name: str, data: bytes, shown: str):
+        self.location, self.name, self.data, self.shown = "", name, data, shown
+
+    def describe(self, name: str) -> str:
+        return self.shown
+
+    def exists(self, name: str) -> bool:
+        return name == self.name
+
+    def size(self, name: str) -> int:
+        return len(self.data)
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> bytes:
+        return self.data[start:stop]
+
+    def read_into(self, name: str, offset: int, out: memoryview) -> None:
+        out[:] = memoryview(self.data)[offset:offset + len(out)]
+
+
+class KerasCheckpoint(Checkpoint):
+    """An open Keras weights file, with :class:`Checkpoint`'s interface. Use ``open_checkpoint``.
+
+    ``kind``: ``"keras"`` (a ``.keras`` archive), ``"keras3"`` (a ``.weights.h5``) or ``"keras2"``;
+    ``aliases``: every other accepted name (stored HDF5 paths) -> the listed name.
+
+    Example::
+
+        ckpt = open_checkpoint("m.weights.h5", keras_config="config.json")
+        ckpt.read("stem_bn/moving_mean")
+    """
+
+    def __init__(self, store: Store, name: str, keras_config: Any = None):
+        self.store = store
+        self.file = name
+        self.path = store.describe(name)
+        self.stats = ReadStats()
+        self._infos: dict[str, TensorInfo] = {}
+        self._lock = threading.Lock()
+        size = _file_size(store, name, self.path)
+        head = store.read(name, 0, min(size, 4))
+        config, member = None, ""
+        if head == b"PK\x03\x04":
+            self.kind = "keras"
+            h5_store, h5_name, start, length, config, member = self._open_archive(size)
+        else:
+            self.kind = "keras3"
+            h5_store, h5_name, start, length = store, name, 0, size
+        if keras_config is not None:
+            config = load_keras_config(keras_config)
+        self._h5: OpenHDF5 = open_hdf5(h5_store, h5_name, start, length, self.path, self.stats)
+        try:
+            self._open_tree(config)
+        except BaseException:
+            self._h5.close()
+            raise
+        self.opened = self._describe(member, keras_config)
+
+    # ---- opening -----------------------------------------------------------------------------
+    def _open_archive(self, size: int) -> tuple[Store, str, int, int, Any, str]:
+        """The weights member's place (in place when stored, else decompressed) and the parsed config."""
+        zip_file = WindowFile(self.store, self.file, 0, size, self.stats)
+        try:
+            archive = zipfile.ZipFile(zip_file)
+            names = archive.namelist()
+            if WEIGHTS_MEMBER not in names:
+                sharded = any(n.endswith(".weights.json") for n in names)
+                raise UnsupportedFormatError(
+                    f"{self.path}: a zip archive with no {WEIGHTS_MEMBER}"
+                    + ("; its weights are sharded (model.weights.json), which tf2flax does not read yet"
+                       if sharded else ", so not a Keras .keras file"))
+            info = archive.getinfo(WEIGHTS_MEMBER)
+            config = _archive_config(archive, self.path) if CONFIG_MEMBER in names else None
+            if info.flag_bits & 1:
+                raise UnsupportedFormatError(f"{self.path}: {WEIGHTS_MEMBER} is encrypted")
+            if info.compress_type == zipfile.ZIP_STORED:
+                header = self.store.read(self.file, info.header_offset, info.header_offset + _ZIP_LOCAL_HEADER.size)
+                signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(header)
+                start = info.header_offset + _ZIP_LOCAL_HEADER.size + name_length + extra_length
+                if signature != b"PK\x03\x04" or start + info.file_size > size:
+                    raise CorruptCheckpointError(f"{self.path}: {WEIGHTS_MEMBER}'s entry does not fit in the archive")
+                return self.store, self.file, start, info.file_size, config, "read in place"
+            if info.file_size > MAX_INFLATED_BYTES:
+                raise UnsupportedFormatError(
+                    f"{self.path}: {WEIGHTS_MEMBER} is compressed ({info.file_size} bytes once inflated, more than "
+                    f"the {MAX_INFLATED_BYTES} tf2flax decompresses in memory); Keras stores it uncompressed: "
+                    "unzip the archive and open model.weights.h5 with keras_config=config.json")
+            data = archive.read(WEIGHTS_MEMBER)  # zipfile stops at the declared size and checks the CRC
+            shown = f"{self.path}[{WEIGHTS_MEMBER}]"
+            return MemoryStore(WEIGHTS_MEMBER, data, shown), WEIGHTS_MEMBER, 0, len(data), config, "decompressed"
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
+                RuntimeError, struct.error, KeyError) as e:
+            if isinstance(e, (UnsupportedFormatError, CorruptCheckpointError)):
+                raise
+            raise CorruptCheckpointError(f"{self.path}: not a readable .keras (zip) archive ({short_error(e)})") \
+                from None
+
+    def _open_tree(self, config: Any) -> None:
+        h5 = self._h5.file
+        groups: list[str] = []
+        found = datasets(h5, self._h5.size, self.path, groups)
+        self._datasets = found
+        group_set = set(groups)
+        names: dict[str, str] = {}  # listed name -> dataset path
+        if "model_weights" in group_set or "layer_names" in h5.attrs:
+            self.kind = "keras2" if self.kind != "keras" else self.kind
+            self.full_model = "model_weights" in group_set
+            self.keras_version = text_attribute(h5, "keras_version", self.path) or ""
+            names = self._keras2_names(found)
+        elif any(g == "layers" or g == "vars" or g.endswith("/vars") or g == "_layer_checkpoint_dependencies"
+                 for g in groups) or any(_VARS.match(p) for p in found):
+            derived = keras3_names(config, self._groups(found, group_set)) if isinstance(config, Mapping) else {}
+            counts: dict[str, int] = {}
+            for stored in derived.values():
+                counts[stored] = counts.get(stored, 0) + 1
+            for path in found:
+                name = derived.get(path, path)
+                names[name if counts.get(name, 0) <= 1 and name not in found else path] = path
+        else:
+            raise UnsupportedFormatError(
+                f"{self.path}: an HDF5 file with no Keras weights layout (no layers/, vars/ or model_weights "
+                "groups, no layer_names attribute); tf2flax reads Keras .keras, .weights.h5 and .h5 files and "
+                "TensorFlow checkpoints")
+        self.names = sorted(names)
+        self.aliases = {path: name for name, path in names.items() if path != name}
+        self._entries = {**names, **{path: path for path in self.aliases}}
+
+    def _groups(self, found: Mapping[str, Any], groups: set[str]) -> dict[str, tuple[str | None, int]]:
+        """Layer group -> (its stored name, how many variables it holds), for every group with ``vars``."""
+        out: dict[str, tuple[str | None, int]] = {}
+        counts: dict[str, int] = {}
+        for path in found:
+            match = _VARS.match(path)
+            if match:
+                counts[match.group(1) or ""] = counts.get(match.group(1) or "", 0) + 1
+        for group in groups | {""}:
+            vars_group = f"{group}/vars" if group else "vars"
+            if vars_group in groups:
+                out[group] = (text_attribute(self._h5.file[vars_group], "name", self.path), counts.get(group, 0))
+        return out
+
+    def _keras2_names(self, found: Mapping[str, Any]) -> dict[str, str]:
+        h5 = self._h5.file
+        root = h5["model_weights"] if self.full_model else h5
+        prefix = "model_weights/" if self.full_model else ""
+        names: dict[str, str] = {}
+        for layer in text_list_attribute(root, "layer_names", self.path) or []:
+            if layer not in root or not hasattr(root[layer], "keys"):
+                continue
+            for weight in text_list_attribute(root[layer], "weight_names", self.path) or []:
+                path = f"{prefix}{layer}/{weight}"
+                if path in found:
+                    names.setdefault(keras2_name(layer, weight), path)
+        if "optimizer_weights" in h5:
+            for weight in text_list_attribute(h5["optimizer_weights"], "weight_names", self.path) or []:
+                path = f"optimizer_weights/{weight}"
+                if path in found:
+                    names.setdefault("optimizer/" + re.sub(r":\d+$", "", weight), path)
+        named = set(names.values())
+        for path in found:  # datasets the attributes do not name keep their stored paths
+            if path not in named:
+                names.setdefault(path, path)
+        return names
+
+    def _describe(self, member: str, keras_config: Any) -> str:
+        if self.kind == "keras":
+            return f"Keras 3 .keras archive: {self.path} ({WEIGHTS_MEMBER} {member})"
+        if self.kind == "keras2":
+            what = "full model" if self.full_model else "weights only"
+            by = f", written by Keras {self.keras_version}" if self.keras_version else ""
+            return f"Keras HDF5 file (Keras 2 layout, {what}{by}): {self.path}"
+        names = " with Keras names from keras_config" if keras_config is not None else ""
+        return f"Keras 3 weights file (.weights.h5){names}: {self.path}"
+
+    # ---- metadata ----------------------------------------------------------------------------
+    def _decode_info(self, name: str) -> TensorInfo:
+        path = self._entries[name]
+        ds = self._datasets[path]
+        here = f"{self.path}: tensor {clip(name)}"
+        try:
+            dtype = _numpy_dtype(ds, here)
+            offset = ds.id.get_offset() or 0
+        except (OSError, RuntimeError, ValueError, TypeError) as e:
+            raise CorruptCheckpointError(f"{here}: its type cannot be read ({short_error(e)})") from None
+        shape = tuple(int(d) for d in (ds.shape or ()))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        enum = _ENUMS[dtype]
+        return TensorInfo(name, dtype, enum, shape, StoredTensor(enum, shape, 0, offset, nbytes, 0))
+
+    def list_variables(self) -> list[tuple[str, list[int]]]:
+        """[(name, shape)] sorted by name, from the HDF5 metadata (no tensor data read)."""
+        return [(n, list(self._datasets[self._entries[n]].shape or ())) for n in self.names]
+
+    # ---- reading -----------------------------------------------------------------------------
+    def read(self, name: str, index: Any = None) -> np.ndarray:
+        """Tensor ``name``, or the region ``index`` of it: an HDF5 hyperslab, so only that region's bytes
+        (for chunked datasets, the chunks it touches) are read."""
+        info = self.info(name)
+        region, squeeze = self._region(info, index)
+        ds = self._datasets[self._entries[name]]
+        try:
+            with self._lock:
+                raw = ds[region] if info.shape else ds[()]
+        except (OSError, RuntimeError, ValueError, TypeError) as e:
+            raise CorruptCheckpointError(f"{self.path}: tensor {clip(name)} cannot be read ({short_error(e)})") \
+                from None
+        array = np.asarray(raw)
+        array = array.view(info.dtype) if array.dtype.kind == "V" else array.astype(info.dtype, copy=False)
+        return squeezed(array.reshape(tuple(s.stop - s.start for s in region)), squeeze)
+
+    def close(self) -> None:
+        self._h5.close()
+        super().close()
+
+
+def _numpy_dtype(ds: Any, here: str) -> np.dtype:
+    stored = ds.dtype
+    if stored.kind == "V" and stored.itemsize == 2 and not stored.names:
+        marker = ds.attrs.get("dtype")
+        if (marker.decode() if isinstance(marker, bytes) else marker) == "bfloat16":
+            return np.dtype(ml_dtypes.bfloat16)
+    native = stored.newbyteorder("=") if stored.kind in "fiucb" else None
+    if native is None or native not in _ENUMS:
+        raise UnsupportedFormatError(f"{here}: HDF5 type {stored} is not a numeric type tf2flax reads")
+    return native
+
+
+def _file_size(store: Store, name: str, where: str) -> int:
+    size = store.size(name)
+    if size is None:
+        raise UnsupportedFormatError(
+            f"{where}: Keras files are read from local paths only (their size must be known); copy it locally")
+    return size
+
+
+def _archive_config(archive: zipfile.ZipFile, where: str) -> Any:
+    info = archive.getinfo(CONFIG_MEMBER)
+    if info.file_size > MAX_CONFIG_BYTES:
+        raise CorruptCheckpointError(f"{where}: {CONFIG_MEMBER} declares {info.file_size} bytes")
+    return _parse_config(archive.read(CONFIG_MEMBER), f"{where}[{CONFIG_MEMBER}]")
+
+
+def _parse_config(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CorruptCheckpointError(f"{where}: not a JSON model config ({short_error(e)})") from None
+
+
+def load_keras_config(source: Any) -> Any:
+    """A Keras model config: a dict as given, or read from a ``config.json`` or a ``.keras`` archive.
+
+    Example::
+
+        load_keras_config("model.keras")["class_name"]       # 'Functional'
+    """
+    if isinstance(source, Mapping):
+        return source
+    path = os.fspath(source)
+    store, name = open_store(path)
+    size = store.size(name)
+    if isinstance(store, LocalStore) and not store.exists(name):
+        raise UnsupportedFormatError(f"{store.describe(name)}: keras_config not found")
+    if store.read(name, 0, 4) == b"PK\x03\x04":
+        if size is None:
+            raise UnsupportedFormatError(f"{store.describe(name)}: a .keras keras_config must be a local file")
+        try:
+            with zipfile.ZipFile(WindowFile(store, name, 0, size)) as archive:
+                return _archive_config(archive, store.describe(name))
+        except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as e:
+            raise CorruptCheckpointError(
+                f"{store.describe(name)}: not a .keras archive with a {CONFIG_MEMBER} ({short_error(e)})") from None
+    if size is not None and size > MAX_CONFIG_BYTES:
+        raise CorruptCheckpointError(f"{store.describe(name)}: {size} bytes, too large for a model config")
+    return _parse_config(store.read(name), store.describe(name))
