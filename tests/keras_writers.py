@@ -17,7 +17,9 @@ Models:
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -121,18 +123,98 @@ def rnn() -> Any:
                   np.zeros((2, 1), "float32"), optimizer="rmsprop")
 
 
-MODELS: dict[str, Callable[[], Any]] = {"mlp": mlp, "cnn": cnn, "encoder": encoder, "rnn": rnn}
+def wide() -> Any:
+    """Large enough tensors (a 256x512 kernel, 512 KiB) to tell a region read from a whole read."""
+    k = keras()
+    layers = k.layers
+    model = k.Sequential([k.Input((256,)), layers.Dense(512, name="wide"), layers.Dense(8, name="narrow")],
+                         name="wide_model")
+    return _train(model, np.ones((2, 256), "float32"), np.zeros((2, 8), "float32"))
+
+
+MODELS: dict[str, Callable[[], Any]] = {"mlp": mlp, "cnn": cnn, "encoder": encoder, "rnn": rnn, "wide": wide}
+
+
+def _values(weights: Any) -> dict[str, np.ndarray]:
+    return {w.path: np.asarray(w.numpy() if hasattr(w, "numpy") else w) for w in weights}
+
+
+def _save_expected(path: Path, values: dict[str, np.ndarray]) -> None:
+    """``path.npz`` (arrays by position) and ``path.json`` (their names): "/" is not safe in npz keys."""
+    names = list(values)
+    np.savez(str(path) + ".npz", *[values[n] for n in names])
+    Path(str(path) + ".json").write_text(json.dumps(names))
+
+
+def load_expected(path: Path) -> dict[str, np.ndarray]:
+    """What :func:`write_all` recorded: variable name -> value."""
+    names = json.loads(Path(str(path) + ".json").read_text())
+    with np.load(str(path) + ".npz") as data:
+        return {n: data[f"arr_{i}"] for i, n in enumerate(names)}
 
 
 def write_all(name: str, directory: Path, seed: int = 0) -> dict[str, Path]:
-    """Build model ``name``, randomize it, save it as ``.keras``, ``.weights.h5`` and legacy ``.h5``."""
+    """Build model ``name``, randomize it, save it as ``.keras``, ``.weights.h5``, legacy ``.h5`` and a
+    Keras 2 layout weights-only ``.h5``, and record what Keras says each file holds:
+
+    - ``<name>.keras.expected``: ``[w.path for w in load_model(.keras).weights]`` and their values
+      (the Keras paths a ``.keras``, or a ``.weights.h5`` given its config, must list);
+    - ``<name>.h5.expected``: the saving model's ``w.path`` and values (the names the legacy writer
+      puts in ``weight_names``).
+    """
+    k = keras()
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = MODELS[name]()
     randomize(model, seed)
     paths = {"keras": directory / f"{name}.keras", "weights": directory / f"{name}.weights.h5",
-             "h5": directory / f"{name}.h5"}
+             "h5": directory / f"{name}.h5", "h5_weights": directory / f"{name}.k2weights.h5"}
     model.save(paths["keras"])
     model.save_weights(paths["weights"])
     model.save(paths["h5"])
+    with h5py.File(paths["h5_weights"], "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    _save_expected(directory / f"{name}.h5.expected", _values(model.weights))
+    loaded = k.saving.load_model(paths["keras"], compile=False)
+    _save_expected(directory / f"{name}.keras.expected", _values(loaded.weights))
+    optimizer = [np.asarray(v.numpy()) for v in model.optimizer.variables]
+    _save_expected(directory / f"{name}.optimizer.expected", {f"optimizer/vars/{i}": v for i, v in enumerate(optimizer)})
     return paths
+
+
+def write_tf_keras(directory: Path, seed: int = 0) -> dict[str, Path]:
+    """A real Keras 2 (``tf_keras``) model with a nested Sequential, saved with ``model.save("m.h5")`` and
+    ``save_weights("w.h5")``; ``tf_keras.expected``: each weight's ``w.name`` and value."""
+    import tf_keras as k2
+
+    directory = Path(directory)
+    layers = k2.layers
+    inp = k2.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, name="conv1_conv")(inp)
+    x = layers.BatchNormalization(name="conv1_bn")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    head = k2.Sequential([layers.Dense(5), layers.Dense(2)], name="head")
+    model = k2.Model(inp, head(x))
+    model.compile("adam", "mse")
+    model.fit(np.zeros((2, 8, 8, 3)), np.zeros((2, 2)), verbose=0)
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        w.assign(np.abs(rng.standard_normal(tuple(w.shape))).astype("float32") + 0.1)
+    paths = {"h5": directory / "tf_keras.h5", "h5_weights": directory / "tf_keras.weights_only.h5"}
+    model.save(paths["h5"])
+    model.save_weights(paths["h5_weights"])
+    _save_expected(directory / "tf_keras.expected", {w.name: w.numpy() for w in model.weights})
+    return paths
+
+
+if __name__ == "__main__":  # python keras_writers.py OUT_DIR: every model, in every format
+    out = Path(sys.argv[1])
+    for model_name in MODELS:
+        write_all(model_name, out)
+    try:
+        write_tf_keras(out)
+    except ImportError:
+        pass

@@ -92,7 +92,8 @@ class KerasCheckpoint(Checkpoint):
 
     def __init__(self, store: Store, name: str, keras_config: Any = None):
         self.store = store
-        self.file = name
+        self.file = self.prefix = name
+        self.num_shards = 1
         self.path = store.describe(name)
         self.stats = ReadStats()
         self._infos: dict[str, TensorInfo] = {}

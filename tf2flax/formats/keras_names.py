@@ -212,13 +212,16 @@ _INDEX_SUFFIX = re.compile(r":\d+$")
 
 
 def keras2_name(layer: str, weight: str) -> str:
-    """A Keras 2 weight's name: ``weight_names`` entry without ``:0``, prefixed by its layer's name when
-    it does not start with it (the weights of nested models).
+    """A Keras 2 weight's name: its ``weight_names`` entry without ``:0``, from its layer's name on; a
+    weight whose name does not hold its layer's name (a nested model's) is prefixed with it.
 
     Example::
 
         keras2_name("conv1_conv", "conv1_conv/kernel:0")     # 'conv1_conv/kernel'
         keras2_name("resnet50", "conv1_conv/kernel:0")       # 'resnet50/conv1_conv/kernel'
+        keras2_name("dense", "sequential/dense/kernel")      # 'dense/kernel' (Keras 3's legacy writer)
     """
-    weight = _INDEX_SUFFIX.sub("", weight)
-    return weight if weight == layer or weight.startswith(layer + "/") else f"{layer}/{weight}"
+    parts = _INDEX_SUFFIX.sub("", weight).split("/")
+    if layer in parts[:-1]:
+        return "/".join(parts[parts.index(layer):])
+    return "/".join([layer, *parts])
