@@ -12,7 +12,11 @@ Models:
   functional model with a nested Sequential head;
 - ``encoder``: Embedding, MultiHeadAttention, LayerNormalization, a nested Functional feed-forward
   block and a nested Sequential;
-- ``rnn``: Conv1D, GRU, LSTM, SimpleRNN, Bidirectional(LSTM), TimeDistributed(Dense), Conv3D input branch.
+- ``rnn``: Conv1D, GRU, LSTM, SimpleRNN, Bidirectional(LSTM), TimeDistributed(Dense), Conv3D input branch;
+- ``wide``: two Dense layers with a 512 KiB kernel, for region reads;
+- ``zoo``: many more built-in classes (normalizations, attentions, 1-D convolutions, RNN(cell),
+  ConvLSTM2D, GroupQueryAttention, a Normalization adapted to data, ...);
+- ``mobilenet``: ``keras.applications.MobileNetV2`` with random weights.
 """
 
 from __future__ import annotations
@@ -132,7 +136,52 @@ def wide() -> Any:
     return _train(model, np.ones((2, 256), "float32"), np.zeros((2, 8), "float32"))
 
 
-MODELS: dict[str, Callable[[], Any]] = {"mlp": mlp, "cnn": cnn, "encoder": encoder, "rnn": rnn, "wide": wide}
+def zoo() -> Any:
+    """Many built-in layer classes at once (each with a variable layout of its own), three inputs."""
+    k = keras()
+    layers = k.layers
+    image = k.Input((8, 8, 3), name="image")
+    x = layers.GroupNormalization(groups=3, name="gn")(image)
+    x = layers.Conv2D(4, 3, padding="same", name="conv")(x)
+    x = layers.UnitNormalization()(x)
+    x = layers.Reshape((8, 32))(x)
+    x = layers.Conv1D(6, 2, name="c1")(x)
+    y = layers.Attention(use_scale=True, score_mode="concat", name="att")([x, x])
+    y2 = layers.AdditiveAttention(name="add_att")([x, x])
+    x = layers.Concatenate()([y, y2])
+    x = layers.GRU(4, reset_after=False, return_sequences=True, name="gru_v1")(x)
+    x = layers.SeparableConv1D(3, 2, name="sep1")(x)
+    x = layers.DepthwiseConv1D(2, name="dw1")(x)
+    x = layers.Conv1DTranspose(2, 2, name="up1")(x)
+    x = layers.RNN(layers.LSTMCell(3), name="rnn_lstm")(x)
+    x = layers.Dense(4, name="d")(x)
+    x = layers.RMSNormalization(name="rms")(x)
+    x = layers.EinsumDense("ab,bc->ac", output_shape=5, bias_axes="c", name="einsum")(x)
+    clip = k.Input((3, 6, 6, 2), name="clip")
+    c = layers.ConvLSTM2D(2, 3, name="convlstm")(clip)
+    c = layers.Conv3D(1, 1, name="c3")(layers.Reshape((4, 4, 2, 1))(c))
+    tokens = k.Input((5,), dtype="int32", name="tokens")
+    e = layers.Embedding(20, 4, mask_zero=True, name="emb")(tokens)
+    e = layers.GroupQueryAttention(head_dim=2, num_query_heads=2, num_key_value_heads=1, name="gqa")(e, e)
+    e = layers.Bidirectional(layers.GRU(2), backward_layer=layers.GRU(2, go_backwards=True), name="bigru")(e)
+    norm = layers.Normalization(name="norm")
+    norm.adapt(np.arange(30, dtype="float32").reshape(10, 3))
+    n = layers.Dense(2, name="nd")(norm(layers.Dense(3, name="pre")(e)))
+    out = layers.Concatenate()([x, layers.Flatten()(c), n])
+    model = k.Model([image, clip, tokens], out, name="zoo")
+    return _train(model, [np.ones((2, 8, 8, 3), "float32"), np.ones((2, 3, 6, 6, 2), "float32"),
+                          np.ones((2, 5), "int32")], np.zeros((2, 39), "float32"))
+
+
+def mobilenet() -> Any:
+    """Keras's own MobileNetV2 (random weights, 32x32 input): an application model as users save it."""
+    k = keras()
+    model = k.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=3, alpha=0.35)
+    return _train(model, np.ones((2, 32, 32, 3), "float32"), np.zeros((2, 3), "float32"), optimizer="sgd")
+
+
+MODELS: dict[str, Callable[[], Any]] = {"mlp": mlp, "cnn": cnn, "encoder": encoder, "rnn": rnn, "wide": wide,
+                                        "zoo": zoo, "mobilenet": mobilenet}
 
 
 def _values(weights: Any) -> dict[str, np.ndarray]:

@@ -115,7 +115,7 @@ def test_real_keras2_files_from_tf_keras(kdir):
     expected = {n if n.startswith(("conv1_", "optimizer")) else f"head/{n}": v for n, v in expected.items()}
     for name in ("tf_keras.h5", "tf_keras.weights_only.h5"):
         with tf2flax.open_checkpoint(kdir / name) as ckpt:
-            assert "Keras 2.21.0" in ckpt.opened
+            assert ckpt.opened.startswith("Keras HDF5 file (Keras 2 layout")
             _check_all(ckpt, expected)
             assert sorted(n for n in ckpt.names if not n.startswith("optimizer/")) == sorted(expected)
 

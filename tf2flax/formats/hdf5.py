@@ -20,8 +20,6 @@ import math
 import time
 from typing import Any
 
-import numpy as np
-
 from ..errors import CorruptCheckpointError, UnsupportedFormatError, clip
 from ..storage import Store
 from .base import ReadStats
@@ -34,7 +32,6 @@ MAX_EXPANSION = 1100
 MAX_UNSTORED_BYTES = 1 << 20
 MAX_OBJECTS = 1_000_000
 MAX_DEPTH = 64
-MAX_ATTRIBUTE_BYTES = 64 << 20
 
 
 class WindowFile(io.RawIOBase):
@@ -117,53 +114,11 @@ def short_error(error: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def attribute(obj: Any, key: str, where: str) -> Any:
-    """Attribute ``key`` of HDF5 object ``obj`` (None if absent), its size checked before it is read."""
-    import h5py
-
-    try:
-        if key not in obj.attrs:
-            return None
-        attr = h5py.h5a.open(obj.id, key.encode())
-        if math.prod(attr.shape or ()) > MAX_ATTRIBUTE_BYTES or _storage_size(attr) > MAX_ATTRIBUTE_BYTES:
-            raise CorruptCheckpointError(f"{where}: attribute {key!r} of {clip(obj.name)} is too large")
-        return obj.attrs[key]
-    except CorruptCheckpointError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        raise CorruptCheckpointError(
-            f"{where}: attribute {key!r} of {clip(obj.name)} cannot be read ({short_error(e)})") from None
-
-
-def _storage_size(attr: Any) -> int:
-    try:
-        return attr.get_storage_size()
-    except RuntimeError:  # the library reports an empty attribute's 0 bytes as an error
-        return 0
-
-
-def text_attribute(obj: Any, key: str, where: str) -> str | None:
-    """A string attribute (bytes decoded as UTF-8), or None if absent or not a string."""
-    value = attribute(obj, key, where)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
-
-
-def text_list_attribute(obj: Any, key: str, where: str) -> list[str] | None:
-    """An attribute holding a list of strings (Keras 2's ``layer_names``, ``weight_names``), or None."""
-    value = attribute(obj, key, where)
-    if value is None:
-        return None
-    items = np.asarray(value).reshape(-1)
-    if items.size and items.dtype.kind not in "SOU":
-        raise CorruptCheckpointError(f"{where}: attribute {key!r} of {clip(obj.name)} is not a list of names")
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in items.tolist()]
-
-
-def datasets(file: Any, size: int, where: str, groups: list[str] | None = None) -> dict[str, Any]:
+def datasets(file: Any, size: int, where: str, groups: list[str] | None = None,
+             data_ranges: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Every dataset of the HDF5 ``file`` (``size`` bytes), by path, after checking the whole tree;
-    ``groups``, if given, receives the path of every group.
+    ``groups``, if given, receives the path of every group, ``data_ranges`` the (start, stop) of every
+    dataset's stored bytes (contiguous data, chunks).
 
     Refused (UnsupportedFormatError): external links, external storage, virtual datasets, filters
     outside :data:`ALLOWED_FILTERS`. Corrupt (CorruptCheckpointError): data lying outside the file,
@@ -171,12 +126,13 @@ def datasets(file: Any, size: int, where: str, groups: list[str] | None = None) 
     Soft links are not followed (Keras never writes them).
     """
     found: dict[str, Any] = {}
-    _walk(file, "", size, where, found, [0], 0, groups if groups is not None else [])
+    _walk(file, "", size, where, found, [0], 0, groups if groups is not None else [],
+          data_ranges if data_ranges is not None else [])
     return found
 
 
 def _walk(group: Any, prefix: str, size: int, where: str, found: dict[str, Any], count: list[int], depth: int,
-          groups: list[str]) -> None:
+          groups: list[str], ranges: list[tuple[int, int]]) -> None:
     import h5py
 
     if depth > MAX_DEPTH:
@@ -206,14 +162,15 @@ def _walk(group: Any, prefix: str, size: int, where: str, found: dict[str, Any],
             raise CorruptCheckpointError(f"{where}: {clip(path)} cannot be opened ({short_error(e)})") from None
         if isinstance(obj, h5py.Group):
             groups.append(path)
-            _walk(obj, path, size, where, found, count, depth + 1, groups)
+            _walk(obj, path, size, where, found, count, depth + 1, groups, ranges)
         elif isinstance(obj, h5py.Dataset):
-            check_dataset(obj, path, size, where)
+            ranges.extend(check_dataset(obj, path, size, where))
             found[path] = obj
 
 
-def check_dataset(ds: Any, path: str, size: int, where: str) -> None:
-    """Refuse dataset ``ds`` unless its layout, filters and declared size fit inside a ``size``-byte file."""
+def check_dataset(ds: Any, path: str, size: int, where: str) -> list[tuple[int, int]]:
+    """Refuse dataset ``ds`` unless its layout, filters and declared size fit inside a ``size``-byte file;
+    the byte ranges its data occupies."""
     import h5py
 
     here = f"{where}: dataset {clip(path)}"
@@ -238,17 +195,20 @@ def check_dataset(ds: Any, path: str, size: int, where: str) -> None:
             f"{here} uses HDF5 filter {unknown[0]}, which tf2flax does not run (allowed: "
             f"{', '.join(sorted(ALLOWED_FILTERS.values()))})")
     if shape is None:  # a null dataspace: nothing to read
-        return
+        return []
     nbytes = math.prod(shape) * itemsize
+    ranges: list[tuple[int, int]] = []
     try:
         if layout == h5py.h5d.CHUNKED:
-            stored = _chunks_stored(ds, size, here)
+            stored = _chunks_stored(ds, size, here, ranges)
         elif layout == h5py.h5d.CONTIGUOUS:
             offset = ds.id.get_offset()
             stored = ds.id.get_storage_size() if offset is not None else 0
             if offset is not None and (offset < 0 or offset + stored > size):
                 raise CorruptCheckpointError(
                     f"{here}: its {stored} bytes at offset {offset} lie outside the file's {size} bytes")
+            if offset is not None:
+                ranges.append((offset, offset + stored))
         else:  # compact: the data lies in the object header, which the library has read already
             stored = ds.id.get_storage_size()
     except CorruptCheckpointError:
@@ -260,9 +220,10 @@ def check_dataset(ds: Any, path: str, size: int, where: str) -> None:
         raise CorruptCheckpointError(
             f"{here} declares shape {list(shape)} ({nbytes} bytes) but stores {stored} bytes in a "
             f"{size}-byte file")
+    return ranges
 
 
-def _chunks_stored(ds: Any, size: int, here: str) -> int:
+def _chunks_stored(ds: Any, size: int, here: str, ranges: list[tuple[int, int]]) -> int:
     """The bytes of ``ds``'s allocated chunks, each checked to lie inside the file."""
     count = ds.id.get_num_chunks()
     if count > MAX_OBJECTS:
@@ -275,4 +236,5 @@ def _chunks_stored(ds: Any, size: int, here: str) -> int:
                 f"{here}: chunk {i} ({chunk.size} bytes at offset {chunk.byte_offset}) lies outside the "
                 f"file's {size} bytes")
         total += chunk.size
+        ranges.append((chunk.byte_offset, chunk.byte_offset + chunk.size))
     return total

@@ -40,8 +40,8 @@ import numpy as np
 from ..errors import CorruptCheckpointError, UnsupportedFormatError, clip
 from ..storage import LocalStore, Store, open_store
 from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, squeezed
-from .hdf5 import OpenHDF5, WindowFile, datasets, open_hdf5, short_error, text_attribute, text_list_attribute
-from .keras_names import keras2_name, keras3_names
+from .hdf5 import OpenHDF5, WindowFile, datasets, open_hdf5, short_error
+from .keras_names import keras2_name, keras2_weight, keras3_names
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
@@ -163,10 +163,9 @@ class KerasCheckpoint(Checkpoint):
         self._datasets = found
         group_set = set(groups)
         names: dict[str, str] = {}  # listed name -> dataset path
-        if "model_weights" in group_set or "layer_names" in h5.attrs:
+        if "model_weights" in group_set or _has_attribute(h5, "layer_names"):
             self.kind = "keras2" if self.kind != "keras" else self.kind
             self.full_model = "model_weights" in group_set
-            self.keras_version = text_attribute(h5, "keras_version", self.path) or ""
             names = self._keras2_names(found)
         elif any(g == "layers" or g == "vars" or g.endswith("/vars") or g == "_layer_checkpoint_dependencies"
                  for g in groups) or any(_VARS.match(p) for p in found):
@@ -186,41 +185,36 @@ class KerasCheckpoint(Checkpoint):
         self.aliases = {path: name for name, path in names.items() if path != name}
         self._entries = {**names, **{path: path for path in self.aliases}}
 
-    def _groups(self, found: Mapping[str, Any], groups: set[str]) -> dict[str, tuple[str | None, int]]:
-        """Layer group -> (its stored name, how many variables it holds), for every group with ``vars``."""
-        out: dict[str, tuple[str | None, int]] = {}
+    @staticmethod
+    def _groups(found: Mapping[str, Any], groups: set[str]) -> dict[str, tuple[str | None, int]]:
+        """Layer group -> (None: stored names are not read, how many variables it holds).
+
+        The ``name`` attributes Keras writes are variable-length strings, kept in HDF5's global heap,
+        where a damaged file can crash or hang the HDF5 library: tf2flax reads no string attribute.
+        """
         counts: dict[str, int] = {}
         for path in found:
             match = _VARS.match(path)
             if match:
                 counts[match.group(1) or ""] = counts.get(match.group(1) or "", 0) + 1
-        for group in groups | {""}:
-            vars_group = f"{group}/vars" if group else "vars"
-            if vars_group in groups:
-                out[group] = (text_attribute(self._h5.file[vars_group], "name", self.path), counts.get(group, 0))
-        return out
+        return {group: (None, counts.get(group, 0)) for group in groups | {""}
+                if (f"{group}/vars" if group else "vars") in groups}
 
     def _keras2_names(self, found: Mapping[str, Any]) -> dict[str, str]:
-        h5 = self._h5.file
-        root = h5["model_weights"] if self.full_model else h5
+        """``<layer>/<weight>`` for each dataset ``[model_weights/]<layer>/<weight>:0``; optimizer weights
+        (``optimizer_weights/<weight>``) under ``optimizer/``. Read from the group tree, which holds the
+        same names as the ``layer_names``/``weight_names`` attributes (string attributes are not read)."""
         prefix = "model_weights/" if self.full_model else ""
         names: dict[str, str] = {}
-        for layer in text_list_attribute(root, "layer_names", self.path) or []:
-            if layer not in root or not hasattr(root[layer], "keys"):
-                continue
-            for weight in text_list_attribute(root[layer], "weight_names", self.path) or []:
-                path = f"{prefix}{layer}/{weight}"
-                if path in found:
-                    names.setdefault(keras2_name(layer, weight), path)
-        if "optimizer_weights" in h5:
-            for weight in text_list_attribute(h5["optimizer_weights"], "weight_names", self.path) or []:
-                path = f"optimizer_weights/{weight}"
-                if path in found:
-                    names.setdefault("optimizer/" + re.sub(r":\d+$", "", weight), path)
-        named = set(names.values())
-        for path in found:  # datasets the attributes do not name keep their stored paths
-            if path not in named:
-                names.setdefault(path, path)
+        for path in found:
+            if path.startswith("optimizer_weights/"):
+                name = "optimizer/" + keras2_weight(path[len("optimizer_weights/"):])
+            elif path.startswith(prefix) and "/" in path[len(prefix):]:
+                layer, weight = path[len(prefix):].split("/", 1)
+                name = keras2_name(layer, weight)
+            else:
+                name = path
+            names[name if name not in names else path] = path
         return names
 
     def _describe(self, member: str, keras_config: Any) -> str:
@@ -228,8 +222,7 @@ class KerasCheckpoint(Checkpoint):
             return f"Keras 3 .keras archive: {self.path} ({WEIGHTS_MEMBER} {member})"
         if self.kind == "keras2":
             what = "full model" if self.full_model else "weights only"
-            by = f", written by Keras {self.keras_version}" if self.keras_version else ""
-            return f"Keras HDF5 file (Keras 2 layout, {what}{by}): {self.path}"
+            return f"Keras HDF5 file (Keras 2 layout, {what}): {self.path}"
         names = " with Keras names from keras_config" if keras_config is not None else ""
         return f"Keras 3 weights file (.weights.h5){names}: {self.path}"
 
@@ -274,12 +267,23 @@ class KerasCheckpoint(Checkpoint):
         super().close()
 
 
+def _has_attribute(obj: Any, key: str) -> bool:
+    """Whether HDF5 object ``obj`` has attribute ``key`` (its value is not read)."""
+    try:
+        return key in obj.attrs
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise CorruptCheckpointError(f"{obj.file.filename}: attributes cannot be listed ({short_error(e)})") from None
+
+
 def _numpy_dtype(ds: Any, here: str) -> np.dtype:
+    import h5py
+
     stored = ds.dtype
-    if stored.kind == "V" and stored.itemsize == 2 and not stored.names:
-        marker = ds.attrs.get("dtype")
-        if (marker.decode() if isinstance(marker, bytes) else marker) == "bfloat16":
-            return np.dtype(ml_dtypes.bfloat16)
+    if h5py.check_vlen_dtype(stored) is not None or h5py.check_string_dtype(stored) is not None:
+        raise UnsupportedFormatError(f"{here}: HDF5 type {stored} holds strings or variable-length data, which "
+                                     "tf2flax does not read (Keras weights are numbers)")
+    if stored.kind == "V" and stored.itemsize == 2 and not stored.names and _has_attribute(ds, "dtype"):
+        return np.dtype(ml_dtypes.bfloat16)  # how Keras saves bfloat16: 2-byte opaque, marked dtype="bfloat16"
     native = stored.newbyteorder("=") if stored.kind in "fiucb" else None
     if native is None or native not in _ENUMS:
         raise UnsupportedFormatError(f"{here}: HDF5 type {stored} is not a numeric type tf2flax reads")

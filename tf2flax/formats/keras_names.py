@@ -92,6 +92,16 @@ _ATTENTION = {"query_dense": ("EinsumDense", "query"), "key_dense": ("EinsumDens
 _RNN_CELLS = {"SimpleRNN": ("SimpleRNNCell", "simple_rnn_cell"), "GRU": ("GRUCell", "gru_cell"),
               "LSTM": ("LSTMCell", "lstm_cell"), "ConvLSTM1D": ("ConvLSTMCell", "conv_lstm_cell"),
               "ConvLSTM2D": ("ConvLSTMCell", "conv_lstm_cell"), "ConvLSTM3D": ("ConvLSTMCell", "conv_lstm_cell")}
+# Public names (the ``class_name`` of config.json) whose Python class, which names the stored group, differs.
+_PYTHON_CLASS = {
+    "GroupQueryAttention": "GroupedQueryAttention",
+    **{f"Convolution{d}": f"Conv{d}" for d in ("1D", "2D", "3D", "1DTranspose", "2DTranspose", "3DTranspose")},
+    **{f"SeparableConvolution{d}": f"SeparableConv{d}" for d in ("1D", "2D")},
+    **{f"AvgPool{d}": f"AveragePooling{d}" for d in ("1D", "2D", "3D")},
+    **{f"MaxPool{d}": f"MaxPooling{d}" for d in ("1D", "2D", "3D")},
+    **{f"GlobalAvgPool{d}": f"GlobalAveragePooling{d}" for d in ("1D", "2D", "3D")},
+    **{f"GlobalMaxPool{d}": f"GlobalMaxPooling{d}" for d in ("1D", "2D", "3D")},
+}
 MODELS = ("Functional", "Sequential", "Model")
 NO_VARIABLES = "no variables"
 
@@ -138,15 +148,17 @@ class _Namer:
                     if f"{group}/{key}" in self.groups:
                         self.layer({"class_name": sub_cls, "config": {**c, "name": default, "bias_axes": c.get(
                             "use_bias", True)}}, f"{group}/{key}", f"{scope}{name}/")
-        elif cls in _RNN_CELLS or cls == "RNN":
-            sub_cls, default = _RNN_CELLS.get(cls, (_class(c.get("cell")), ""))
-            cell = {**c, **_inner(c.get("cell"))} if cls == "RNN" else {**c, "name": default}
-            self.layer({"class_name": sub_cls, "config": cell}, f"{group}/cell", f"{scope}{name}/")
+        elif cls in _RNN_CELLS:  # the layer makes its cell: scoped by the layer (`gru/gru_cell/kernel`)
+            sub_cls, default = _RNN_CELLS[cls]
+            self.layer({"class_name": sub_cls, "config": {**c, "name": default}}, f"{group}/cell", f"{scope}{name}/")
+        elif cls == "RNN":  # a cell given to RNN(cell) is its own layer: unscoped (`lstm_cell/kernel`)
+            self.layer(c.get("cell"), f"{group}/cell", scope)
         elif cls == "Bidirectional":
-            forward = c.get("layer")
-            backward = c.get("backward_layer") or forward
-            self.layer(_renamed(forward, "forward_"), f"{group}/forward_layer", scope)
-            self.layer(_renamed(backward, "backward_"), f"{group}/backward_layer", scope)
+            forward = c.get("layer")  # named forward_<name> by Keras already
+            backward = c.get("backward_layer")  # a backward layer given keeps its name; else backward_<name>
+            self.layer(forward, f"{group}/forward_layer", scope)
+            self.layer(backward if backward is not None else _renamed(forward, "backward_"),
+                       f"{group}/backward_layer", scope)
         elif cls == "TimeDistributed":
             self.layer(c.get("layer"), f"{group}/layer", scope)
 
@@ -165,7 +177,7 @@ class _Namer:
         for layer in layers:
             if not isinstance(layer, Mapping):
                 continue
-            key = snake_case(_class(layer))
+            key = snake_case(_PYTHON_CLASS.get(_class(layer), _class(layer)))
             if key in used:
                 used[key] += 1
                 key = f"{key}_{used[key]}"
@@ -186,8 +198,8 @@ def _renamed(cfg: Any, prefix: str) -> Any:
         return cfg
     c = _inner(cfg)
     name = c.get("name", "")
-    if isinstance(name, str) and not name.startswith(prefix):
-        name = prefix + name.removeprefix("forward_").removeprefix("backward_")
+    if isinstance(name, str):
+        name = prefix + name.removeprefix("forward_")
     return {**cfg, "config": {**c, "name": name}}
 
 
@@ -211,6 +223,11 @@ def keras3_names(config: Config, groups: Mapping[str, tuple[str | None, int]]) -
 _INDEX_SUFFIX = re.compile(r":\d+$")
 
 
+def keras2_weight(weight: str) -> str:
+    """A Keras 2 weight name without its ``:0`` suffix."""
+    return _INDEX_SUFFIX.sub("", weight)
+
+
 def keras2_name(layer: str, weight: str) -> str:
     """A Keras 2 weight's name: its ``weight_names`` entry without ``:0``, from its layer's name on; a
     weight whose name does not hold its layer's name (a nested model's) is prefixed with it.
@@ -221,7 +238,7 @@ def keras2_name(layer: str, weight: str) -> str:
         keras2_name("resnet50", "conv1_conv/kernel:0")       # 'resnet50/conv1_conv/kernel'
         keras2_name("dense", "sequential/dense/kernel")      # 'dense/kernel' (Keras 3's legacy writer)
     """
-    parts = _INDEX_SUFFIX.sub("", weight).split("/")
+    parts = keras2_weight(weight).split("/")
     if layer in parts[:-1]:
         return "/".join(parts[parts.index(layer):])
     return "/".join([layer, *parts])
