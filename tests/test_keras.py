@@ -8,11 +8,10 @@ shape, and every read must be bitwise equal to Keras's value.
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tf2flax
@@ -376,3 +377,39 @@ def test_wrong_config_keeps_stored_paths(kdir):
         for name in ckpt.names:
             ckpt.read(name)
         assert len(listed) == len(expected) + len(load_expected(kdir / "cnn.optimizer.expected"))
+
+
+# ---- fuzzing ----------------------------------------------------------------------------------
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                        HealthCheck.function_scoped_fixture])
+MUTATIONS = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=16)
+
+
+def _open_and_read_all(path: Path) -> None:
+    """Open, list and read everything; a Tf2FlaxError is the only way to fail, within a few seconds."""
+    began = time.perf_counter()
+    try:
+        with tf2flax.open_checkpoint(path) as ckpt:
+            ckpt.list_variables()
+            for name in ckpt.names:
+                ckpt.read(name)
+    except Tf2FlaxError as e:
+        assert str(path) in str(e)
+    assert time.perf_counter() - began < 5
+
+
+@pytest.mark.parametrize("source", ["mlp.weights.h5", "mlp.keras", "mlp.h5"])
+@FUZZ
+@given(mutations=MUTATIONS, head=st.booleans(), cut=st.none() | st.floats(0, 1))
+def test_fuzzed_files_fail_cleanly(kdir, tmp_path, source, mutations, head, cut):
+    """Flipped bytes (anywhere, or in the first 4 KiB where HDF5 keeps most metadata) and truncation."""
+    data = bytearray((kdir / source).read_bytes())
+    span = min(len(data), 4096) if head else len(data)
+    for where, value in mutations:
+        data[int(where * span)] = value
+    if cut is not None:
+        data = data[:int(cut * len(data))]
+    path = tmp_path / f"fuzzed_{source}"
+    path.write_bytes(bytes(data))
+    _open_and_read_all(path)
