@@ -45,6 +45,8 @@ from .keras_names import keras2_name, keras2_weight, keras3_names
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
+READS = ("tf2flax reads TensorFlow checkpoints (prefix.index + prefix.data-* files, or V1 checkpoint files), "
+         "SavedModel directories and Keras .keras, .weights.h5 and .h5 files")
 MAX_INFLATED_BYTES = 1 << 30
 MAX_CONFIG_BYTES = 64 << 20
 _VARS = re.compile(r"^(?:(.*)/)?vars/\d+$")
@@ -129,7 +131,7 @@ class KerasCheckpoint(Checkpoint):
                 raise UnsupportedFormatError(
                     f"{self.path}: a zip archive with no {WEIGHTS_MEMBER}"
                     + ("; its weights are sharded (model.weights.json), which tf2flax does not read yet"
-                       if sharded else ", so not a Keras .keras file"))
+                       if sharded else f", so not a Keras .keras file; {READS}"))
             info = archive.getinfo(WEIGHTS_MEMBER)
             config = _archive_config(archive, self.path) if CONFIG_MEMBER in names else None
             if info.flag_bits & 1:
@@ -179,8 +181,7 @@ class KerasCheckpoint(Checkpoint):
         else:
             raise UnsupportedFormatError(
                 f"{self.path}: an HDF5 file with no Keras weights layout (no layers/, vars/ or model_weights "
-                "groups, no layer_names attribute); tf2flax reads Keras .keras, .weights.h5 and .h5 files and "
-                "TensorFlow checkpoints")
+                f"groups, no layer_names attribute); {READS}")
         self.names = sorted(names)
         self.aliases = {path: name for name, path in names.items() if path != name}
         self._entries = {**names, **{path: path for path in self.aliases}}
