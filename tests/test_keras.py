@@ -216,16 +216,24 @@ def test_sharded_init_params_on_8_devices(kdir):
             assert np.asarray(shard.data).tobytes() == value[shard.index].tobytes()
 
 
-def test_keras_preset_names(kdir):
-    """The keras preset turns Keras paths into Flax names: gamma/beta -> scale/bias, moving stats -> batch_stats."""
-    from tf2flax.mapping.presets.keras import KERAS
-    from tf2flax.mapping.rules import rename
+def test_keras_preset_loads_a_flax_tree(kdir):
+    """preset="keras" on Keras paths: gamma/beta -> scale/bias, moving stats -> batch_stats mean/var."""
+    expected = load_expected(kdir / "cnn.keras.expected")
 
+    def leaf(name):
+        return jax.ShapeDtypeStruct(expected[name].shape, np.float32)
+
+    abstract = {"params": {"stem": {"kernel": leaf("stem/kernel"), "bias": leaf("stem/bias")},
+                           "stem_bn": {"scale": leaf("stem_bn/gamma"), "bias": leaf("stem_bn/beta")}},
+                "batch_stats": {"stem_bn": {"mean": leaf("stem_bn/moving_mean"),
+                                            "var": leaf("stem_bn/moving_variance")}}}
     with tf2flax.open_checkpoint(kdir / "cnn.keras") as ckpt:
-        assert "stem_bn/moving_mean" in ckpt.names
-        assert rename("stem_bn/moving_mean", KERAS.rules) == "stem_bn/mean"
-        assert KERAS.collection("stem_bn/moving_mean") == "batch_stats"
-        assert rename("stem_bn/gamma", KERAS.rules) == "stem_bn/scale"
+        params = tf2flax.init_params(ckpt, None, abstract, preset="keras", progress=False)
+    pairs = {("params", "stem", "kernel"): "stem/kernel", ("params", "stem_bn", "scale"): "stem_bn/gamma",
+             ("params", "stem_bn", "bias"): "stem_bn/beta", ("batch_stats", "stem_bn", "mean"): "stem_bn/moving_mean",
+             ("batch_stats", "stem_bn", "var"): "stem_bn/moving_variance"}
+    for (collection, layer, leaf_name), name in pairs.items():
+        assert np.asarray(params[collection][layer][leaf_name]).tobytes() == expected[name].tobytes(), name
 
 
 def test_convert_leaves_out_optimizer(kdir, tmp_path):

@@ -48,6 +48,7 @@ CONFIG_MEMBER = "config.json"
 READS = ("tf2flax reads TensorFlow checkpoints (prefix.index + prefix.data-* files, or V1 checkpoint files), "
          "SavedModel directories and Keras .keras, .weights.h5 and .h5 files")
 MAX_INFLATED_BYTES = 1 << 30
+MAX_INFLATION = 100  # weights barely compress; a member inflating more than this is a zip bomb
 MAX_CONFIG_BYTES = 64 << 20
 _VARS = re.compile(r"^(?:(.*)/)?vars/\d+$")
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
@@ -143,11 +144,12 @@ class KerasCheckpoint(Checkpoint):
                 if signature != b"PK\x03\x04" or start + info.file_size > size:
                     raise CorruptCheckpointError(f"{self.path}: {WEIGHTS_MEMBER}'s entry does not fit in the archive")
                 return self.store, self.file, start, info.file_size, config, "read in place"
-            if info.file_size > MAX_INFLATED_BYTES:
+            if info.file_size > min(MAX_INFLATED_BYTES, MAX_INFLATION * max(info.compress_size, 1 << 20)):
                 raise UnsupportedFormatError(
-                    f"{self.path}: {WEIGHTS_MEMBER} is compressed ({info.file_size} bytes once inflated, more than "
-                    f"the {MAX_INFLATED_BYTES} tf2flax decompresses in memory); Keras stores it uncompressed: "
-                    "unzip the archive and open model.weights.h5 with keras_config=config.json")
+                    f"{self.path}: {WEIGHTS_MEMBER} is compressed ({info.compress_size} bytes, {info.file_size} once "
+                    f"inflated), more than tf2flax decompresses in memory (up to {MAX_INFLATED_BYTES} bytes, "
+                    f"{MAX_INFLATION}x); Keras stores it uncompressed: unzip the archive and open "
+                    "model.weights.h5 with keras_config=config.json")
             data = archive.read(WEIGHTS_MEMBER)  # zipfile stops at the declared size and checks the CRC
             shown = f"{self.path}[{WEIGHTS_MEMBER}]"
             return MemoryStore(WEIGHTS_MEMBER, data, shown), WEIGHTS_MEMBER, 0, len(data), config, "decompressed"

@@ -171,6 +171,8 @@ class _Namer:
         if cls == "Sequential":
             layers = [layer for layer in layers if _class(layer) != "InputLayer"]
         base = f"{group}/layers" if group else "layers"
+        if not any(g.startswith(base + "/") for g in self.groups):  # .keras files of tf.keras 2.13-2.15
+            base = f"{group}/_layer_checkpoint_dependencies" if group else "_layer_checkpoint_dependencies"
         by_stored_name = {stored: path for path, (stored, _) in self.groups.items()
                           if stored and path.startswith(base + "/") and "/" not in path[len(base) + 1:]}
         used: dict[str, int] = {}
