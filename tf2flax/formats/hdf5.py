@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import math
@@ -32,6 +33,11 @@ MAX_EXPANSION = 1100
 MAX_UNSTORED_BYTES = 1 << 20
 MAX_OBJECTS = 1_000_000
 MAX_DEPTH = 64
+# Remote files: HDF5's small metadata reads (up to SMALL_READ_BYTES) are served from blocks of
+# REMOTE_BLOCK_BYTES, MAX_CACHED_BLOCKS of them kept; larger reads (tensor data) go straight to the store.
+SMALL_READ_BYTES = 16 << 10
+REMOTE_BLOCK_BYTES = 256 << 10
+MAX_CACHED_BLOCKS = 64
 
 
 class WindowFile(io.RawIOBase):
@@ -42,11 +48,14 @@ class WindowFile(io.RawIOBase):
     ``stats`` counts what was read.
     """
 
-    def __init__(self, store: Store, name: str, start: int, size: int, stats: ReadStats | None = None):
+    def __init__(self, store: Store, name: str, start: int, size: int, stats: ReadStats | None = None,
+                 block_size: int = 0):
         super().__init__()
         self.store, self.name, self.start, self.size = store, name, start, size
         self.stats = stats if stats is not None else ReadStats()
         self.position = 0
+        self.block_size = block_size
+        self._blocks: collections.OrderedDict[int, bytes] = collections.OrderedDict()
 
     def readable(self) -> bool:
         return True
@@ -65,12 +74,38 @@ class WindowFile(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         out = memoryview(buffer).cast("B")
         count = max(0, min(len(out), self.size - self.position))
-        if count:
-            began = time.perf_counter()
-            self.store.read_into(self.name, self.start + self.position, out[:count])
-            self.stats.add(count, time.perf_counter() - began)
+        if count and count <= SMALL_READ_BYTES and self.block_size:
+            self._from_blocks(out[:count])
+        elif count:
+            self._fetch(self.position, out[:count])
         self.position += count
         return count
+
+    def _fetch(self, position: int, out: memoryview) -> None:
+        began = time.perf_counter()
+        self.store.read_into(self.name, self.start + position, out)
+        self.stats.add(len(out), time.perf_counter() - began)
+
+    def _from_blocks(self, out: memoryview) -> None:
+        """A small read (HDF5 metadata) from cached ``block_size`` blocks: a request per block, not per read."""
+        done = 0
+        while done < len(out):
+            at = self.position + done
+            index = at // self.block_size
+            block = self._blocks.get(index)
+            if block is None:
+                first = index * self.block_size
+                data = bytearray(min(self.block_size, self.size - first))
+                self._fetch(first, memoryview(data))
+                block = self._blocks[index] = bytes(data)
+                if len(self._blocks) > MAX_CACHED_BLOCKS:
+                    self._blocks.popitem(last=False)
+            else:
+                self._blocks.move_to_end(index)
+            offset = at - index * self.block_size
+            take = min(len(out) - done, len(block) - offset)
+            out[done:done + take] = block[offset:offset + take]
+            done += take
 
 
 @dataclasses.dataclass
@@ -95,11 +130,13 @@ class OpenHDF5:
         self.close()
 
 
-def open_hdf5(store: Store, name: str, start: int, size: int, where: str, stats: ReadStats | None = None) -> OpenHDF5:
-    """Open bytes ``[start, start + size)`` of ``name`` as HDF5; CorruptCheckpointError if they are not."""
+def open_hdf5(store: Store, name: str, start: int, size: int, where: str, stats: ReadStats | None = None,
+              block_size: int = 0) -> OpenHDF5:
+    """Open bytes ``[start, start + size)`` of ``name`` as HDF5; CorruptCheckpointError if they are not.
+    ``block_size``: serve small reads from cached blocks of this size (for remote files)."""
     import h5py
 
-    window = WindowFile(store, name, start, size, stats)
+    window = WindowFile(store, name, start, size, stats, block_size)
     try:
         file = h5py.File(window, "r")
     except (OSError, ValueError, RuntimeError) as e:

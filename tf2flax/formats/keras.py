@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import CorruptCheckpointError, UnsupportedFormatError, clip
 from ..storage import LocalStore, Store, open_store
 from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, squeezed
-from .hdf5 import OpenHDF5, WindowFile, datasets, open_hdf5, short_error
+from .hdf5 import REMOTE_BLOCK_BYTES, OpenHDF5, WindowFile, datasets, open_hdf5, short_error
 from .keras_names import keras2_name, keras2_weight, keras3_names
 
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -112,7 +112,9 @@ class KerasCheckpoint(Checkpoint):
             h5_store, h5_name, start, length = store, name, 0, size
         if keras_config is not None:
             config = load_keras_config(keras_config)
-        self._h5: OpenHDF5 = open_hdf5(h5_store, h5_name, start, length, self.path, self.stats)
+        remote = h5_store.size(h5_name) is None  # each read a request: metadata read in blocks
+        self._h5: OpenHDF5 = open_hdf5(h5_store, h5_name, start, length, self.path, self.stats,
+                                       REMOTE_BLOCK_BYTES if remote else 0)
         try:
             self._open_tree(config)
         except BaseException:
@@ -294,11 +296,54 @@ def _numpy_dtype(ds: Any, here: str) -> np.dtype:
 
 
 def _file_size(store: Store, name: str, where: str) -> int:
+    """The file's size: from the store, or (remote files, whose size a store does not give cheaply)
+    from the file itself: a zip's end-of-central-directory record, an HDF5 superblock's end address."""
     size = store.size(name)
-    if size is None:
-        raise UnsupportedFormatError(
-            f"{where}: Keras files are read from local paths only (their size must be known); copy it locally")
+    if size is not None:
+        return size
+    head = store.read(name, 0, 64)
+    if head.startswith(b"PK"):
+        size = _zip_size(store, name, where)
+    elif head.startswith(b"\x89HDF\r\n\x1a\n"):
+        size = _hdf5_size(head, where)
+    else:
+        raise CorruptCheckpointError(f"{where}: neither a zip nor an HDF5 file")
+    if size < len(head) or len(store.read(name, size - 1, size)) != 1:
+        raise CorruptCheckpointError(f"{where}: declares {size} bytes, which it does not hold")
     return size
+
+
+def _zip_size(store: Store, name: str, where: str) -> int:
+    tail = store.read(name, -22)  # the end of central directory record (Keras writes no archive comment)
+    if len(tail) != 22 or not tail.startswith(b"PK\x05\x06"):
+        raise UnsupportedFormatError(f"{where}: a zip archive with a comment or damaged end; remote .keras files "
+                                     "are read when they end as Keras writes them")
+    directory_size, directory_offset = struct.unpack("<II", tail[12:20])
+    if directory_offset != 0xFFFFFFFF:
+        return directory_offset + directory_size + 22
+    locator = store.read(name, -42)[:20]  # zip64: its locator, then its end record
+    if not locator.startswith(b"PK\x06\x07"):
+        raise CorruptCheckpointError(f"{where}: a zip64 archive without its end record locator")
+    record_at = struct.unpack("<Q", locator[8:16])[0]
+    record = store.read(name, record_at, record_at + 12)
+    if not record.startswith(b"PK\x06\x06"):
+        raise CorruptCheckpointError(f"{where}: zip64 end record not where its locator says")
+    return record_at + 12 + struct.unpack("<Q", record[4:12])[0] + 20 + 22
+
+
+def _hdf5_size(head: bytes, where: str) -> int:
+    version = head[8]
+    if version in (0, 1):
+        offsets, at = head[13], 24 if version == 0 else 28
+        base, end = at, at + 2 * offsets
+    elif version in (2, 3):
+        offsets = head[9]
+        base, end = 12, 12 + 2 * offsets
+    else:
+        raise UnsupportedFormatError(f"{where}: HDF5 superblock version {version}")
+    if offsets not in (2, 4, 8) or end + offsets > len(head):
+        raise CorruptCheckpointError(f"{where}: HDF5 superblock declares {offsets}-byte addresses")
+    return int.from_bytes(head[base:base + offsets], "little") + int.from_bytes(head[end:end + offsets], "little")
 
 
 def _archive_config(archive: zipfile.ZipFile, where: str) -> Any:
@@ -330,8 +375,7 @@ def load_keras_config(source: Any) -> Any:
     if isinstance(store, LocalStore) and not store.exists(name):
         raise UnsupportedFormatError(f"{store.describe(name)}: keras_config not found")
     if store.read(name, 0, 4) == b"PK\x03\x04":
-        if size is None:
-            raise UnsupportedFormatError(f"{store.describe(name)}: a .keras keras_config must be a local file")
+        size = _file_size(store, name, store.describe(name))
         try:
             with zipfile.ZipFile(WindowFile(store, name, 0, size)) as archive:
                 return _archive_config(archive, store.describe(name))
