@@ -178,6 +178,19 @@ def test_deflated_archive_member_is_decompressed(kdir, tmp_path):
         _check_all(ckpt, load_expected(kdir / "cnn.keras.expected"))
 
 
+def test_zip_bomb_member_is_refused_without_inflating(tmp_path):
+    """A deflated model.weights.h5 of 192 MiB of zeros (about 200 KB stored): refused, not inflated."""
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("model.weights.h5", "w", force_zip64=True) as member:
+            for _ in range(3):
+                member.write(bytes(64 << 20))
+    assert path.stat().st_size < 1 << 20
+    began = time.perf_counter()
+    message = _raises_cleanly(path, UnsupportedFormatError)
+    assert "compressed" in message and "unzip" in message and time.perf_counter() - began < 2
+
+
 def test_real_weights_file():
     """A user's model.weights.h5 (a 12-64-32-1 Dense network trained with Adam, 4500 steps)."""
     with tf2flax.open_checkpoint(REAL) as ckpt:
@@ -185,6 +198,8 @@ def test_real_weights_file():
         assert shapes["layers/dense/vars/0"] == [12, 64] and shapes["layers/dense_1/vars/0"] == [64, 32]
         assert shapes["layers/dense_2/vars/0"] == [32, 1] and shapes["layers/dense_2/vars/1"] == [1]
         assert int(ckpt.read("optimizer/vars/0")) == 4500
+        assert int(tf2flax.load_variable(REAL, "optimizer/vars/0")) == 4500
+        assert dict(tf2flax.list_variables(REAL)) == shapes
         assert ckpt.read("optimizer/vars/0").dtype == np.int64
         with h5py.File(REAL, "r") as f:
             for name in ckpt.names:
