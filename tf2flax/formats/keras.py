@@ -191,18 +191,19 @@ class KerasCheckpoint(Checkpoint):
         self._entries = {**names, **{path: path for path in self.aliases}}
 
     @staticmethod
-    def _groups(found: Mapping[str, Any], groups: set[str]) -> dict[str, tuple[str | None, int]]:
-        """Layer group -> (None: stored names are not read, how many variables it holds).
+    def _groups(found: Mapping[str, Any], groups: set[str]) -> dict[str, int]:
+        """Layer group (the parent of a ``vars`` group) -> how many variables it holds.
 
-        The ``name`` attributes Keras writes are variable-length strings, kept in HDF5's global heap,
-        where a damaged file can crash or hang the HDF5 library: tf2flax reads no string attribute.
+        Keras also stores each layer's name, as a ``name`` attribute: a variable-length string, kept in
+        HDF5's global heap, where a damaged file hung or crashed the HDF5 library while fuzzing. tf2flax
+        reads no string attribute; layers are matched by their groups' names instead.
         """
         counts: dict[str, int] = {}
         for path in found:
             match = _VARS.match(path)
             if match:
                 counts[match.group(1) or ""] = counts.get(match.group(1) or "", 0) + 1
-        return {group: (None, counts.get(group, 0)) for group in groups | {""}
+        return {group: counts.get(group, 0) for group in groups | {""}
                 if (f"{group}/vars" if group else "vars") in groups}
 
     def _keras2_names(self, found: Mapping[str, Any]) -> dict[str, str]:

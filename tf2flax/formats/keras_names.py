@@ -15,7 +15,8 @@ reads them.
 
 Example::
 
-    keras3_names(config, {"layers/dense": ("d1", 2)})
+    config = {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"name": "d1"}}]}}
+    keras3_names(config, {"layers/dense": 2})
     # {'layers/dense/vars/0': 'd1/kernel', 'layers/dense/vars/1': 'd1/bias'}
 """
 
@@ -124,16 +125,16 @@ def _inner(cfg: Any) -> Config:
 
 
 class _Namer:
-    """One walk of a model config beside the stored groups (path -> (stored name, variable count))."""
+    """One walk of a model config beside the stored groups (path -> how many variables it holds)."""
 
-    def __init__(self, groups: Mapping[str, tuple[str | None, int]]):
+    def __init__(self, groups: Mapping[str, int]):
         self.groups = groups
         self.names: dict[str, str] = {}
 
     def layer(self, cfg: Config, group: str, scope: str) -> None:
         cls, c = _class(cfg), _inner(cfg)
-        stored_name, count = self.groups.get(group, (None, 0))
-        name = stored_name or c.get("name")
+        count = self.groups.get(group, 0)
+        name = c.get("name")
         if not isinstance(name, str) or not name:
             return
         if cls in MODELS:
@@ -173,8 +174,6 @@ class _Namer:
         base = f"{group}/layers" if group else "layers"
         if not any(g.startswith(base + "/") for g in self.groups):  # .keras files of tf.keras 2.13-2.15
             base = f"{group}/_layer_checkpoint_dependencies" if group else "_layer_checkpoint_dependencies"
-        by_stored_name = {stored: path for path, (stored, _) in self.groups.items()
-                          if stored and path.startswith(base + "/") and "/" not in path[len(base) + 1:]}
         used: dict[str, int] = {}
         for layer in layers:
             if not isinstance(layer, Mapping):
@@ -185,8 +184,7 @@ class _Namer:
                 key = f"{key}_{used[key]}"
             else:
                 used[key] = 0
-            path = by_stored_name.get(_inner(layer).get("name"), f"{base}/{key}")
-            self.layer(layer, path, "")
+            self.layer(layer, f"{base}/{key}", "")
 
     def assign(self, group: str, prefix: str, variables: list[str], count: int) -> None:
         if len(variables) != count:  # a configuration this table does not know (quantized, LoRA, ...)
@@ -205,14 +203,15 @@ def _renamed(cfg: Any, prefix: str) -> Any:
     return {**cfg, "config": {**c, "name": name}}
 
 
-def keras3_names(config: Config, groups: Mapping[str, tuple[str | None, int]]) -> dict[str, str]:
+def keras3_names(config: Config, groups: Mapping[str, int]) -> dict[str, str]:
     """Stored dataset path -> Keras variable path, for the variables of the built-in layers.
 
     ``config``: the model's ``config.json`` (``{"class_name": "Functional", "config": {...}}``).
-    ``groups``: every stored layer group (``layers/dense``; ``""`` for the model's own) -> (the name
-    stored in its ``vars`` attributes or None, how many variables it holds). Variables whose layer
-    class is not known, or whose count does not match the table, are left out (they keep their
-    stored paths).
+    ``groups``: every stored layer group with a ``vars`` group (``layers/dense``; ``""`` for the
+    model's own) -> how many variables it holds. A model's layers are matched to their groups as
+    Keras names them: snake_case Python class name, ``_1``, ``_2``... in layer order (the names Keras
+    also stores, as string attributes, are not read: see ``hdf5.py``). Variables whose layer class is
+    not known, or whose count does not match the table, are left out (they keep their stored paths).
     """
     namer = _Namer(groups)
     if _class(config) in MODELS:
