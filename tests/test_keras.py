@@ -294,6 +294,23 @@ def test_ls_says_what_it_opened(kdir):
         assert "h5py" not in done.stderr
 
 
+def test_cli_keras_config(kdir, tmp_path):
+    """ls and convert --keras-config: a .weights.h5 with its model's Keras paths; optimizer left out."""
+    tool = [sys.executable, "-m", "tf2flax"]
+    done = subprocess.run([*tool, "ls", str(kdir / "cnn.weights.h5"), "--keras-config", str(kdir / "cnn.keras")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "with Keras names" in done.stdout.splitlines()[0] and "stem_bn/moving_mean" in done.stdout
+    done = subprocess.run([*tool, "convert", str(kdir / "cnn.weights.h5"), str(tmp_path / "out"), "--dry-run",
+                           "--keras-config", str(kdir / "cnn.keras")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    planned = {line.split(" <- ")[0].strip() for line in done.stdout.splitlines() if " <- " in line}
+    assert planned == set(load_expected(kdir / "cnn.keras.expected"))
+    done = subprocess.run([*tool, "ls", str(kdir / "cnn.weights.h5"), "--keras-config", str(tmp_path / "no.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("tf2flax: error: ") and "no.json" in done.stderr
+
+
 def test_importing_and_listing_v2_does_not_load_h5py():
     code = "import sys, tf2flax; assert 'h5py' not in sys.modules; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

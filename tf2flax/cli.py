@@ -29,6 +29,10 @@ from .progress import human_bytes
 from .storage import redact_url
 
 
+_KERAS_CONFIG_HELP = ("for a Keras .weights.h5: the model's config.json or .keras, to name variables by their "
+                      "Keras paths (see docs/keras.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tf2flax``."""
     common = argparse.ArgumentParser(add_help=False)
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep optimizer state, the object graph, save_counter and global_step")
     conv.add_argument("--names", choices=("object", "full"),
                       help="default names of TF2 variables: object paths, or full names (Keras 3: layer paths)")
+    conv.add_argument("--keras-config", metavar="FILE", help=_KERAS_CONFIG_HELP)
     conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
     conv.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -66,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List a checkpoint's tensors: name, shape, dtype, size, shard.")
     ls.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--keras-config", metavar="FILE", help=_KERAS_CONFIG_HELP)
     ls.add_argument("--names", choices=("key", "object", "full"), default="key",
                     help="key: checkpoint keys; object: TF2 object paths (model side); full: TF2 full names")
     ls.add_argument("--preset", metavar="NAME", help="also show what each tensor becomes under a preset "
@@ -134,6 +140,7 @@ def _one_line_warning(show: Any) -> Any:
 def _convert(args: argparse.Namespace) -> int:
     import jax
 
+    from . import open_checkpoint
     from .conversion import ConvertWarning, convert, load_map_file
 
     if "JAX_PLATFORMS" not in os.environ:  # converting needs no accelerator: leave GPUs/TPUs alone
@@ -152,7 +159,8 @@ def _convert(args: argparse.Namespace) -> int:
         options.update(distributed=True, timeout=args.timeout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvertWarning)
-        result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
+        ckpt = open_checkpoint(args.ckpt, keras_config=args.keras_config) if args.keras_config else args.ckpt
+        result = convert(ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
                          dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
     for w in caught:
         if issubclass(w.category, ConvertWarning) and primary:
@@ -184,7 +192,7 @@ def _ls(args: argparse.Namespace) -> int:
     from .formats.dtypes import DT_STRING
     from .naming import display_names
 
-    ckpt = open_checkpoint(args.ckpt)
+    ckpt = open_checkpoint(args.ckpt, keras_config=args.keras_config)
     shown = display_names(ckpt, args.names)
     becomes = _preset_names(args.preset, ckpt) if args.preset else None
     rows = []
