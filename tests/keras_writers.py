@@ -235,8 +235,9 @@ def write_all(name: str, directory: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def write_tf_keras(directory: Path, seed: int = 0) -> dict[str, Path]:
-    """A real Keras 2 (``tf_keras``) model with a nested Sequential, saved with ``model.save("m.h5")`` and
-    ``save_weights("w.h5")``; ``tf_keras.expected``: each weight's ``w.name`` and value."""
+    """A real Keras 2 (``tf_keras``) model with attention, an LSTM and a nested Sequential, saved with
+    ``model.save("m.h5")``, ``save_weights("w.h5")`` and ``model.save("m.keras")``; ``tf_keras.expected``:
+    each weight's ``w.name`` and value."""
     import tf_keras as k2
 
     directory = Path(directory)
@@ -245,6 +246,9 @@ def write_tf_keras(directory: Path, seed: int = 0) -> dict[str, Path]:
     x = layers.Conv2D(4, 3, name="conv1_conv")(inp)
     x = layers.BatchNormalization(name="conv1_bn")(x)
     x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Reshape((2, 2))(x)
+    x = layers.MultiHeadAttention(2, 4, name="conv1_mha")(x, x)
+    x = layers.LSTM(3, name="conv1_lstm")(x)
     head = k2.Sequential([layers.Dense(5), layers.Dense(2)], name="head")
     model = k2.Model(inp, head(x))
     model.compile("adam", "mse")
@@ -252,9 +256,11 @@ def write_tf_keras(directory: Path, seed: int = 0) -> dict[str, Path]:
     rng = np.random.default_rng(seed)
     for w in model.weights:
         w.assign(np.abs(rng.standard_normal(tuple(w.shape))).astype("float32") + 0.1)
-    paths = {"h5": directory / "tf_keras.h5", "h5_weights": directory / "tf_keras.weights_only.h5"}
+    paths = {"h5": directory / "tf_keras.h5", "h5_weights": directory / "tf_keras.weights_only.h5",
+             "keras": directory / "tf_keras.keras"}
     model.save(paths["h5"])
     model.save_weights(paths["h5_weights"])
+    model.save(paths["keras"])  # tf.keras's own .keras format (_layer_checkpoint_dependencies-era layout)
     _save_expected(directory / "tf_keras.expected", {w.name: w.numpy() for w in model.weights})
     return paths
 

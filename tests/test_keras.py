@@ -114,12 +114,17 @@ def test_real_keras2_files_from_tf_keras(kdir):
         pytest.skip("tf_keras is not installed")
     expected = {name[:-2]: v for name, v in load_expected(kdir / "tf_keras.expected").items()}
     # a nested model's weights are named under the layer that holds them
-    expected = {n if n.startswith(("conv1_", "optimizer")) else f"head/{n}": v for n, v in expected.items()}
+    nested = {n if n.startswith("conv1_") else f"head/{n}": v for n, v in expected.items()}
     for name in ("tf_keras.h5", "tf_keras.weights_only.h5"):
         with tf2flax.open_checkpoint(kdir / name) as ckpt:
             assert ckpt.opened.startswith("Keras HDF5 file (Keras 2 layout")
-            _check_all(ckpt, expected)
-            assert sorted(n for n in ckpt.names if not n.startswith("optimizer/")) == sorted(expected)
+            _check_all(ckpt, nested)
+            assert sorted(n for n in ckpt.names if not n.startswith("optimizer/")) == sorted(nested)
+    # tf.keras's .keras: named as tf_keras names the weights (w.name without :0); its metrics are bookkeeping
+    with tf2flax.open_checkpoint(kdir / "tf_keras.keras") as ckpt:
+        _check_all(ckpt, expected)
+        kept = {n.name for n in default_names(ckpt) if n.left_out is None}
+        assert kept == set(expected) and any(n.startswith("metrics/") for n in ckpt.names)
 
 
 def test_listing_reads_no_tensor_data(kdir):
