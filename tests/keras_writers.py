@@ -16,7 +16,8 @@ Models:
 - ``wide``: two Dense layers with a 512 KiB kernel, for region reads;
 - ``zoo``: many more built-in classes (normalizations, attentions, 1-D convolutions, RNN(cell),
   ConvLSTM2D, GroupQueryAttention, a Normalization adapted to data, ...);
-- ``mobilenet``: ``keras.applications.MobileNetV2`` with random weights.
+- ``mobilenet``: ``keras.applications.MobileNetV2`` with random weights;
+- ``mixed``: bfloat16 and float16 variables.
 """
 
 from __future__ import annotations
@@ -180,8 +181,17 @@ def mobilenet() -> Any:
     return _train(model, np.ones((2, 32, 32, 3), "float32"), np.zeros((2, 3), "float32"), optimizer="sgd")
 
 
+def mixed() -> Any:
+    """bfloat16 and float16 variables (Keras stores bfloat16 as 2-byte opaque data marked dtype="bfloat16")."""
+    k = keras()
+    layers = k.layers
+    model = k.Sequential([k.Input((3,)), layers.Dense(4, dtype="bfloat16", name="bf"),
+                          layers.Dense(2, dtype="float16", name="half")], name="mixed")
+    return _train(model, np.ones((2, 3), "float32"), np.zeros((2, 2), "float32"))
+
+
 MODELS: dict[str, Callable[[], Any]] = {"mlp": mlp, "cnn": cnn, "encoder": encoder, "rnn": rnn, "wide": wide,
-                                        "zoo": zoo, "mobilenet": mobilenet}
+                                        "zoo": zoo, "mobilenet": mobilenet, "mixed": mixed}
 
 
 def _values(weights: Any) -> dict[str, np.ndarray]:
@@ -189,17 +199,22 @@ def _values(weights: Any) -> dict[str, np.ndarray]:
 
 
 def _save_expected(path: Path, values: dict[str, np.ndarray]) -> None:
-    """``path.npz`` (arrays by position) and ``path.json`` (their names): "/" is not safe in npz keys."""
+    """``path.npz`` (arrays by position; bfloat16 as its bits) and ``path.json`` (their names and dtypes):
+    "/" is not safe in npz keys, and npz forgets bfloat16."""
     names = list(values)
-    np.savez(str(path) + ".npz", *[values[n] for n in names])
-    Path(str(path) + ".json").write_text(json.dumps(names))
+    arrays = [values[n].view(np.uint16) if values[n].dtype.name == "bfloat16" else values[n] for n in names]
+    np.savez(str(path) + ".npz", *arrays)
+    Path(str(path) + ".json").write_text(json.dumps([[n, values[n].dtype.name] for n in names]))
 
 
 def load_expected(path: Path) -> dict[str, np.ndarray]:
     """What :func:`write_all` recorded: variable name -> value."""
+    import ml_dtypes
+
     names = json.loads(Path(str(path) + ".json").read_text())
     with np.load(str(path) + ".npz") as data:
-        return {n: data[f"arr_{i}"] for i, n in enumerate(names)}
+        return {n: data[f"arr_{i}"].view(ml_dtypes.bfloat16) if dtype == "bfloat16" else data[f"arr_{i}"]
+                for i, (n, dtype) in enumerate(names)}
 
 
 def write_all(name: str, directory: Path, seed: int = 0) -> dict[str, Path]:

@@ -288,8 +288,10 @@ def _numpy_dtype(ds: Any, here: str) -> np.dtype:
     if h5py.check_vlen_dtype(stored) is not None or h5py.check_string_dtype(stored) is not None:
         raise UnsupportedFormatError(f"{here}: HDF5 type {stored} holds strings or variable-length data, which "
                                      "tf2flax does not read (Keras weights are numbers)")
-    if stored.kind == "V" and stored.itemsize == 2 and not stored.names and _has_attribute(ds, "dtype"):
-        return np.dtype(ml_dtypes.bfloat16)  # how Keras saves bfloat16: 2-byte opaque, marked dtype="bfloat16"
+    if stored.kind == "V" and stored.itemsize == 2 and not stored.names:
+        # How Keras saves bfloat16: 2-byte opaque data (Keras 3 marks it dtype="bfloat16"; its legacy .h5
+        # writer does not); no other Keras dtype is stored so.
+        return np.dtype(ml_dtypes.bfloat16)
     native = stored.newbyteorder("=") if stored.kind in "fiucb" else None
     if native is None or native not in _ENUMS:
         raise UnsupportedFormatError(f"{here}: HDF5 type {stored} is not a numeric type tf2flax reads")
