@@ -9,6 +9,7 @@ shape, and every read must be bitwise equal to Keras's value.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -256,6 +257,27 @@ def test_sharded_init_params_on_8_devices(kdir):
         value = expected[f"wide/{key}"]
         for shard in array.addressable_shards:
             assert np.asarray(shard.data).tobytes() == value[shard.index].tobytes()
+
+
+def test_two_processes_each_read_their_half(kdir, tmp_path):
+    """Real multi-process JAX (jax.distributed on 127.0.0.1): 2 processes x 4 CPU devices, a (4, 2) mesh;
+    each process reads its devices' rows and columns of the .keras file's kernel, about half of it."""
+    worker = Path(__file__).with_name("keras_sharded_worker.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, str(worker), str(i), str(port), str(kdir / "wide.keras"),
+                               str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    expected = load_expected(kdir / "wide.keras.expected")
+    total = expected["wide/kernel"].nbytes + expected["wide/bias"].nbytes
+    for i in range(2):
+        read = int((tmp_path / f"bytes_read_{i}").read_text())
+        assert 0.45 * total <= read <= 0.65 * total, (i, read, total)  # half, plus the file's metadata
 
 
 def test_keras_preset_loads_a_flax_tree(kdir):
