@@ -28,6 +28,7 @@ import tf2flax
 from keras_writers import MODELS, load_expected
 from servers import RangeHTTPServer
 from tf2flax.errors import CorruptCheckpointError, Tf2FlaxError, UnsupportedFormatError
+from tf2flax.formats.keras_names import keras3_names
 from tf2flax.naming import default_names
 
 REAL = Path(__file__).parent / "data" / "realworld" / "keras_churn_model_weights_h5" / "model.weights.h5"
@@ -502,3 +503,33 @@ def test_fuzzed_files_fail_cleanly(kdir, tmp_path, source, mutations, head, cut)
     path = tmp_path / f"fuzzed_{source}"
     path.write_bytes(bytes(data))
     _open_and_read_all(path)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+                    | st.sampled_from(["Dense", "Sequential", "Functional", "MultiHeadAttention", "GRU", "RNN",
+                                       "Bidirectional", "TimeDistributed", "BatchNormalization", "layers", "config",
+                                       "class_name", "name", "cell", "layer", "backward_layer"]),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                        st.sampled_from(["class_name", "config", "layers", "name", "cell", "layer", "backward_layer",
+                                         "use_bias", "scale", "center"]), inner, max_size=5),
+                    max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(config=JSON, counts=st.dictionaries(st.sampled_from(["", "layers/dense", "layers/sequential",
+                                                            "layers/sequential/layers/dense", "layers/gru/cell",
+                                                            "layers/multi_head_attention/query_dense"]),
+                                           st.integers(0, 5)))
+def test_names_from_any_config_never_crash(config, counts):
+    """Whatever config.json holds (it is input too), naming gives stored path -> name, or nothing."""
+    names = keras3_names(config if isinstance(config, dict) else {"class_name": "Functional", "config": config},
+                         counts)
+    for stored, name in names.items():
+        assert stored.rsplit("/vars/", 1)[0] in counts and isinstance(name, str) and name
+
+
+def test_deeply_nested_config_is_bounded():
+    config = {"class_name": "Dense", "config": {"name": "d"}}
+    for _ in range(5000):
+        config = {"class_name": "Sequential", "config": {"name": "s", "layers": [config]}}
+    assert keras3_names(config, {"": 0}) == {}

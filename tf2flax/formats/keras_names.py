@@ -104,7 +104,7 @@ _PYTHON_CLASS = {
     **{f"GlobalMaxPool{d}": f"GlobalMaxPooling{d}" for d in ("1D", "2D", "3D")},
 }
 MODELS = ("Functional", "Sequential", "Model")
-NO_VARIABLES = "no variables"
+MAX_NESTING = 128
 
 
 def snake_case(name: str) -> str:
@@ -116,7 +116,8 @@ def snake_case(name: str) -> str:
 
 
 def _class(cfg: Any) -> str:
-    return cfg.get("class_name", "") if isinstance(cfg, Mapping) else ""
+    value = cfg.get("class_name") if isinstance(cfg, Mapping) else None
+    return value if isinstance(value, str) else ""
 
 
 def _inner(cfg: Any) -> Config:
@@ -132,6 +133,8 @@ class _Namer:
         self.names: dict[str, str] = {}
 
     def layer(self, cfg: Config, group: str, scope: str) -> None:
+        if group.count("/") > MAX_NESTING:  # deeper than any stored group can be: a hostile config
+            return
         cls, c = _class(cfg), _inner(cfg)
         count = self.groups.get(group, 0)
         name = c.get("name")
