@@ -339,8 +339,10 @@ def test_cli_keras_config(kdir, tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("tf2flax: error: ") and "no.json" in done.stderr
 
 
-def test_importing_and_listing_v2_does_not_load_h5py():
-    code = "import sys, tf2flax; assert 'h5py' not in sys.modules; print('ok')"
+def test_importing_and_listing_v2_does_not_load_h5py(tf2_ckpt):
+    code = ("import sys, tf2flax; assert 'h5py' not in sys.modules; "
+            f"tf2flax.open_checkpoint({tf2_ckpt.prefix!r}).list_variables(); "
+            "assert 'h5py' not in sys.modules and 'tf2flax.formats.keras' not in sys.modules; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
 
