@@ -98,7 +98,8 @@ def test_legacy_h5_names_from_attributes(kdir, model, kind):
     with tf2flax.open_checkpoint(kdir / f"{model}.{kind}") as ckpt:
         what = "full model" if kind == "h5" else "weights only"
         assert ckpt.opened.startswith(f"Keras HDF5 file (Keras 2 layout, {what}")
-        # a nested model's weights are named under the layer holding it: `ffn/ffn_up/kernel`
+        # Keras 3's legacy writer names weights by their paths in the saving model (`wide_model/wide/kernel`,
+        # listed from the layer on: `wide/kernel`)
         listed = [n for n in ckpt.names if not n.startswith("optimizer/")]
         nested = {}
         for name, value in expected.items():
@@ -116,12 +117,11 @@ def test_real_keras2_files_from_tf_keras(kdir):
         pytest.skip("tf_keras is not installed")
     expected = {name[:-2]: v for name, v in load_expected(kdir / "tf_keras.expected").items()}
     # a nested model's weights are named under the layer that holds them
-    nested = {n if n.startswith("conv1_") else f"head/{n}": v for n, v in expected.items()}
-    for name in ("tf_keras.h5", "tf_keras.weights_only.h5"):
+    for name in ("tf_keras.h5", "tf_keras.weights_only.h5"):  # the nested Sequential's weights as Keras names them
         with tf2flax.open_checkpoint(kdir / name) as ckpt:
             assert ckpt.opened.startswith("Keras HDF5 file (Keras 2 layout")
-            _check_all(ckpt, nested)
-            assert sorted(n for n in ckpt.names if not n.startswith("optimizer/")) == sorted(nested)
+            _check_all(ckpt, expected)
+            assert sorted(n for n in ckpt.names if not n.startswith("optimizer/")) == sorted(expected)
     # tf.keras's .keras: named as tf_keras names the weights (w.name without :0); its metrics are bookkeeping
     with tf2flax.open_checkpoint(kdir / "tf_keras.keras") as ckpt:
         _check_all(ckpt, expected)
@@ -535,3 +535,17 @@ def test_deeply_nested_config_is_bounded():
     for _ in range(5000):
         config = {"class_name": "Sequential", "config": {"name": "s", "layers": [config]}}
     assert keras3_names(config, {"": 0}) == {}
+
+
+def test_keras2_names_of_nested_models():
+    """A nested model's weights keep Keras's names; only names two weights share get their layer prefixed."""
+    from tf2flax.formats.keras_names import keras2_names
+
+    weights = {"conv1/conv1/kernel:0": ("conv1", "conv1/kernel:0"),
+               "resnet50/conv1_conv/kernel:0": ("resnet50", "conv1_conv/kernel:0"),
+               "a/dense/bias:0": ("a", "dense/bias:0"), "b/dense/bias:0": ("b", "dense/bias:0"),
+               "dense/seq/dense/kernel": ("dense", "seq/dense/kernel")}
+    assert keras2_names(weights) == {"conv1/conv1/kernel:0": "conv1/kernel",
+                                     "resnet50/conv1_conv/kernel:0": "conv1_conv/kernel",
+                                     "a/dense/bias:0": "a/dense/bias", "b/dense/bias:0": "b/dense/bias",
+                                     "dense/seq/dense/kernel": "dense/kernel"}

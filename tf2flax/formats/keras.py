@@ -41,7 +41,7 @@ from ..errors import CorruptCheckpointError, UnsupportedFormatError, clip
 from ..storage import LocalStore, Store, open_store
 from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, squeezed
 from .hdf5 import REMOTE_BLOCK_BYTES, OpenHDF5, WindowFile, datasets, open_hdf5, short_error
-from .keras_names import keras2_name, keras2_weight, keras3_names
+from .keras_names import keras2_names, keras2_weight, keras3_names
 
 WEIGHTS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
@@ -207,20 +207,22 @@ class KerasCheckpoint(Checkpoint):
                 if (f"{group}/vars" if group else "vars") in groups}
 
     def _keras2_names(self, found: Mapping[str, Any]) -> dict[str, str]:
-        """``<layer>/<weight>`` for each dataset ``[model_weights/]<layer>/<weight>:0``; optimizer weights
-        (``optimizer_weights/<weight>``) under ``optimizer/``. Read from the group tree, which holds the
-        same names as the ``layer_names``/``weight_names`` attributes (string attributes are not read)."""
+        """Each dataset ``[model_weights/]<layer>/<weight>:0`` named as Keras names the weight (see
+        ``keras2_names``); optimizer weights (``optimizer_weights/<weight>``) under ``optimizer/``. Read
+        from the group tree, which holds the same names as the ``layer_names``/``weight_names``
+        attributes (string attributes are not read)."""
         prefix = "model_weights/" if self.full_model else ""
-        names: dict[str, str] = {}
+        weights = {path: tuple(path[len(prefix):].split("/", 1)) for path in found
+                   if path.startswith(prefix) and not path.startswith("optimizer_weights/")
+                   and "/" in path[len(prefix):]}
+        by_path = keras2_names(weights)
         for path in found:
             if path.startswith("optimizer_weights/"):
-                name = "optimizer/" + keras2_weight(path[len("optimizer_weights/"):])
-            elif path.startswith(prefix) and "/" in path[len(prefix):]:
-                layer, weight = path[len(prefix):].split("/", 1)
-                name = keras2_name(layer, weight)
-            else:
-                name = path
-            names[name if name not in names else path] = path
+                by_path[path] = "optimizer/" + keras2_weight(path[len("optimizer_weights/"):])
+        names: dict[str, str] = {}
+        for path in found:  # datasets outside the layout, and any name still taken, keep their stored paths
+            name = by_path.get(path, path)
+            names[name if name not in names and name not in found else path] = path
         return names
 
     def _describe(self, member: str, keras_config: Any) -> str:

@@ -233,16 +233,35 @@ def keras2_weight(weight: str) -> str:
 
 
 def keras2_name(layer: str, weight: str) -> str:
-    """A Keras 2 weight's name: its ``weight_names`` entry without ``:0``, from its layer's name on; a
-    weight whose name does not hold its layer's name (a nested model's) is prefixed with it.
+    """A Keras 2 weight's name as Keras shows it (``w.name``) without ``:0``, from its layer's name on
+    when the name holds it. A nested model's weights keep their own names (``conv1_conv/kernel`` in a
+    ``resnet50`` layer), as Keras names them; :func:`keras2_names` prefixes the layer only to tell apart
+    names that would collide.
 
     Example::
 
         keras2_name("conv1_conv", "conv1_conv/kernel:0")     # 'conv1_conv/kernel'
-        keras2_name("resnet50", "conv1_conv/kernel:0")       # 'resnet50/conv1_conv/kernel'
+        keras2_name("resnet50", "conv1_conv/kernel:0")       # 'conv1_conv/kernel'
         keras2_name("dense", "sequential/dense/kernel")      # 'dense/kernel' (Keras 3's legacy writer)
     """
     parts = keras2_weight(weight).split("/")
     if layer in parts[:-1]:
         return "/".join(parts[parts.index(layer):])
-    return "/".join([layer, *parts])
+    return "/".join(parts)
+
+
+def keras2_names(weights: Mapping[str, tuple[str, str]]) -> dict[str, str]:
+    """Stored path -> name, for ``weights`` (stored path -> (layer, weight name)): :func:`keras2_name`,
+    or ``<layer>/<name>`` for every weight whose name another weight has too (two nested models
+    holding layers of the same name).
+
+    Example::
+
+        keras2_names({"a/dense/kernel:0": ("a", "dense/kernel:0"), "b/dense/kernel:0": ("b", "dense/kernel:0")})
+        # {'a/dense/kernel:0': 'a/dense/kernel', 'b/dense/kernel:0': 'b/dense/kernel'}
+    """
+    bare = {path: keras2_name(layer, weight) for path, (layer, weight) in weights.items()}
+    counts: dict[str, int] = {}
+    for name in bare.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {path: name if counts[name] == 1 else f"{weights[path][0]}/{name}" for path, name in bare.items()}
