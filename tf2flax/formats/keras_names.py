@@ -131,6 +131,9 @@ class _Namer:
     def __init__(self, groups: Mapping[str, int]):
         self.groups = groups
         self.names: dict[str, str] = {}
+        # every stored ".../layers" (or tf.keras's ".../_layer_checkpoint_dependencies") group
+        self.containers = {"/".join(parts[:i + 1]) for parts in (g.split("/") for g in groups)
+                           for i, part in enumerate(parts) if part in ("layers", "_layer_checkpoint_dependencies")}
 
     def layer(self, cfg: Config, group: str, scope: str) -> None:
         if group.count("/") > MAX_NESTING:  # deeper than any stored group can be: a hostile config
@@ -175,7 +178,7 @@ class _Namer:
         if cls == "Sequential":
             layers = [layer for layer in layers if _class(layer) != "InputLayer"]
         base = f"{group}/layers" if group else "layers"
-        if not any(g.startswith(base + "/") for g in self.groups):  # .keras files of tf.keras 2.13-2.15
+        if base not in self.containers:  # .keras files of tf.keras 2.13-2.15
             base = f"{group}/_layer_checkpoint_dependencies" if group else "_layer_checkpoint_dependencies"
         used: dict[str, int] = {}
         for layer in layers:
