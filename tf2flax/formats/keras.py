@@ -9,13 +9,14 @@ All three hold HDF5 (read with h5py, imported only here):
   (``keras_names.py``); the stored paths (``layers/dense/vars/0``) work as well.
 - a Keras 3 ``.weights.h5``: the same HDF5, alone. Names are the stored paths, or Keras paths when
   ``keras_config`` (the model's ``config.json`` or ``.keras``) is given.
-- a Keras 2 ``.h5`` (``model.save("m.h5")``, ``save_weights("m.h5")``): ``<layer>/<weight>`` from its
-  ``layer_names``/``weight_names`` attributes (``conv1_conv/kernel``).
+- a Keras 2 ``.h5`` (``model.save("m.h5")``, ``save_weights("m.h5")``): each weight as Keras names it,
+  without ``:0`` (``conv1_conv/kernel``), from the file's group tree.
 
 Optimizer variables are listed under ``optimizer/...``. Opening walks and checks the whole HDF5
-tree (``hdf5.py``) and reads no tensor data. A region read is an HDF5 hyperslab selection: only the
-rows and columns asked for are read (for chunked, compressed datasets: the chunks they touch, each
-decompressed whole).
+tree (``hdf5.py``) and reads no tensor data, nor any string attribute (a damaged one can hang the
+HDF5 library). A region read is an HDF5 hyperslab selection: only the rows and columns asked for are
+read (for chunked, compressed datasets: the chunks they touch, each decompressed whole). Remote
+files (URLs) are read through the store's byte ranges, their size taken from the file itself.
 
 Example::
 
