@@ -9,6 +9,7 @@ shape, and every read must be bitwise equal to Keras's value.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -562,3 +563,13 @@ def test_many_tiny_chunks_are_listed_in_one_pass(tmp_path):
         assert ckpt.list_variables() == [("layers/dense/vars/0", [20000])]
         assert time.perf_counter() - began < 5
         assert np.array_equal(ckpt.read("layers/dense/vars/0", np.s_[100:110]), values[100:110])
+
+
+def test_sharded_weights_say_what_to_do(kdir, tmp_path):
+    """A .weights.json (sharded save_weights) is refused in one line; each shard opens on its own."""
+    manifest = tmp_path / "m.weights.json"
+    manifest.write_text('{"metadata": {}, "weight_map": {"/layers/dense/vars": "m_00000.weights.h5"}}')
+    shutil.copy(kdir / "mlp.weights.h5", tmp_path / "m_00000.weights.h5")
+    assert "each shard" in _raises_cleanly(manifest, UnsupportedFormatError)
+    with tf2flax.open_checkpoint(tmp_path / "m_00000.weights.h5") as ckpt:
+        assert "layers/dense/vars/0" in ckpt.names

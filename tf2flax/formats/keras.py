@@ -102,6 +102,10 @@ class KerasCheckpoint(Checkpoint):
         self.stats = ReadStats()
         self._infos: dict[str, TensorInfo] = {}
         self._lock = threading.Lock()
+        if name.endswith(".weights.json"):
+            raise UnsupportedFormatError(
+                f"{self.path}: sharded Keras weights (save_weights(..., max_shard_size=...)), which tf2flax does not "
+                "read as one checkpoint yet; each shard it lists (name_00000.weights.h5, ...) opens on its own")
         size = _file_size(store, name, self.path)
         head = store.read(name, 0, min(size, 4))
         config, member = None, ""

@@ -274,7 +274,8 @@ def locate(path: str | os.PathLike) -> Location:
         if directory.exists(STATE_FILE) or any(directory.exists(f) for f in SAVED_MODEL_FILES):
             return _from_directory(directory, path)
     if store.exists(prefix):
-        if _sniff(store, prefix) in ("zip", "hdf5"):  # a Keras file (or not: the Keras reader says so)
+        # Keras files (and files that only look like them: the Keras reader says what they are)
+        if _sniff(store, prefix) in ("zip", "hdf5") or prefix.endswith(".weights.json"):
             return Location(store, prefix, "keras")
         _refuse(store, prefix)
     shown = redact_url(path)
