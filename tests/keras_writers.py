@@ -277,6 +277,13 @@ def write_tf_keras(directory: Path, seed: int = 0) -> dict[str, Path]:
     model.save_weights(paths["h5_weights"])
     model.save(paths["keras"])  # tf.keras's own .keras format (_layer_checkpoint_dependencies-era layout)
     _save_expected(directory / "tf_keras.expected", {w.name: w.numpy() for w in model.weights})
+    # transfer learning as users do it: a Keras application as a nested base model under a new head
+    base = k2.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, include_top=False, alpha=0.35)
+    inp = k2.Input((32, 32, 3))
+    transfer = k2.Model(inp, layers.Dense(2, name="head")(layers.GlobalAveragePooling2D()(base(inp))))
+    paths["transfer"] = directory / "tf_keras_transfer.h5"
+    transfer.save(paths["transfer"])
+    _save_expected(directory / "tf_keras_transfer.expected", {w.name: w.numpy() for w in transfer.weights})
     return paths
 
 

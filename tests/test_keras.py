@@ -123,6 +123,12 @@ def test_real_keras2_files_from_tf_keras(kdir):
             assert ckpt.opened.startswith("Keras HDF5 file (Keras 2 layout")
             _check_all(ckpt, expected)
             assert sorted(n for n in ckpt.names if not n.startswith("optimizer/")) == sorted(expected)
+    # a Keras application nested as a base model: its weights as tf_keras names them (conv1/kernel, not
+    # mobilenetv2_0.35_32/conv1/kernel)
+    transfer = {name[:-2]: v for name, v in load_expected(kdir / "tf_keras_transfer.expected").items()}
+    with tf2flax.open_checkpoint(kdir / "tf_keras_transfer.h5") as ckpt:
+        _check_all(ckpt, transfer)
+        assert sorted(n for n in ckpt.names if not n.startswith("optimizer/")) == sorted(transfer)
     # tf.keras's .keras: named as tf_keras names the weights (w.name without :0); its metrics are bookkeeping
     with tf2flax.open_checkpoint(kdir / "tf_keras.keras") as ckpt:
         _check_all(ckpt, expected)
