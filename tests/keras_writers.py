@@ -239,6 +239,9 @@ def write_all(name: str, directory: Path, seed: int = 0) -> dict[str, Path]:
     model.save(paths["keras"])
     model.save_weights(paths["weights"])
     model.save(paths["h5"])
+    if name == "mobilenet":  # sharded save_weights: a .weights.json manifest and 1 MB .h5 shards
+        paths["sharded"] = directory / f"{name}.sharded.weights.json"
+        model.save_weights(paths["sharded"], max_shard_size=0.001)
     with h5py.File(paths["h5_weights"], "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
     _save_expected(directory / f"{name}.h5.expected", _values(model.weights))

@@ -8,8 +8,8 @@ shape, and every read must be bitwise equal to Keras's value.
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import tf2flax
 from keras_writers import MODELS, load_expected
 from servers import RangeHTTPServer
-from tf2flax.errors import CorruptCheckpointError, Tf2FlaxError, UnsupportedFormatError
+from tf2flax.errors import CheckpointNotFoundError, CorruptCheckpointError, Tf2FlaxError, UnsupportedFormatError
 from tf2flax.formats.keras_names import keras3_names
 from tf2flax.naming import default_names
 
@@ -571,11 +571,19 @@ def test_many_tiny_chunks_are_listed_in_one_pass(tmp_path):
         assert np.array_equal(ckpt.read("layers/dense/vars/0", np.s_[100:110]), values[100:110])
 
 
-def test_sharded_weights_say_what_to_do(kdir, tmp_path):
-    """A .weights.json (sharded save_weights) is refused in one line; each shard opens on its own."""
-    manifest = tmp_path / "m.weights.json"
-    manifest.write_text('{"metadata": {}, "weight_map": {"/layers/dense/vars": "m_00000.weights.h5"}}')
-    shutil.copy(kdir / "mlp.weights.h5", tmp_path / "m_00000.weights.h5")
-    assert "each shard" in _raises_cleanly(manifest, UnsupportedFormatError)
-    with tf2flax.open_checkpoint(tmp_path / "m_00000.weights.h5") as ckpt:
-        assert "layers/dense/vars/0" in ckpt.names
+def test_sharded_weights(kdir, tmp_path):
+    """save_weights(..., max_shard_size=): a .weights.json naming sibling .h5 shards, read as one checkpoint."""
+    expected = load_expected(kdir / "mobilenet.keras.expected")
+    manifest = kdir / "mobilenet.sharded.weights.json"
+    with tf2flax.open_checkpoint(manifest, keras_config=kdir / "mobilenet.keras") as ckpt:
+        assert ckpt.opened.startswith("Keras 3 sharded weights (.weights.json, ") and ckpt.num_shards >= 2
+        _check_all(ckpt, expected)
+        assert len({ckpt.info(n).shards for n in expected}) == ckpt.num_shards
+    with tf2flax.open_checkpoint(manifest) as ckpt:
+        model = [n for n in ckpt.names if not n.startswith("optimizer/")]
+        assert all(n.startswith("layers/") for n in model) and len(model) == len(expected)
+    # a manifest may name only files beside it, and all of them must be there
+    for shard, error in (("../secret.weights.h5", CorruptCheckpointError), ("gone.weights.h5", CheckpointNotFoundError)):
+        bad = tmp_path / "bad.weights.json"
+        bad.write_text(json.dumps({"weight_map": {"/layers/dense/vars": shard}}))
+        _raises_cleanly(bad, error)

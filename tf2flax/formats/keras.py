@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
-from ..errors import CorruptCheckpointError, UnsupportedFormatError, clip
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError, clip
 from ..storage import LocalStore, Store, open_store
 from .base import Checkpoint, ReadStats, StoredTensor, TensorInfo, squeezed
 from .hdf5 import REMOTE_BLOCK_BYTES, OpenHDF5, WindowFile, datasets, open_hdf5, short_error
@@ -97,33 +97,38 @@ class KerasCheckpoint(Checkpoint):
     def __init__(self, store: Store, name: str, keras_config: Any = None):
         self.store = store
         self.file = self.prefix = name
-        self.num_shards = 1
         self.path = store.describe(name)
         self.stats = ReadStats()
         self._infos: dict[str, TensorInfo] = {}
         self._lock = threading.Lock()
-        if name.endswith(".weights.json"):
-            raise UnsupportedFormatError(
-                f"{self.path}: sharded Keras weights (save_weights(..., max_shard_size=...)), which tf2flax does not "
-                "read as one checkpoint yet; each shard it lists (name_00000.weights.h5, ...) opens on its own")
-        size = _file_size(store, name, self.path)
-        head = store.read(name, 0, min(size, 4))
         config, member = None, ""
-        if head == b"PK\x03\x04":
-            self.kind = "keras"
-            h5_store, h5_name, start, length, config, member = self._open_archive(size)
-        else:
+        if name.endswith(".weights.json"):  # sharded save_weights: a manifest naming sibling .h5 files
             self.kind = "keras3"
-            h5_store, h5_name, start, length = store, name, 0, size
+            windows = [(store, shard, 0, _file_size(store, shard, store.describe(shard)))
+                       for shard in _shard_files(store, name, self.path)]
+            member = f"{len(windows)} files"
+        else:
+            size = _file_size(store, name, self.path)
+            if store.read(name, 0, min(size, 4)) == b"PK\x03\x04":
+                self.kind = "keras"
+                h5_store, h5_name, start, length, config, member = self._open_archive(size)
+                windows = [(h5_store, h5_name, start, length)]
+            else:
+                self.kind = "keras3"
+                windows = [(store, name, 0, size)]
         if keras_config is not None:
             config = load_keras_config(keras_config)
-        remote = h5_store.size(h5_name) is None  # each read a request: metadata read in blocks
-        self._h5: OpenHDF5 = open_hdf5(h5_store, h5_name, start, length, self.path, self.stats,
-                                       REMOTE_BLOCK_BYTES if remote else 0)
+        self.num_shards = len(windows)
+        self._h5s: list[OpenHDF5] = []
         try:
+            for h5_store, h5_name, start, length in windows:
+                remote = h5_store.size(h5_name) is None  # each read a request: metadata read in blocks
+                where = self.path if len(windows) == 1 else h5_store.describe(h5_name)
+                self._h5s.append(open_hdf5(h5_store, h5_name, start, length, where, self.stats,
+                                           REMOTE_BLOCK_BYTES if remote else 0))
             self._open_tree(config)
         except BaseException:
-            self._h5.close()
+            self.close()
             raise
         self.opened = self._describe(member, keras_config)
 
@@ -168,13 +173,22 @@ class KerasCheckpoint(Checkpoint):
                 from None
 
     def _open_tree(self, config: Any) -> None:
-        h5 = self._h5.file
         groups: list[str] = []
-        found = datasets(h5, self._h5.size, self.path, groups)
+        found: dict[str, Any] = {}
+        self._shard_of: dict[str, int] = {}
+        for shard, h5 in enumerate(self._h5s):
+            here = datasets(h5.file, h5.size, self.path if len(self._h5s) == 1 else h5.window.store.describe(
+                h5.window.name), groups)
+            for path in here:
+                if path in found:
+                    raise CorruptCheckpointError(f"{self.path}: dataset {clip(path)} is in two of its shard files")
+                self._shard_of[path] = shard
+            found.update(here)
         self._datasets = found
         group_set = set(groups)
         names: dict[str, str] = {}  # listed name -> dataset path
-        if "model_weights" in group_set or _has_attribute(h5, "layer_names"):
+        h5 = self._h5s[0].file
+        if len(self._h5s) == 1 and ("model_weights" in group_set or _has_attribute(h5, "layer_names")):
             self.kind = "keras2" if self.kind != "keras" else self.kind
             self.full_model = "model_weights" in group_set
             names = self._keras2_names(found)
@@ -237,6 +251,8 @@ class KerasCheckpoint(Checkpoint):
             what = "full model" if self.full_model else "weights only"
             return f"Keras HDF5 file (Keras 2 layout, {what}): {self.path}"
         names = " with Keras names from keras_config" if keras_config is not None else ""
+        if self.file.endswith(".weights.json"):
+            return f"Keras 3 sharded weights (.weights.json, {member}){names}: {self.path}"
         return f"Keras 3 weights file (.weights.h5){names}: {self.path}"
 
     # ---- metadata ----------------------------------------------------------------------------
@@ -252,7 +268,8 @@ class KerasCheckpoint(Checkpoint):
         shape = tuple(int(d) for d in (ds.shape or ()))
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         enum = _ENUMS[dtype]
-        return TensorInfo(name, dtype, enum, shape, StoredTensor(enum, shape, 0, offset, nbytes, 0))
+        shard = self._shard_of[path]
+        return TensorInfo(name, dtype, enum, shape, StoredTensor(enum, shape, shard, offset, nbytes, 0))
 
     def list_variables(self) -> list[tuple[str, list[int]]]:
         """[(name, shape)] sorted by name, from the HDF5 metadata (no tensor data read)."""
@@ -276,7 +293,8 @@ class KerasCheckpoint(Checkpoint):
         return squeezed(array.reshape(tuple(s.stop - s.start for s in region)), squeeze)
 
     def close(self) -> None:
-        self._h5.close()
+        for h5 in getattr(self, "_h5s", []):
+            h5.close()
         super().close()
 
 
@@ -303,6 +321,30 @@ def _numpy_dtype(ds: Any, here: str) -> np.dtype:
     if native is None or native not in _ENUMS:
         raise UnsupportedFormatError(f"{here}: HDF5 type {stored} is not a numeric type tf2flax reads")
     return native
+
+
+def _shard_files(store: Store, name: str, where: str) -> list[str]:
+    """The shard files a ``.weights.json`` manifest names (its ``weight_map`` values), each a plain file
+    name beside it: nothing outside the manifest's directory is read because the manifest says so."""
+    size = store.size(name)
+    if size is not None and size > MAX_CONFIG_BYTES:
+        raise CorruptCheckpointError(f"{where}: {size} bytes, too large for a weights manifest")
+    manifest = _parse_config(store.read(name), where)
+    weight_map = manifest.get("weight_map") if isinstance(manifest, Mapping) else None
+    if not isinstance(weight_map, Mapping):
+        raise CorruptCheckpointError(f"{where}: a .weights.json without a weight_map")
+    files: dict[str, None] = {}
+    for value in weight_map.values():
+        for shard in value if isinstance(value, list) else [value]:
+            if not isinstance(shard, str) or not re.fullmatch(r"[\w][\w.-]*", shard) or ".." in shard:
+                raise CorruptCheckpointError(f"{where}: shard {clip(str(shard))} is not a file name beside it")
+            files[shard] = None
+    if not files:
+        raise CorruptCheckpointError(f"{where}: its weight_map names no shard file")
+    for shard in files:
+        if not store.exists(shard):
+            raise CheckpointNotFoundError(f"{store.describe(shard)}: missing; the sharded weights {where} name it")
+    return list(files)
 
 
 def _file_size(store: Store, name: str, where: str) -> int:
