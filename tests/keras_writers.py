@@ -248,7 +248,8 @@ def write_all(name: str, directory: Path, seed: int = 0) -> dict[str, Path]:
     loaded = k.saving.load_model(paths["keras"], compile=False)
     _save_expected(directory / f"{name}.keras.expected", _values(loaded.weights))
     optimizer = [np.asarray(v.numpy()) for v in model.optimizer.variables]
-    _save_expected(directory / f"{name}.optimizer.expected", {f"optimizer/vars/{i}": v for i, v in enumerate(optimizer)})
+    _save_expected(directory / f"{name}.optimizer.expected",
+                   {f"optimizer/vars/{i}": v for i, v in enumerate(optimizer)})
     return paths
 
 

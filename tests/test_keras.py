@@ -368,7 +368,10 @@ def _raises_cleanly(path, error=Tf2FlaxError, **kwargs):
 def test_truncated_files(kdir, tmp_path, cut):
     for source in ("cnn.weights.h5", "cnn.keras", "cnn.h5"):
         data = (kdir / source).read_bytes()
-        n = cut if isinstance(cut, int) and cut > 0 else len(data) + cut if isinstance(cut, int) else int(len(data) * cut)
+        if isinstance(cut, float):
+            n = int(len(data) * cut)
+        else:
+            n = cut if cut > 0 else len(data) + cut
         path = tmp_path / f"cut_{source}"
         path.write_bytes(data[:n])
         message = _raises_cleanly(path)
@@ -583,7 +586,8 @@ def test_sharded_weights(kdir, tmp_path):
         model = [n for n in ckpt.names if not n.startswith("optimizer/")]
         assert all(n.startswith("layers/") for n in model) and len(model) == len(expected)
     # a manifest may name only files beside it, and all of them must be there
-    for shard, error in (("../secret.weights.h5", CorruptCheckpointError), ("gone.weights.h5", CheckpointNotFoundError)):
+    for shard, error in (("../secret.weights.h5", CorruptCheckpointError),
+                         ("gone.weights.h5", CheckpointNotFoundError)):
         bad = tmp_path / "bad.weights.json"
         bad.write_text(json.dumps({"weight_map": {"/layers/dense/vars": shard}}))
         _raises_cleanly(bad, error)
