@@ -1,7 +1,7 @@
 """Checkpoints as users have them: snappy-compressed index blocks, SavedModel and TF Hub directories,
 real files written by TensorFlow builds we cannot run (``tests/data/realworld``), and files that are
-not checkpoints at all (Keras ``.keras``/``.h5``, frozen ``.pb`` graphs), which are told apart by their
-first and last bytes only.
+not checkpoints at all (zip and HDF5 files that are not Keras files, frozen ``.pb`` graphs), which are
+told apart by their first and last bytes (zip and HDF5 files then by their contents, see test_keras.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -251,13 +252,14 @@ def test_saved_models_over_http_and_s3(saved_models, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def not_checkpoints(tmp_path_factory):
-    T = tf_writers.tf()
-    import keras
+    import h5py
 
+    T = tf_writers.tf()
     d = tmp_path_factory.mktemp("not_checkpoints")
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    model.save(d / "model.keras")
-    model.save_weights(d / "model.weights.h5")
+    with zipfile.ZipFile(d / "photos.zip", "w") as archive:
+        archive.writestr("photo.jpg", b"\xff\xd8\xff")
+    with h5py.File(d / "measurements.h5", "w") as f:
+        f.create_dataset("temperature", data=np.arange(10.0))
     graph = T.Graph()
     with graph.as_default():
         T.constant(np.ones((2, 2), np.float32), name="frozen_weight")
@@ -266,8 +268,8 @@ def not_checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name, match", [
-    ("model.keras", "a zip archive, as a Keras .keras file is"),
-    ("model.weights.h5", r"a Keras HDF5 \(.h5\) file"),
+    ("photos.zip", "a zip archive with no model.weights.h5, so not a Keras .keras file"),
+    ("measurements.h5", "an HDF5 file with no Keras weights layout"),
     ("frozen.pb", r"a .pb protobuf \(a frozen graph holds its weights as graph constants\)"),
 ])
 def test_non_checkpoint_files_say_what_they_are(not_checkpoints, name, match):

@@ -32,6 +32,10 @@ from .progress import human_bytes
 from .storage import redact_url
 
 
+_KERAS_CONFIG_HELP = ("for a Keras .weights.h5: the model's config.json or .keras, to name variables by their "
+                      "Keras paths (see docs/keras.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tf2flax``."""
     from . import __version__
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="names of TF2 variables in OUT: object (the default, as `ls` shows them): model-side "
                       "object paths; full: full names (Keras 3: layer paths). A map file's 'names' applies when "
                       "this is not given. TF1 tensors keep their names")
+    conv.add_argument("--keras-config", metavar="FILE", help=_KERAS_CONFIG_HELP)
     conv.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists (after success)")
     dist = conv.add_argument_group("distributed", "one process of a jax.distributed conversion (every "
@@ -76,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List a checkpoint's tensors: name, shape, dtype, size, shard.")
     ls.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--keras-config", metavar="FILE", help=_KERAS_CONFIG_HELP)
     ls.add_argument("--names", choices=("object", "key", "full"), default="object",
                     help="how TF2 variables are named: object (the default, the names convert gives them): "
                     "model-side object paths; key: checkpoint keys, as tf.train.list_variables shows them "
@@ -143,11 +149,13 @@ def _printable_lines(text: str, names: Sequence[str] = ()) -> str:
     return "\n".join(_printable(line) for line in text.split("\n"))
 
 
-def _names_in(ckpt: str, result: Any) -> list[str]:
+def _names_in(ckpt: Any, result: Any) -> list[str]:
     """Every checkpoint tensor name and output path a conversion's report may show."""
-    from . import open_checkpoint
+    from . import Checkpoint, open_checkpoint
 
     names = list(result.plan.entries) + [name for name, _ in result.left_out]
+    if isinstance(ckpt, Checkpoint):
+        return names + ckpt.names
     try:
         with open_checkpoint(ckpt) as opened:
             names += opened.names
@@ -184,6 +192,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     import jax
 
+    from . import open_checkpoint
     from .conversion import ConvertWarning, convert, load_map_file
 
     if "JAX_PLATFORMS" not in os.environ:  # converting needs no accelerator: leave GPUs/TPUs alone
@@ -195,6 +204,7 @@ def _convert(args: argparse.Namespace) -> int:
     if args.names:
         options["names"] = args.names
     primary = True
+    ckpt = open_checkpoint(args.ckpt, keras_config=args.keras_config) if args.keras_config else args.ckpt
     # gloo (JAX's CPU collectives) prints '[Gloo] Rank 0 is connected ...' on stdout at every save
     with _native_lines_dropped(args.distributed and not args.debug):
         if args.distributed:
@@ -202,16 +212,16 @@ def _convert(args: argparse.Namespace) -> int:
             from .conversion.launch import join_distributed
 
             # This process's own inputs first: a bad one ends it now, and the others name it as missing.
-            check_conversion(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
+            check_conversion(ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
                              dry_run=args.dry_run, force=args.force, **options)
             primary = join_distributed(cluster, args.timeout, announce=None if args.quiet else lambda text: print(
                 f"tf2flax: {text}", file=sys.stderr, flush=True)) == 0
             options.update(distributed=True, timeout=args.timeout)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvertWarning)
-            result = convert(args.ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
+            result = convert(ckpt, args.out, dtype=args.dtype, include_optimizer=args.include_optimizer,
                              dry_run=args.dry_run, force=args.force, progress=not args.quiet, **options)
-        names = _names_in(args.ckpt, result) if primary and (caught or args.dry_run) else []
+        names = _names_in(ckpt, result) if primary and (caught or args.dry_run) else []
     for w in caught:
         if issubclass(w.category, ConvertWarning) and primary:
             print(f"tf2flax: warning: {_printable_lines(redact_url(str(w.message), limit=2000), names)}",
@@ -251,7 +261,7 @@ def _ls(args: argparse.Namespace) -> int:
     from .formats.dtypes import dtype_name
     from .naming import display_names
 
-    ckpt = open_checkpoint(args.ckpt)
+    ckpt = open_checkpoint(args.ckpt, keras_config=args.keras_config)
     shown = display_names(ckpt, args.names)
     becomes = _preset_names(args.preset, ckpt) if args.preset else None
     rows = []

@@ -6,9 +6,10 @@
   ``names="full"``, its ``full_name`` where that is unique (Keras 3: the layer path ``mha/query/kernel``
   rather than the object path ``model/_operations/1/_query_dense/_kernel``).
 
-Left out unless ``include_optimizer``: the object graph, ``save_counter``, ``global_step`` and
-optimizer state (TF2 slot and optimizer variables; TF1 slots such as ``<var>/Adam``, ``<var>/Adam_1``,
-``<var>/Momentum``, ``<var>/adam_m``, and ``beta1_power``; ``optimizer/...`` names).
+Left out unless ``include_optimizer``: the object graph, ``save_counter``, ``global_step``, Keras
+metrics state (``metrics/.../vars/<n>``) and optimizer state (TF2 slot and optimizer variables; TF1
+slots such as ``<var>/Adam``, ``<var>/Adam_1``, ``<var>/Momentum``, ``<var>/adam_m``, and
+``beta1_power``; ``optimizer/...`` names).
 
 Example::
 
@@ -32,7 +33,8 @@ _TF1_OPTIMIZER = re.compile(
     r"/(Adam|Adam_\d+|AdamW|AdamW_\d+|adam_[mv]|lamb_[mv]|Momentum|Adagrad|AdagradDA|AdagradDA_\d+|"
     r"RMSProp|RMSProp_\d+|Ftrl|Ftrl_\d+|Adadelta|Adadelta_\d+|ProximalAdagrad)$"
     r"|(^|/)beta[12]_power(_\d+)?$|(^|/)optimizer(/|$)", re.IGNORECASE)
-_BOOKKEEPING = re.compile(r"(^|/)(global_step|save_counter)$")
+# Keras files: compiled metrics' state (``metrics/mean/vars/0``) is not model state either.
+_BOOKKEEPING = re.compile(r"(^|/)(global_step|save_counter)$|^metrics/.+/vars/\d+$")
 
 OPTIMIZER = "optimizer state"
 BOOKKEEPING = "bookkeeping"

@@ -8,7 +8,8 @@ What is found:
   just ``variables/variables.index``): its ``variables/variables`` checkpoint; a TF Serving base
   directory of numbered versions: the highest version's;
 - a V1 checkpoint: one table file named exactly the prefix, or shards ``name-00000-of-00002``... (a
-  state file names them ``name-?????-of-00002``).
+  state file names them ``name-?????-of-00002``);
+- a Keras file (a zip or HDF5 file: ``.keras``, ``.weights.h5``, ``.h5``), opened by ``keras.py``.
 
 The directory you name is the directory you read: TF1's ``Saver`` writes absolute paths into the state
 file; when the named directory holds the checkpoint under the same file name (a moved or copied run),
@@ -69,6 +70,8 @@ class Location:
         where = self.store.describe(self.prefix)
         if self.container:
             return f"{self.container} variables: {where}"
+        if self.format == "keras":
+            return f"Keras file: {where}"
         if self.format == "v1":
             where = describe_v1(self.store, self.prefix, self.files)
             return f"V1 checkpoint: {where}" + (f" ({len(self.files)} files)" if len(self.files) > 1 else "")
@@ -324,27 +327,21 @@ def locate(path: str | os.PathLike) -> Location:
         if directory.exists(STATE_FILE) or any(directory.exists(f) for f in SAVED_MODEL_FILES):
             return _from_directory(directory, path)
     if store.exists(prefix):
+        # Keras files (and files that only look like them: the Keras reader says what they are)
+        if _sniff(store, prefix) in ("zip", "hdf5") or prefix.endswith(".weights.json"):
+            return Location(store, prefix, "keras")
         _refuse(store, prefix)
     shown = redact_url(path)
     raise CheckpointNotFoundError(f"{shown}: no checkpoint here (expected {shown}.index, or a directory)")
 
 
-_INSTEAD = ("tf2flax reads TensorFlow checkpoints (prefix.index + prefix.data-* files, or V1 checkpoint files) "
-            "and SavedModel directories")
+_INSTEAD = ("tf2flax reads TensorFlow checkpoints (prefix.index + prefix.data-* files, or V1 checkpoint files), "
+            "SavedModel directories and Keras .keras, .weights.h5 and .h5 files")
 
 
 def _refuse(store: Store, name: str) -> None:
     """Say what the file ``name`` is, when it is not a checkpoint (reads its first and last bytes)."""
-    kind = _sniff(store, name)
     where = store.describe(name)
-    if kind == "zip":
-        raise UnsupportedFormatError(
-            f"{where}: a zip archive, as a Keras .keras file is, not a TensorFlow checkpoint; {_INSTEAD}: save one "
-            "with tf.train.Checkpoint(model=model).write(prefix), or export a SavedModel with model.export(dir)")
-    if kind == "hdf5":
-        raise UnsupportedFormatError(
-            f"{where}: a Keras HDF5 (.h5) file, not a TensorFlow checkpoint; {_INSTEAD}: save one with "
-            "tf.train.Checkpoint(model=model).write(prefix), or export a SavedModel with model.export(dir)")
     if name.endswith(".pb"):
         raise UnsupportedFormatError(
             f"{where}: a .pb protobuf (a frozen graph holds its weights as graph constants), not a checkpoint; "

@@ -9,8 +9,9 @@ Example::
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError, UnsupportedFormatError
 from .base import Checkpoint
 from .locate import locate
 from .object_graph import OBJECT_GRAPH_KEY
@@ -18,7 +19,7 @@ from .v2 import V2Checkpoint
 
 
 def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, verify_regions: bool = False,
-                    mmap: bool = True) -> Checkpoint:
+                    mmap: bool = True, keras_config: Any = None) -> Checkpoint:
     """Open a checkpoint: a directory (through its ``checkpoint`` file), a prefix, or a URL.
 
     A SavedModel or TF Hub module directory opens its ``variables/variables``; V1 checkpoints (one
@@ -29,6 +30,11 @@ def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, veri
     ``verify_regions``: also verify region reads, by reading each stored tensor they touch whole.
     ``mmap``: map local data files and return read-only views of them (no copy); ``False`` reads
     every tensor into memory of its own, for files that may be rewritten in place while open.
+    ``keras_config``: for a Keras ``.weights.h5``, the model's ``config.json`` or ``.keras`` (a path, or
+    the parsed dict), to name its variables by their Keras paths (``dense_1/kernel``); see docs/keras.md.
+
+    Keras files (``.keras``, ``.weights.h5``, Keras 2 ``.h5``) open as a
+    :class:`~tf2flax.formats.keras.KerasCheckpoint`.
 
     Example::
 
@@ -36,6 +42,13 @@ def open_checkpoint(path: str | os.PathLike, verify_checksums: bool = True, veri
             ckpt.read("bert/pooler/dense/bias")
     """
     where = locate(path)
+    if where.format == "keras":
+        from .keras import KerasCheckpoint
+
+        return KerasCheckpoint(where.store, where.prefix, keras_config=keras_config)
+    if keras_config is not None:
+        raise UnsupportedFormatError(f"{where.describe()}: keras_config names Keras variables, and this is not a "
+                                     "Keras file")
     if where.format == "v1":
         from .v1 import V1Checkpoint
 
