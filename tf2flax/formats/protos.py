@@ -13,7 +13,12 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError as ProtoDecodeError
+
+from ..errors import CorruptCheckpointError
 
 _F = descriptor_pb2.FieldDescriptorProto
 _OPT, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
@@ -107,3 +112,19 @@ TensorSliceProto = _CLASSES["TensorSliceProto"]
 TrackableObjectGraph = _CLASSES["TrackableObjectGraph"]
 CheckpointState = _CLASSES["CheckpointState"]
 SavedTensorSlices = _CLASSES["SavedTensorSlices"]
+
+
+def decode(message_class: type, value: bytes, where: str, what: str) -> Any:
+    """``value`` parsed as a ``message_class``; CorruptCheckpointError naming ``where`` and ``what`` if it
+    does not decode.
+
+    Example::
+
+        entry = decode(BundleEntryProto, raw, "/ckpt/model.index", "tensor 'w': entry")
+    """
+    message = message_class()
+    try:
+        message.ParseFromString(value)
+    except ProtoDecodeError:
+        raise CorruptCheckpointError(f"{where}: {what} does not decode as a {message_class.__name__}") from None
+    return message

@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 import numpy as np
-from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from ..errors import CorruptCheckpointError, UnsupportedFormatError
 from ..regions import Index, index_shape, normalize_index, overlap
@@ -35,7 +34,7 @@ from ..storage import Store
 from .coding import DecodeError
 from .dtypes import DT_STRING, is_supported, numpy_dtype
 from .locate import describe_v1
-from .protos import SavedTensorSlices
+from .protos import SavedTensorSlices, decode
 from .base import (Checkpoint, ReadStats, StoredTensor, TensorInfo, check_fits_numpy, shape_text, slice_region,
                    slices_problem, squeezed)
 from .slice_key import encode_slice_key
@@ -132,7 +131,7 @@ class V1Checkpoint(Checkpoint):
             raise CorruptCheckpointError(f"{where}: {e}") from None
         if not first or first[0][0] != b"":
             raise CorruptCheckpointError(f"{where}: no saved tensor slices at the beginning of the checkpoint file")
-        meta = _parse(first[0][1], where, "its metadata entry").meta
+        meta = decode(SavedTensorSlices, first[0][1], where, "its metadata entry").meta
         versions = meta.versions
         if versions.producer < 0 or versions.min_consumer > 1 or 1 in versions.bad_consumers:
             raise UnsupportedFormatError(
@@ -255,21 +254,12 @@ class V1Checkpoint(Checkpoint):
         extents = self._extents[(info.name, stored.shard_id, _flat(region))]
         file = self.store.describe(self.files[stored.shard_id])
         what = f"{file}: tensor {info.name!r} slice {list(extents)}"
-        proto = _parse(value, file, f"tensor {info.name!r} slice {list(extents)}").data.data
+        proto = decode(SavedTensorSlices, value, file, f"tensor {info.name!r} slice {list(extents)}").data.data
         return _values(proto, info.dtype_enum, info.dtype, stored.shape, what)
 
 
 def _flat(region: Index) -> tuple[tuple[int, int], ...]:
     return tuple((s.start, s.stop) for s in region)
-
-
-def _parse(value: bytes, where: str, what: str) -> Any:
-    message = SavedTensorSlices()
-    try:
-        message.ParseFromString(value)
-    except ProtoDecodeError:
-        raise CorruptCheckpointError(f"{where}: {what} does not decode as a SavedTensorSlices proto") from None
-    return message
 
 
 def _values(proto: Any, dtype_enum: int, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -29,7 +29,7 @@ from .coding import DecodeError, crc32c, crc32c_parallel, mask_crc, read_varint
 from .dtypes import DT_STRING, is_sub_byte, is_supported, numpy_dtype, stored_itemsize
 from .locate import ends_like_a_table
 from .object_graph import OBJECT_GRAPH_KEY, ObjectGraph
-from .protos import BundleEntryProto, BundleHeaderProto
+from .protos import BundleEntryProto, BundleHeaderProto, decode
 from .slice_key import decode_slice_key, encode_slice_key
 from .table import parse_table
 
@@ -39,15 +39,6 @@ _SNIFF_ABOVE = 1 << 20
 _PROBE_ABOVE = 64 << 20
 # Below this run length a region read fetches the bounding byte range in one request.
 _MIN_RUN_BYTES = {"local": 4096, "remote": 1 << 20}
-
-
-def _entry(value: bytes, where: str) -> Any:
-    entry = BundleEntryProto()
-    try:
-        entry.ParseFromString(value)
-    except ProtoDecodeError:
-        raise CorruptCheckpointError(f"{where}: entry does not decode as a BundleEntryProto") from None
-    return entry
 
 
 def _shape(entry: Any, where: str) -> tuple[int, ...]:
@@ -135,11 +126,7 @@ class V2Checkpoint(Checkpoint):
         """
         if not entries or entries[0][0] != b"":
             raise CorruptCheckpointError(f"{where}: the index has no header entry")
-        header = BundleHeaderProto()
-        try:
-            header.ParseFromString(entries[0][1])
-        except ProtoDecodeError:
-            raise CorruptCheckpointError(f"{where}: header does not decode as a BundleHeaderProto") from None
+        header = decode(BundleHeaderProto, entries[0][1], where, "header")
         if entries[0][1][:1] == b"\x0a":
             raise CorruptCheckpointError(f"{where}: holds a V1 checkpoint table, not a V2 index; open the V1 file "
                                          "by its own name")
@@ -174,7 +161,7 @@ class V2Checkpoint(Checkpoint):
 
     def _decode_info(self, name: str) -> TensorInfo:
         here = f"{self._where}: tensor {name!r}"
-        entry = _entry(self._entries[name], here)
+        entry = decode(BundleEntryProto, self._entries[name], here, "entry")
         # Unreadable dtypes (DT_VARIANT, say) are listed; reading them raises.
         dtype = numpy_dtype(entry.dtype, here) if is_supported(entry.dtype) else np.dtype(object)
         if not entry.slices:
@@ -188,7 +175,7 @@ class V2Checkpoint(Checkpoint):
             value = self._slice_entries.get(encode_slice_key(name, extents))
             if value is None:
                 raise CorruptCheckpointError(f"{here}: slice {extents} has no stored data entry")
-            part = _stored(_entry(value, f"{here} slice {extents}"), f"{here} slice {extents}", self.num_shards)
+            part = _stored(decode(BundleEntryProto, value, f"{here} slice {extents}", "entry"), f"{here} slice {extents}", self.num_shards)
             if part.shape != index_shape(region) or part.dtype_enum != entry.dtype:
                 raise CorruptCheckpointError(
                     f"{here}: slice {extents} is stored with shape {list(part.shape)}, expected "
