@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from .formats import Checkpoint, open_checkpoint
 from .mapping import build_plan, check_strict
+from .mapping.auto import AutoMapping, as_auto, infer_mapping
 from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
 from .plan import Plan, Report
 from .progress import ByteProgress
@@ -40,6 +41,24 @@ class LoadResult:
 def as_checkpoint(ckpt: str | os.PathLike | Checkpoint) -> Checkpoint:
     """An open checkpoint from a path, URL, or an already open one."""
     return ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
+
+
+def suggest_mapping(ckpt: str | os.PathLike | Checkpoint, params: Any, hints: Any = None, *, rules: Any = None,
+                    preset: Any = None, transforms: Mapping[Any, Any] | None = None,
+                    part_axis: int | Mapping[str, int] | None = None) -> AutoMapping:
+    """The map ``mapping="auto"`` would use, without loading: every decision with its evidence and
+    confidence, the undecided targets and the unused checkpoint layers. ``hints``: an
+    :class:`~tf2flax.mapping.auto.AutoMap` (pinned map entries, targets to leave unset).
+
+    Example::
+
+        auto = tf2flax.suggest_mapping("/runs/bert", nnx.state(model))
+        print(auto.summary())
+        auto.save("map.yaml")          # then: python -m tf2flax convert ... --map map.yaml
+    """
+    hints = as_auto(hints if hints is not None else "auto")
+    return infer_mapping(as_checkpoint(ckpt), flatten_targets(params), hints, rules=rules, preset=preset,
+                         transforms=transforms, part_axis=part_axis)
 
 
 def plan_params(ckpt: str | os.PathLike | Checkpoint, mapping: Any, params: Any, **options: Any) -> Plan:
@@ -76,7 +95,7 @@ def init_params(
     """``params`` with the leaves ``mapping`` names loaded from ``ckpt``, placed with their shardings.
 
     ``mapping`` follows ``tf.compat.v1.train.init_from_checkpoint``'s assignment map (see the
-    README's Mapping section); ``rules``/``preset``/``transforms`` go beyond it, and ``{i}`` in a
+    README's Mapping section), or is ``"auto"`` (inferred, never guessed: see docs/automap.md); ``rules``/``preset``/``transforms`` go beyond it, and ``{i}`` in a
     map key stacks per-layer tensors along ``stack_axis`` (see ``tf2flax.mapping.stacking``). Leaves are placed
     with the sharding each target carries, or ``shardings`` (pytree, dict by path, or function),
     or ``sharding_rules`` [(regex, PartitionSpec)] over ``mesh``; each process reads only the

@@ -22,6 +22,7 @@ from ..plan import (Cast, Plan, PlanEntry, RegionSource, Report, Reshape, Source
                     can_cast)
 from ..targets import TargetLeaf
 from .assignment import Load, TargetVars, assign, auto_assign
+from .auto import as_auto, infer_mapping
 from .hints import dtype_name, shape_hint
 from .names import CheckpointNames, PartAxis, axis_for, check_part_axis
 from .presets import Preset, get_preset
@@ -53,7 +54,8 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
     """The validated plan that loads ``ckpt`` into ``targets`` as ``mapping`` says; reads no tensor data.
 
     ``mapping``: TensorFlow's assignment map (dict or list of pairs), or None to match every target
-    path that is a (renamed) checkpoint name. ``rules``/``preset`` rename checkpoint names first.
+    path that is a (renamed) checkpoint name, or ``"auto"`` / an :class:`~tf2flax.mapping.auto.AutoMap`
+    to infer it (see ``tf2flax.mapping.auto``; refused with a MappingError unless every leaf is decided). ``rules``/``preset`` rename checkpoint names first.
     ``transforms``: ``{target path or regex: spec}``. ``part_axis``: the axis of ``<var>/part_<n>``
     concatenations and splits (an int, or ``{var: axis}``), inferred from the shapes by default.
     ``stack_axis``: the new axis of ``{i}`` stacks (an int, or ``{target regex: int}``; the preset's,
@@ -70,6 +72,12 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
         from .. import open_checkpoint
 
         ckpt = open_checkpoint(ckpt)
+    hints = as_auto(mapping)
+    if hints is not None:
+        inferred = infer_mapping(ckpt, targets, hints, rules=rules, preset=preset, transforms=transforms,
+                                 part_axis=part_axis)
+        inferred.check()
+        mapping, transforms = inferred.mapping, inferred.transforms
     preset = get_preset(preset)
     stages = [preset.rules_for(list(ckpt.names))] if preset else []
     stages.append(compile_rules(rules))
