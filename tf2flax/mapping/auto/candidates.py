@@ -40,7 +40,7 @@ from ...targets import TargetLeaf
 from ..names import CheckpointNames, tensor_names
 from ..rules import Rule, rename_layer
 from ..transforms import TransformSpecs, parse_spec
-from .tokens import DEPTHWISE_LEAVES, leaf_kind, name_tokens, split_leaf, template
+from .tokens import DEPTHWISE_LEAVES, index_spans, leaf_kind, name_tokens, split_leaf, template
 
 _PART = re.compile(r"^(.*)/part_(\d+)$")
 LINEN_COLLECTIONS = ("params", "batch_stats", "cache", "intermediates")
@@ -65,6 +65,7 @@ class Layer:
     path: str
     leaves: dict[str, Leaf] = dataclasses.field(default_factory=dict)
     tokens: frozenset[str] = frozenset()
+    local: frozenset[str] = frozenset()
     orders: list[tuple[str, tuple[int, ...]]] = dataclasses.field(default_factory=list)
     # (real parent path, {kind: leaf name}) per naming scheme, for ``{i}`` stacks
     schemes: list[tuple[str, dict[str, str]]] = dataclasses.field(default_factory=list)
@@ -162,13 +163,17 @@ def _add_leaf(layers: dict[str, Layer], side: str, schemes: list[str], name: str
     if layer is None:
         layer = layers[path] = Layer(side, path or "<root>")
         tokens: set[str] = set()
+        local: set[str] = set()
         for scheme in schemes:
             p, _, ln = scheme.rpartition("/")
             s = split_leaf(ln)
-            tokens |= name_tokens(f"{p}/{s[0]}" if s else p)
+            named = f"{p}/{s[0]}" if s else p
+            tokens |= name_tokens(named)
+            spans = index_spans(named)
+            local |= name_tokens(named[spans[-1][1]:] if spans else named)
             layer.orders.append(template(p))
             layer.schemes.append((p, {}))
-        layer.tokens = frozenset(tokens)
+        layer.tokens, layer.local = frozenset(tokens), frozenset(local)
     if kind in layer.leaves:
         layer.refused = (f"two leaves of kind {kind!r} ({layer.leaves[kind].name!r}, {name!r}): auto cannot "
                          "tell which is which")
@@ -245,12 +250,16 @@ class NameScores:
         self.weight = {tok: math.log((n + 1) / (c + 0.5)) + 0.1 for tok, c in df.items()}
 
     def __call__(self, a: Layer, b: Layer) -> float:
-        wa = sum(self.weight.get(t, 1.0) for t in a.tokens)
-        wb = sum(self.weight.get(t, 1.0) for t in b.tokens)
+        """The mean of two overlaps: of the whole paths, and of their parts after the last layer index
+        (``attention/output/LayerNorm`` within ``layer_3``), where a block's own names are."""
+        return (self.dice(a.tokens, b.tokens) + self.dice(a.local, b.local)) / 2
+
+    def dice(self, a: frozenset[str], b: frozenset[str]) -> float:
+        wa = sum(self.weight.get(t, 1.0) for t in a)
+        wb = sum(self.weight.get(t, 1.0) for t in b)
         if wa + wb == 0:
             return 0.0
-        shared = sum(self.weight.get(t, 1.0) for t in a.tokens & b.tokens)
-        return 2 * shared / (wa + wb)
+        return 2 * sum(self.weight.get(t, 1.0) for t in a & b) / (wa + wb)
 
 
 def sibling_lists(layers: Sequence[Layer]) -> list[tuple[str, list[int]]]:
