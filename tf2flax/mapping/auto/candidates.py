@@ -188,8 +188,11 @@ def _add_leaf(layers: dict[str, Layer], side: str, schemes: list[str], name: str
 
 def reshape_ok(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
     """Whether ``src`` becomes ``dst`` by splitting or merging adjacent axes (and size-1 axes)."""
-    if math.prod(src) != math.prod(dst):
+    if math.prod(src) != math.prod(dst) or 0 in src:
         return False
+    src, dst = [d for d in src if d != 1], [d for d in dst if d != 1]
+    if src == dst:
+        return True
     groups = axis_groups(src, dst)
     if groups is None:
         return False

@@ -1,0 +1,190 @@
+"""``mapping="auto"``: TensorFlow writes each checkpoint, a Flax user's NNX model loads it with no map,
+and its output equals TensorFlow's; where the evidence does not settle a leaf, auto refuses and names it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import automap_models as am
+import tf2flax
+from tf2flax.errors import MappingError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+WRITERS = {"mlp": am.write_mlp, "cnn": am.write_cnn, "resnet": am.write_resnet, "depthwise": am.write_depthwise,
+           "transformer": am.write_transformer, "tf1_mlp": am.write_tf1_mlp, "lstm": am.write_lstm}
+
+
+@pytest.fixture(scope="session")
+def written(tmp_path_factory):
+    """Every model pair's checkpoint, written once: ``{name: (path, input, TF output)}``."""
+    out = {}
+    for name, write in WRITERS.items():
+        out[name] = write(tmp_path_factory.mktemp(f"auto_{name}"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def models():
+    return am.nnx_models()
+
+
+def load_and_run(models, path, model, x, **kwargs):
+    nnx = models["nnx"]
+    state = tf2flax.init_params(path, "auto", nnx.state(model), progress=False, **kwargs)
+    nnx.update(model, state)
+    return np.asarray(model(x))
+
+
+@pytest.mark.parametrize("name, build", [
+    ("mlp", lambda m: m["MLP"]([8, 16, 16, 16, 4], rngs=m["nnx"].Rngs(0))),
+    ("tf1_mlp", lambda m: m["MLP"]([16, 16, 16, 16, 3], rngs=m["nnx"].Rngs(0))),
+    ("cnn", lambda m: m["CNN"](rngs=m["nnx"].Rngs(0))),
+    ("resnet", lambda m: m["ResNet"](rngs=m["nnx"].Rngs(0))),
+    ("depthwise", lambda m: m["Depthwise"](rngs=m["nnx"].Rngs(0))),
+    ("transformer", lambda m: m["Encoder"](rngs=m["nnx"].Rngs(0))),
+])
+def test_auto_loads_exactly(written, models, name, build):
+    path, x, expected = written[name]
+    model = build(models)
+    got = load_and_run(models, path, model, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_uses_order_and_says_so(written, models):
+    path, _, _ = written["mlp"]
+    model = models["MLP"]([8, 16, 16, 16, 4], rngs=models["nnx"].Rngs(0))
+    auto = tf2flax.suggest_mapping(path, models["nnx"].state(model))
+    rows = {r["target"]: r for r in auto.rows()}
+    assert any("order" in e for e in rows["layers/1/kernel"]["evidence"])
+    assert rows["layers/1/kernel"]["confidence"] > 0.5
+    assert "layers/2/kernel" in auto.summary()
+
+
+def test_tf1_reports_skipped_and_no_unused(written, models):
+    path, _, _ = written["tf1_mlp"]
+    model = models["MLP"]([16, 16, 16, 16, 3], rngs=models["nnx"].Rngs(0))
+    _, result = tf2flax.init_params(path, "auto", models["nnx"].state(model), return_report=True, progress=False)
+    assert result.report.unused == [] and "global_step" in result.report.skipped
+
+
+def test_refuses_same_shape_layers_without_order(written, models):
+    path, _, _ = written["mlp"]
+    model = models["Unordered"](rngs=models["nnx"].Rngs(0))
+    with pytest.raises(MappingError) as e:
+        tf2flax.init_params(path, "auto", models["nnx"].state(model), progress=False)
+    msg = str(e.value)
+    assert "alpha/kernel" in msg and "beta/kernel" in msg and "the target has no order" in msg
+    assert "inp/kernel" not in msg  # decided layers are not listed
+
+
+def test_refusal_settled_by_a_hint(written, models):
+    path, x, expected = written["mlp"]
+    nnx = models["nnx"]
+    model = models["Unordered"](rngs=nnx.Rngs(0))
+    layer = "model/_functional/_operations/{}/".format   # Sequential's layers by position (1 = first Dense)
+    hint = tf2flax.AutoMap(map={layer(2) + "_kernel": "alpha/kernel", layer(2) + "bias": "alpha/bias",
+                                layer(3) + "_kernel": "beta/kernel", layer(3) + "bias": "beta/bias"})
+    auto = tf2flax.suggest_mapping(path, nnx.state(model), hint)
+    assert not auto.undecided
+    state = tf2flax.init_params(path, hint, nnx.state(model), progress=False)
+    nnx.update(model, state)
+    h = x
+    for layer in (model.inp, model.alpha, model.beta):
+        h = np.maximum(np.asarray(layer(h)), 0)
+    np.testing.assert_allclose(np.asarray(model.out(h)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_refuses_a_missing_layer(written, models):
+    path, _, _ = written["cnn"]
+    model = models["CNNWithExtra"](rngs=models["nnx"].Rngs(0))
+    with pytest.raises(MappingError) as e:
+        tf2flax.init_params(path, "auto", models["nnx"].state(model), progress=False)
+    assert "aux_head/kernel" in str(e.value) and "no checkpoint layer" in str(e.value)
+    # leaving it unset is a hint auto accepts
+    hint = tf2flax.AutoMap(leave=[r"aux_head/.*"])
+    plan = tf2flax.plan_params(path, hint, models["nnx"].state(model))
+    assert plan.report.unset == ["aux_head/bias", "aux_head/kernel"]
+
+
+def test_refuses_a_recurrent_cell(written, models):
+    path, _, _ = written["lstm"]
+    model = models["LSTMNet"](rngs=models["nnx"].Rngs(0))
+    with pytest.raises(MappingError) as e:
+        tf2flax.init_params(path, "auto", models["nnx"].state(model), progress=False)
+    assert "cell/" in str(e.value)
+
+
+def test_refuses_a_recurrent_cell_with_matching_shapes(written):
+    """A target with TF's fused shapes is still refused: auto does not know the gate layout."""
+    import jax
+
+    path, _, _ = written["lstm"]
+    params = {"rnn": {"kernel": jax.ShapeDtypeStruct((3, 20), np.float32),
+                      "recurrent_kernel": jax.ShapeDtypeStruct((5, 20), np.float32),
+                      "bias": jax.ShapeDtypeStruct((20,), np.float32)},
+              "head": {"kernel": jax.ShapeDtypeStruct((5, 2), np.float32),
+                       "bias": jax.ShapeDtypeStruct((2,), np.float32)}}
+    with pytest.raises(MappingError) as e:
+        tf2flax.plan_params(path, "auto", params)
+    assert "rnn/kernel" in str(e.value) and "gate" in str(e.value)
+
+
+def test_saved_map_reproduces_the_load(written, models, tmp_path):
+    from tf2flax.conversion.mapfile import load_map_file
+
+    path, x, expected = written["transformer"]
+    nnx = models["nnx"]
+    model = models["Encoder"](rngs=nnx.Rngs(0))
+    auto = tf2flax.suggest_mapping(path, nnx.state(model))
+    for suffix in ("yaml", "json"):
+        auto.save(tmp_path / f"map.{suffix}")
+        kwargs = load_map_file(tmp_path / f"map.{suffix}")
+        state = tf2flax.init_params(path, kwargs.pop("mapping"), nnx.state(model), progress=False, **kwargs)
+        nnx.update(model, state)
+        np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-5)
+    data = auto.to_json()
+    assert json.loads(json.dumps(data))["undecided"] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# TF1 BERT (the shipped examples/bert_tiny, written by google-research/bert's code) into NNX BERT
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bert():
+    sys.path.insert(0, str(EXAMPLES))
+    import bert_tf1_to_flax as ex
+
+    cfg = json.loads((EXAMPLES / "bert_tiny" / "bert_config.json").read_text())
+    ref = np.load(EXAMPLES / "bert_tiny" / "reference_outputs.npz")
+    return ex, cfg, ref
+
+
+def test_tf1_bert_into_nnx_bert(bert, models):
+    ex, cfg, ref = bert
+    nnx = models["nnx"]
+    model = ex.BertModel(cfg, rngs=nnx.Rngs(0))
+    state = tf2flax.init_params(EXAMPLES / "bert_tiny", "auto", nnx.state(model), progress=False)
+    nnx.update(model, state)
+    seq, pooled = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])
+    np.testing.assert_allclose(np.asarray(seq), ref["sequence_output"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(pooled), ref["pooled_output"], atol=1e-4)
+
+
+def test_garden_bert_into_nnx_bert(bert, models):
+    ex, cfg, _ = bert
+    nnx = models["nnx"]
+    garden = EXAMPLES / "bert_tiny_garden"
+    cfg = json.loads((garden / "bert_config.json").read_text())
+    ref = np.load(garden / "reference_outputs.npz")
+    model = ex.BertModel(cfg, rngs=nnx.Rngs(0))
+    state = tf2flax.init_params(garden, "auto", nnx.state(model), progress=False)
+    nnx.update(model, state)
+    seq, pooled = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])
+    np.testing.assert_allclose(np.asarray(seq), ref["sequence_output"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(pooled), ref["pooled_output"], atol=1e-4)
