@@ -188,3 +188,48 @@ def test_garden_bert_into_nnx_bert(bert, models):
     seq, pooled = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])
     np.testing.assert_allclose(np.asarray(seq), ref["sequence_output"], atol=1e-4)
     np.testing.assert_allclose(np.asarray(pooled), ref["pooled_output"], atol=1e-4)
+
+
+def scanned_bert(ex, cfg, nnx):
+    """The example's NNX BERT with its layers scanned: one BertLayer created under ``nnx.vmap`` (every
+    leaf gets a leading layer axis) and run with ``nnx.scan``."""
+
+    class ScannedEncoder(nnx.Module):
+        def __init__(self, *, rngs):
+            @nnx.split_rngs(splits=cfg["num_hidden_layers"])
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make(rngs):
+                return ex.BertLayer(cfg, rngs=rngs)
+
+            self.layers = make(rngs)
+
+        def __call__(self, x, mask):
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+            def step(x, layer):
+                return layer(x, mask)
+
+            return step(x, self.layers)
+
+    class ScannedBert(ex.BertModel):
+        def __init__(self, *, rngs):
+            self.embeddings = ex.BertEmbeddings(cfg, rngs=rngs)
+            self.encoder = ScannedEncoder(rngs=rngs)
+            self.pooler = nnx.Linear(cfg["hidden_size"], cfg["hidden_size"], rngs=rngs)
+
+    return ScannedBert(rngs=nnx.Rngs(0))
+
+
+def test_tf1_bert_into_scanned_nnx_bert(bert, models):
+    ex, cfg, ref = bert
+    nnx = models["nnx"]
+    model = scanned_bert(ex, cfg, nnx)
+    assert model.encoder.layers.attention.query.kernel.shape == (2, 32, 2, 16)
+    auto = tf2flax.suggest_mapping(EXAMPLES / "bert_tiny", nnx.state(model))
+    rows = {r["target"]: r for r in auto.rows()}
+    assert rows["encoder/layers/attention/query/kernel"]["source"] == "bert/encoder/layer_{i}/attention/self/query/kernel"
+    assert rows["encoder/layers/attention/query/kernel"]["transform"] == ["reshape", [2, 32, 2, 16]]
+    state = tf2flax.init_params(EXAMPLES / "bert_tiny", "auto", nnx.state(model), progress=False)
+    nnx.update(model, state)
+    seq, pooled = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])
+    np.testing.assert_allclose(np.asarray(seq), ref["sequence_output"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(pooled), ref["pooled_output"], atol=1e-4)
