@@ -233,3 +233,51 @@ def test_tf1_bert_into_scanned_nnx_bert(bert, models):
     seq, pooled = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])
     np.testing.assert_allclose(np.asarray(seq), ref["sequence_output"], atol=1e-4)
     np.testing.assert_allclose(np.asarray(pooled), ref["pooled_output"], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: python -m tf2flax suggest CKPT TARGET -o map.yaml
+# ------------------------------------------------------------------------------------------------
+
+def write_target_file(model, nnx, path):
+    """The three lines docs/automap.md shows."""
+    import jax
+
+    json.dump(jax.tree_util.tree_map(lambda x: {"shape": list(x.shape), "dtype": str(x.dtype)},
+                                     nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()),
+              open(path, "w"))
+
+
+def test_cli_suggest_writes_a_map_that_loads(bert, models, tmp_path, capsys):
+    from tf2flax.cli import main
+    from tf2flax.conversion.mapfile import load_map_file
+
+    ex, cfg, ref = bert
+    nnx = models["nnx"]
+    model = ex.BertModel(cfg, rngs=nnx.Rngs(0))
+    write_target_file(model, nnx, tmp_path / "target.json")
+    assert main(["suggest", str(EXAMPLES / "bert_tiny"), str(tmp_path / "target.json"),
+                 "-o", str(tmp_path / "map.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "encoder/layers/1/attention/query/kernel" in out and "cls/predictions/output" in out
+    kwargs = load_map_file(tmp_path / "map.yaml")
+    nnx.update(model, tf2flax.init_params(EXAMPLES / "bert_tiny", kwargs.pop("mapping"), nnx.state(model),
+                                          progress=False, **kwargs))
+    seq, _ = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])
+    np.testing.assert_allclose(np.asarray(seq), ref["sequence_output"], atol=1e-4)
+    assert main(["suggest", str(EXAMPLES / "bert_tiny"), str(tmp_path / "target.json"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["decisions"]) == 39 and data["undecided"] == []
+
+
+def test_cli_suggest_refuses_with_one_error_line(written, models, tmp_path, capsys):
+    from tf2flax.cli import main
+
+    nnx = models["nnx"]
+    write_target_file(models["Unordered"](rngs=nnx.Rngs(0)), nnx, tmp_path / "target.json")
+    assert main(["suggest", written["mlp"][0], str(tmp_path / "target.json"), "-o", str(tmp_path / "m.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tf2flax: error: auto mapping refused") and "alpha/kernel" in err
+    assert not (tmp_path / "m.yaml").exists()
+    assert main(["suggest", written["mlp"][0], str(tmp_path / "missing.json")]) == 2
+    assert "target file" in capsys.readouterr().err
