@@ -281,3 +281,39 @@ def test_cli_suggest_refuses_with_one_error_line(written, models, tmp_path, caps
     assert not (tmp_path / "m.yaml").exists()
     assert main(["suggest", written["mlp"][0], str(tmp_path / "missing.json")]) == 2
     assert "target file" in capsys.readouterr().err
+
+
+def test_convert_takes_a_reviewed_suggestion(bert, models, tmp_path):
+    import orbax.checkpoint as ocp
+
+    ex, cfg, _ = bert
+    nnx = models["nnx"]
+    auto = tf2flax.suggest_mapping(EXAMPLES / "bert_tiny", nnx.state(ex.BertModel(cfg, rngs=nnx.Rngs(0))))
+    tf2flax.convert(EXAMPLES / "bert_tiny", tmp_path / "out", mapping=auto)
+    tree = ocp.v1.load(tmp_path / "out")
+    want = tf2flax.load_variable(EXAMPLES / "bert_tiny", "bert/encoder/layer_1/attention/self/query/kernel")
+    np.testing.assert_array_equal(np.asarray(tree["encoder"]["layers"]["1"]["attention"]["query"]["kernel"]),
+                                  want.reshape(32, 2, 16))
+    with pytest.raises(MappingError, match="suggest"):
+        tf2flax.convert(EXAMPLES / "bert_tiny", tmp_path / "out2", mapping="auto")
+
+
+def test_linen_variables_target(written):
+    """linen's {'params', 'batch_stats'}: a BatchNorm's scale and mean are one layer across collections."""
+    import flax.linen as nn
+    import jax
+
+    path, x, expected = written["cnn"]
+
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(2):
+                x = nn.Conv(8, (3, 3))(x)
+                x = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-3)(x))
+            return nn.Dense(5)(x.mean(axis=(1, 2)))
+
+    abstract = jax.eval_shape(CNN().init, jax.random.key(0), x)
+    variables = tf2flax.init_params(path, "auto", abstract, progress=False)
+    assert set(variables) == {"params", "batch_stats"}
+    np.testing.assert_allclose(np.asarray(CNN().apply(variables, x)), expected, rtol=1e-5, atol=1e-5)

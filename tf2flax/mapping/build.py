@@ -22,7 +22,7 @@ from ..plan import (Cast, Plan, PlanEntry, RegionSource, Report, Reshape, Source
                     can_cast)
 from ..targets import TargetLeaf
 from .assignment import Load, TargetVars, assign, auto_assign
-from .auto import as_auto, infer_mapping
+from .auto import AutoMapping, as_auto, infer_mapping
 from .hints import dtype_name, shape_hint
 from .names import CheckpointNames, PartAxis, axis_for, check_part_axis
 from .presets import Preset, get_preset
@@ -74,10 +74,11 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
         ckpt = open_checkpoint(ckpt)
     hints = as_auto(mapping)
     if hints is not None:
-        inferred = infer_mapping(ckpt, targets, hints, rules=rules, preset=preset, transforms=transforms,
-                                 part_axis=part_axis)
-        inferred.check()
-        mapping, transforms = inferred.mapping, inferred.transforms
+        mapping = infer_mapping(ckpt, targets, hints, rules=rules, preset=preset, transforms=transforms,
+                                part_axis=part_axis)
+    if isinstance(mapping, AutoMapping):  # inferred here, or by suggest_mapping and reviewed
+        mapping.check()
+        mapping, transforms = mapping.mapping, {**(transforms or {}), **mapping.transforms}
     preset = get_preset(preset)
     stages = [preset.rules_for(list(ckpt.names))] if preset else []
     stages.append(compile_rules(rules))
