@@ -44,6 +44,7 @@ from .tokens import DEPTHWISE_LEAVES, index_spans, leaf_kind, name_tokens, split
 
 _PART = re.compile(r"^(.*)/part_(\d+)$")
 LINEN_COLLECTIONS = ("params", "batch_stats", "cache", "intermediates")
+TRANSPOSED_CONV = frozenset({"transpose", "transposed", "deconv", "deconvolution"})
 
 
 @dataclasses.dataclass
@@ -203,6 +204,10 @@ def fit_layer(src: Layer, dst: Layer, specs: TransformSpecs) -> dict[str, Fit] |
     """How checkpoint layer ``src`` loads target layer ``dst``, per kind; a reason string if it cannot."""
     if set(src.leaves) != set(dst.leaves):
         return f"its leaves are {sorted(src.leaves)}, the target's {sorted(dst.leaves)}"
+    kernel = dst.leaves.get("kernel")
+    if kernel is not None and len(kernel.shape) >= 3 and (src.tokens | dst.tokens) & TRANSPOSED_CONV:
+        return ("a transposed convolution: TensorFlow stores its kernel (..., out, in), Flax (..., in, out); "
+                "auto does not convert it")
     out: dict[str, Fit] = {}
     for kind, t in dst.leaves.items():
         s = src.leaves[kind]
@@ -244,25 +249,31 @@ class NameScores:
     """Name similarity of two layers: the weighted Dice overlap of their tokens, rarer words weighing more."""
 
     def __init__(self, layers: Iterable[Layer]) -> None:
-        layers = list(layers)
-        df: dict[str, int] = {}
+        # Rarity is counted over distinct layer templates: 24 repeated blocks do not make their words
+        # common (or the similarity would depend on the depth of the model).
+        kinds: dict[tuple[str, str], frozenset[str]] = {}
         for layer in layers:
-            for tok in layer.tokens:
+            kinds[(layer.side, layer.orders[0][0] if layer.orders else layer.path)] = layer.tokens
+        df: dict[str, int] = {}
+        for tokens in kinds.values():
+            for tok in tokens:
                 df[tok] = df.get(tok, 0) + 1
-        n = max(len(layers), 1)
+        n = max(len(kinds), 1)
         self.weight = {tok: math.log((n + 1) / (c + 0.5)) + 0.1 for tok, c in df.items()}
 
     def __call__(self, a: Layer, b: Layer) -> float:
-        """The mean of two overlaps: of the whole paths, and of their parts after the last layer index
-        (``attention/output/LayerNorm`` within ``layer_3``), where a block's own names are."""
-        return (self.dice(a.tokens, b.tokens) + self.dice(a.local, b.local)) / 2
+        """The mean of two overlaps: of the whole paths (rare words weigh more), and of their parts after
+        the last layer index (``attention/output/LayerNorm`` within ``layer_3``), where a block's own
+        names are (every word weighs the same)."""
+        return (self.dice(a.tokens, b.tokens, self.weight) + self.dice(a.local, b.local, {})) / 2
 
-    def dice(self, a: frozenset[str], b: frozenset[str]) -> float:
-        wa = sum(self.weight.get(t, 1.0) for t in a)
-        wb = sum(self.weight.get(t, 1.0) for t in b)
+    @staticmethod
+    def dice(a: frozenset[str], b: frozenset[str], weight: Mapping[str, float]) -> float:
+        wa = sum(weight.get(t, 1.0) for t in a)
+        wb = sum(weight.get(t, 1.0) for t in b)
         if wa + wb == 0:
             return 0.0
-        return 2 * sum(self.weight.get(t, 1.0) for t in a & b) / (wa + wb)
+        return 2 * sum(weight.get(t, 1.0) for t in a & b) / (wa + wb)
 
 
 def sibling_lists(layers: Sequence[Layer]) -> list[tuple[str, list[int]]]:
