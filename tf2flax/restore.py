@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from .formats import Checkpoint, open_checkpoint
 from .mapping import build_plan, check_strict
 from .mapping.auto import AutoMapping, as_auto, infer_mapping
+from .mapping.auto.candidates import attribute_order
 from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
 from .plan import Plan, Report
 from .progress import ByteProgress
@@ -58,7 +59,7 @@ def suggest_mapping(ckpt: str | os.PathLike | Checkpoint, params: Any, hints: An
     """
     hints = as_auto(hints if hints is not None else "auto")
     return infer_mapping(as_checkpoint(ckpt), flatten_targets(params), hints, rules=rules, preset=preset,
-                         transforms=transforms, part_axis=part_axis)
+                         transforms=transforms, part_axis=part_axis, order=attribute_order(params))
 
 
 def plan_params(ckpt: str | os.PathLike | Checkpoint, mapping: Any, params: Any, **options: Any) -> Plan:
@@ -112,7 +113,7 @@ def init_params(
     ckpt = as_checkpoint(ckpt)
     targets = flatten_targets(params)
     plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis,
-                      stack_axis=stack_axis)
+                      stack_axis=stack_axis, order=attribute_order(params) if as_auto(mapping) else None)
     if strict:
         check_strict(plan.report)
     placement = resolve_shardings(targets, shardings, mesh=mesh, rules=sharding_rules)

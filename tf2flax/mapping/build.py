@@ -50,7 +50,8 @@ class MappingReport(Report):
 
 def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, rules: RulesSpec | None = None,
                preset: str | Preset | None = None, transforms: Mapping[Any, Any] | None = None,
-               part_axis: PartAxis = None, stack_axis: StackAxis = None) -> Plan:
+               part_axis: PartAxis = None, stack_axis: StackAxis = None,
+               order: Mapping[str, int] | None = None) -> Plan:
     """The validated plan that loads ``ckpt`` into ``targets`` as ``mapping`` says; reads no tensor data.
 
     ``mapping``: TensorFlow's assignment map (dict or list of pairs), or None to match every target
@@ -59,7 +60,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
     ``transforms``: ``{target path or regex: spec}``. ``part_axis``: the axis of ``<var>/part_<n>``
     concatenations and splits (an int, or ``{var: axis}``), inferred from the shapes by default.
     ``stack_axis``: the new axis of ``{i}`` stacks (an int, or ``{target regex: int}``; the preset's,
-    else 0).
+    else 0). ``order``: target leaf path -> rank (an nnx.Module's attribute order), evidence for "auto".
 
     Example::
 
@@ -75,7 +76,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
     hints = as_auto(mapping)
     if hints is not None:
         mapping = infer_mapping(ckpt, targets, hints, rules=rules, preset=preset, transforms=transforms,
-                                part_axis=part_axis)
+                                part_axis=part_axis, order=order)
     if isinstance(mapping, AutoMapping):  # inferred here, or by suggest_mapping and reviewed
         mapping.check()
         mapping, transforms = mapping.mapping, {**(transforms or {}), **mapping.transforms}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -44,6 +45,7 @@ from .tokens import DEPTHWISE_LEAVES, index_spans, leaf_kind, name_tokens, split
 
 _PART = re.compile(r"^(.*)/part_(\d+)$")
 LINEN_COLLECTIONS = ("params", "batch_stats", "cache", "intermediates")
+ATTRIBUTE_ORDER = "<the model's attribute order>"
 TRANSPOSED_CONV = frozenset({"transpose", "transposed", "deconv", "deconvolution"})
 
 
@@ -124,8 +126,10 @@ def checkpoint_layers(ckpt: Any, names: CheckpointNames, stages: Sequence[Sequen
     return list(layers.values())
 
 
-def target_layers(targets: Mapping[str, TargetLeaf], exclude: set[str] = frozenset()) -> list[Layer]:
-    """The target's layers; a linen collection prefix (``params/``, ``batch_stats/``) is not part of them."""
+def target_layers(targets: Mapping[str, TargetLeaf], exclude: set[str] = frozenset(),
+                  order: Mapping[str, int] | None = None) -> list[Layer]:
+    """The target's layers; a linen collection prefix (``params/``, ``batch_stats/``) is not part of them.
+    ``order``: leaf path -> rank (an ``nnx.Module``'s attribute order) orders all layers as siblings."""
     linen = any(p.split("/", 1)[0] == "params" for p in targets)
     layers: dict[str, Layer] = {}
     for path, leaf in targets.items():
@@ -134,7 +138,60 @@ def target_layers(targets: Mapping[str, TargetLeaf], exclude: set[str] = frozens
         struct = path.split("/", 1)[1] if linen and "/" in path and path.split("/", 1)[0] in LINEN_COLLECTIONS \
             else path
         _add_leaf(layers, "target", [struct], path, tuple(leaf.shape), leaf.dtype)
-    return list(layers.values())
+    out = list(layers.values())
+    if order:
+        for layer in out:
+            ranks = [order[leaf.name] for leaf in layer.leaves.values() if leaf.name in order]
+            if len(ranks) == len(layer.leaves):
+                layer.orders.append((ATTRIBUTE_ORDER, (min(ranks),)))
+    return out
+
+
+def local_tokens(path: str) -> frozenset[str]:
+    """A block's own names: the words after the last layer index (``attention/output/LayerNorm`` in
+    ``bert/encoder/layer_3/attention/output/LayerNorm``), else those of the last part that has words
+    (``batch_normalization_1`` and ``batch_normalization`` alike: {norm})."""
+    spans = index_spans(path)
+    if spans:
+        after = name_tokens(path[spans[-1][1]:])
+        if after:
+            return after
+    for part in reversed(path.split("/")):
+        words = name_tokens(part)
+        if words:
+            return words
+    return frozenset()
+
+
+def attribute_order(params: Any) -> dict[str, int]:
+    """``{leaf path: rank}`` in an ``nnx.Module``'s attribute definition order (its ``__init__``), which
+    ``nnx.state`` (sorted by name) loses; empty for other trees."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None or not isinstance(params, nnx.Module):
+        return {}
+    order: dict[str, int] = {}
+    seen: set[int] = set()
+
+    def walk(obj: Any, prefix: tuple[str, ...]) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nnx.Variable):
+            order.setdefault("/".join(prefix), len(order))
+            return
+        if isinstance(obj, (list, tuple)):
+            items: Iterable = enumerate(obj)
+        elif isinstance(obj, dict):
+            items = obj.items()
+        elif isinstance(obj, nnx.Module):
+            items = ((k, v) for k, v in vars(obj).items() if not str(k).startswith("_"))
+        else:
+            return
+        for k, v in items:
+            walk(v, (*prefix, str(k)))
+
+    walk(params, ())
+    return order
 
 
 def _rename(name: str, stages: Sequence[Sequence[Rule]]) -> str | None:
@@ -170,8 +227,7 @@ def _add_leaf(layers: dict[str, Layer], side: str, schemes: list[str], name: str
             s = split_leaf(ln)
             named = f"{p}/{s[0]}" if s else p
             tokens |= name_tokens(named)
-            spans = index_spans(named)
-            local |= name_tokens(named[spans[-1][1]:] if spans else named)
+            local |= local_tokens(named)
             layer.orders.append(template(p))
             layer.schemes.append((p, {}))
         layer.tokens, layer.local = frozenset(tokens), frozenset(local)

@@ -70,8 +70,10 @@ def as_auto(mapping: Any) -> AutoMap | None:
 
 def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap | None = None, *,
                   rules: RulesSpec | None = None, preset: str | Preset | None = None,
-                  transforms: Mapping[Any, Any] | None = None, part_axis: PartAxis = None) -> AutoMapping:
-    """The inferred mapping (decided pairs, undecided targets, evidence); reads no tensor data."""
+                  transforms: Mapping[Any, Any] | None = None, part_axis: PartAxis = None,
+                  order: Mapping[str, int] | None = None) -> AutoMapping:
+    """The inferred mapping (decided pairs, undecided targets, evidence); reads no tensor data.
+    ``order``: target leaf path -> rank, when the target knows its definition order (an nnx.Module)."""
     hints = hints or AutoMap()
     preset = get_preset(preset)
     stages = [preset.rules_for(list(ckpt.names))] if preset else []
@@ -105,7 +107,7 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
     left = {p for p in targets if p not in pinned and any(r.fullmatch(p) for r in leave)}
 
     sources = checkpoint_layers(ckpt, names, stages, exclude=used_keys)
-    tlayers = target_layers(targets, exclude=pinned | left)
+    tlayers = target_layers(targets, exclude=pinned | left, order=order)
     scores = NameScores([*sources, *tlayers])
     result = AutoMapping(pinned=pinned_pairs + by_name, left=sorted(left), given_transforms=given_transforms,
                          rules=rules, preset=preset.name if preset else None)
