@@ -78,27 +78,34 @@ def write_cnn(directory: Path):
     return _save_ckpt(model, directory), x, np.asarray(model(x, training=False))
 
 
-def write_resnet(directory: Path):
+def write_resnet(directory: Path, keras_names: bool = False):
     """A small Keras ResNet (stem, two residual blocks of two 3x3 convs + BN, a projection shortcut in
-    the second, a head), saved as a SavedModel with ``tf.saved_model.save``."""
+    the second, a head), saved as a SavedModel with ``tf.saved_model.save``; with ``keras_names`` its
+    layers keep Keras's own names (``conv2d_3``) and it is saved with ``tf.train.Checkpoint``."""
     keras = _keras()
     from tf_writers import tf
     from keras import layers
 
+    def name(text: str) -> dict:
+        return {} if keras_names else {"name": text}
+
     inp = keras.Input((8, 8, 3))
-    h = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(layers.Conv2D(8, 3, padding="same", name="stem_conv")(inp)))
+    h = layers.Conv2D(8, 3, padding="same", **name("stem_conv"))(inp)
+    h = layers.ReLU()(layers.BatchNormalization(**name("stem_bn"))(h))
     for b, (width, stride) in enumerate([(8, 1), (16, 2)]):
-        y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"block{b}_conv1")(h)
-        y = layers.ReLU()(layers.BatchNormalization(name=f"block{b}_bn1")(y))
-        y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{b}_conv2")(y)
-        y = layers.BatchNormalization(name=f"block{b}_bn2")(y)
+        y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, **name(f"block{b}_conv1"))(h)
+        y = layers.ReLU()(layers.BatchNormalization(**name(f"block{b}_bn1"))(y))
+        y = layers.Conv2D(width, 3, padding="same", use_bias=False, **name(f"block{b}_conv2"))(y)
+        y = layers.BatchNormalization(**name(f"block{b}_bn2"))(y)
         if stride != 1:
-            h = layers.Conv2D(width, 1, strides=stride, use_bias=False, name=f"block{b}_proj")(h)
+            h = layers.Conv2D(width, 1, strides=stride, use_bias=False, **name(f"block{b}_proj"))(h)
         h = layers.ReLU()(layers.Add()([h, y]))
-    out = layers.Dense(5, name="head")(layers.GlobalAveragePooling2D()(h))
+    out = layers.Dense(5, **name("head"))(layers.GlobalAveragePooling2D()(h))
     model = keras.Model(inp, out)
     _randomize(model, 3)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    if keras_names:
+        return _save_ckpt(model, directory), x, np.asarray(model(x, training=False))
     path = str(directory / "saved_model")
     tf().saved_model.save(model, path)
     return path, x, np.asarray(model(x, training=False))

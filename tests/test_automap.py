@@ -16,7 +16,8 @@ from tf2flax.errors import MappingError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WRITERS = {"mlp": am.write_mlp, "cnn": am.write_cnn, "resnet": am.write_resnet, "depthwise": am.write_depthwise,
-           "transformer": am.write_transformer, "tf1_mlp": am.write_tf1_mlp, "lstm": am.write_lstm}
+           "transformer": am.write_transformer,
+           "resnet_keras_names": lambda d: am.write_resnet(d, keras_names=True), "tf1_mlp": am.write_tf1_mlp, "lstm": am.write_lstm}
 
 
 @pytest.fixture(scope="session")
@@ -317,3 +318,33 @@ def test_linen_variables_target(written):
     variables = tf2flax.init_params(path, "auto", abstract, progress=False)
     assert set(variables) == {"params", "batch_stats"}
     np.testing.assert_allclose(np.asarray(CNN().apply(variables, x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_state_without_order_refuses_keras_named_resnet(written, models):
+    """Keras's own names (batch_normalization_1, ...) and nnx.state (sorted by name): the stem's and the
+    first block's three 8-channel BatchNorms are told apart by order only, and the state has none."""
+    path, _, _ = written["resnet_keras_names"]
+    model = models["ResNet"](rngs=models["nnx"].Rngs(0))
+    with pytest.raises(MappingError) as e:
+        tf2flax.init_params(path, "auto", models["nnx"].state(model), progress=False)
+    msg = str(e.value)
+    assert "'stem_norm'" in msg and "'blocks/0/norm1'" in msg and "'blocks/0/norm2'" in msg
+    assert "blocks/1/norm1" not in msg
+
+
+def test_module_attribute_order_settles_keras_named_resnet(written, models):
+    path, x, expected = written["resnet_keras_names"]
+    model = models["ResNet"](rngs=models["nnx"].Rngs(0))
+    auto = tf2flax.suggest_mapping(path, model)
+    assert any("attribute order" in e for r in auto.rows() if r["target"] == "stem_norm/mean" for e in r["evidence"])
+    assert tf2flax.init_params(path, "auto", model, progress=False) is model
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bert_auto_example_runs():
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "bert_auto.py")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "BertModel: max |flax - TensorFlow|" in done.stdout and "ScannedBert" in done.stdout
