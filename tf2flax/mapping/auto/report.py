@@ -13,6 +13,8 @@ import dataclasses
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
 from typing import Any
 
@@ -111,10 +113,12 @@ class AutoMapping:
             table.add_column(col, overflow="fold")
         for row in self.rows():
             transform = "" if row["transform"] is None else f"{row['transform'][0]} {row['transform'][1]}"
-            table.add_row(row["target"], row["source"], transform, "; ".join(row["evidence"]),
+            table.add_row(row["target"], row["source"], transform, ", ".join(_short(e) for e in row["evidence"]
+                                                                            if _short(e)),
                           f"{row['confidence']:.2f}")
         buf = io.StringIO()
-        Console(file=buf, width=200, force_terminal=False, color_system=None).print(table)
+        Console(file=buf, width=max(shutil.get_terminal_size((160, 24)).columns, 100), force_terminal=False,
+                color_system=None).print(table)
         lines = [buf.getvalue().rstrip()]
         lines += [f"undecided: {u.describe()}" for u in self.undecided]
         lines += [f"unused checkpoint layer: {p}" for p in self.unused_layers]
@@ -170,6 +174,22 @@ class AutoMapping:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+def _short(evidence: str) -> str:
+    """One piece of evidence as a table cell word: ``names 0.89``, ``order``, ``3 fit``, ``given``."""
+    if evidence.startswith("names:"):
+        return "names " + evidence.split()[1]
+    if evidence.startswith("order:"):
+        return "order"
+    if evidence.startswith("shape:"):
+        m = re.search(r"\((\d+) checkpoint layers? fit\)", evidence)
+        return f"{m.group(1)} fit" if m else "shape"
+    if evidence.startswith("scanned:"):
+        return "scanned"
+    if evidence.startswith("given"):
+        return "given"
+    return ""
 
 
 def _file_spec(spec: Any, key: str) -> Any:
