@@ -150,12 +150,14 @@ def target_layers(targets: Mapping[str, TargetLeaf], exclude: set[str] = frozens
 def local_tokens(path: str) -> frozenset[str]:
     """A block's own names: the words after the last layer index (``attention/output/LayerNorm`` in
     ``bert/encoder/layer_3/attention/output/LayerNorm``), else those of the last part that has words
-    (``batch_normalization_1`` and ``batch_normalization`` alike: {norm})."""
+    (``batch_normalization_1``: {norm}, as for ``batch_normalization``); a path without an index: all
+    its words."""
     spans = index_spans(path)
-    if spans:
-        after = name_tokens(path[spans[-1][1]:])
-        if after:
-            return after
+    if not spans:
+        return name_tokens(path)
+    after = name_tokens(path[spans[-1][1]:])
+    if after:
+        return after
     for part in reversed(path.split("/")):
         words = name_tokens(part)
         if words:
