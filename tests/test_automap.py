@@ -348,3 +348,27 @@ def test_bert_auto_example_runs():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "BertModel: max |flax - TensorFlow|" in done.stdout and "ScannedBert" in done.stdout
+
+
+def test_parameters_of_their_own(tmp_path):
+    """Bare variables (a position embedding, a class token) are one-leaf layers matched by name and shape."""
+    import jax
+    from tf_writers import tf
+
+    rng = np.random.default_rng(8)
+    values = {"pos_emb": rng.normal(size=(1, 5, 16)), "cls_token": rng.normal(size=(1, 1, 16)),
+              "w": rng.normal(size=(16, 4)), "b": rng.normal(size=(4,))}
+    module = tf().Module()
+    module.pos_emb = tf().Variable(values["pos_emb"].astype(np.float32))
+    module.cls_token = tf().Variable(values["cls_token"].astype(np.float32))
+    module.head = tf().Module()
+    module.head.w = tf().Variable(values["w"].astype(np.float32))
+    module.head.b = tf().Variable(values["b"].astype(np.float32))
+    path = tf().train.Checkpoint(model=module).write(str(tmp_path / "ckpt"))
+    S = jax.ShapeDtypeStruct
+    params = {"pos_embedding": S((1, 5, 16), np.float32), "cls": S((1, 1, 16), np.float32),
+              "classifier": {"kernel": S((16, 4), np.float32), "bias": S((4,), np.float32)}}
+    got = tf2flax.init_params(path, "auto", params, progress=False)
+    np.testing.assert_array_equal(got["pos_embedding"], values["pos_emb"].astype(np.float32))
+    np.testing.assert_array_equal(got["cls"], values["cls_token"].astype(np.float32))
+    np.testing.assert_array_equal(got["classifier"]["kernel"], values["w"].astype(np.float32))

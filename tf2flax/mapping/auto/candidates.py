@@ -41,11 +41,12 @@ from ...targets import TargetLeaf
 from ..names import CheckpointNames, tensor_names
 from ..rules import Rule, rename_layer
 from ..transforms import TransformSpecs, parse_spec
-from .tokens import DEPTHWISE_LEAVES, index_spans, leaf_kind, name_tokens, split_leaf, template
+from .tokens import DEPTHWISE_LEAVES, LEAF_KINDS, index_spans, leaf_kind, name_tokens, split_leaf, template
 
 _PART = re.compile(r"^(.*)/part_(\d+)$")
 LINEN_COLLECTIONS = ("params", "batch_stats", "cache", "intermediates")
 ATTRIBUTE_ORDER = "<the model's attribute order>"
+CANONICAL_KINDS = frozenset(LEAF_KINDS.values())
 TRANSPOSED_CONV = frozenset({"transpose", "transposed", "deconv", "deconvolution"})
 
 
@@ -219,6 +220,9 @@ def _add_leaf(layers: dict[str, Layer], side: str, schemes: list[str], name: str
     split = split_leaf(leaf_name)
     kind = split[1] if split else leaf_kind(leaf_name)
     path = f"{parent}/{split[0]}" if split and parent else split[0] if split else parent
+    if kind not in CANONICAL_KINDS:   # a parameter of its own (pos_emb, cls_token): a one-leaf layer
+        path, kind = schemes[0], "param"
+        schemes = [*schemes]
     layer = layers.get(path)
     if layer is None:
         layer = layers[path] = Layer(side, path or "<root>")
@@ -227,7 +231,7 @@ def _add_leaf(layers: dict[str, Layer], side: str, schemes: list[str], name: str
         for scheme in schemes:
             p, _, ln = scheme.rpartition("/")
             s = split_leaf(ln)
-            named = f"{p}/{s[0]}" if s else p
+            named = scheme if kind == "param" else f"{p}/{s[0]}" if s else p
             tokens |= name_tokens(named)
             local |= local_tokens(named)
             layer.orders.append(template(p))
@@ -261,7 +265,12 @@ def reshape_ok(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
 def fit_layer(src: Layer, dst: Layer, specs: TransformSpecs) -> dict[str, Fit] | str:
     """How checkpoint layer ``src`` loads target layer ``dst``, per kind; a reason string if it cannot."""
     if set(src.leaves) != set(dst.leaves):
-        return f"its leaves are {sorted(src.leaves)}, the target's {sorted(dst.leaves)}"
+        if not _single_params(src, dst):
+            return f"its leaves are {sorted(src.leaves)}, the target's {sorted(dst.leaves)}"
+        s, t = next(iter(src.leaves.values())), next(iter(dst.leaves.values()))
+        if s.shape != t.shape or not can_cast(np.dtype(s.dtype), np.dtype(t.dtype)):
+            return f"{t.kind}: shape {list(s.shape)} does not fit {list(t.shape)}"
+        return {t.kind: Fit(s.name, t.name, None, "same shape (one parameter each)")}
     kernel = dst.leaves.get("kernel")
     if kernel is not None and len(kernel.shape) >= 3 and (src.tokens | dst.tokens) & TRANSPOSED_CONV:
         return ("a transposed convolution: TensorFlow stores its kernel (..., out, in), Flax (..., in, out); "
@@ -290,6 +299,15 @@ def fit_layer(src: Layer, dst: Layer, specs: TransformSpecs) -> dict[str, Fit] |
         else:
             return f"{kind}: shape {list(s.shape)} does not fit {list(t.shape)}"
     return out
+
+
+def _single_params(src: Layer, dst: Layer) -> bool:
+    """Two one-leaf layers whose leaf names are not the usual kinds (``pos_emb``, ``cls_token``): their
+    names are compared as layer names, and only equal shapes fit."""
+    if len(src.leaves) != 1 or len(dst.leaves) != 1:
+        return False
+    kinds = {next(iter(src.leaves)), next(iter(dst.leaves))}
+    return not kinds <= CANONICAL_KINDS
 
 
 def _channel_move_ok(s: Leaf, t: Leaf, src: Layer, dst: Layer) -> bool:

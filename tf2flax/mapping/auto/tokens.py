@@ -67,6 +67,7 @@ _INDEX = re.compile(r"\d+")
 _SPLIT = re.compile(r"[^0-9a-zA-Z]+")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _TRAILING = re.compile(r"^([a-z]+?)(\d+)$")
+_SUFFIX = re.compile(r"[_-]\d+$")
 _KERAS_SLOT = re.compile(r"^layer(_with_weights)?-\d+$")
 
 
@@ -118,7 +119,8 @@ def name_tokens(path: str) -> frozenset[str]:
         low = part.lstrip("_").lower()
         if _KERAS_SLOT.match(low):
             continue
-        words = COMPOUNDS[low].split() if low in COMPOUNDS else _words(part)
+        base = _SUFFIX.sub("", low)          # batch_normalization_1 reads as batch_normalization
+        words = COMPOUNDS[base].split() if base in COMPOUNDS else _words(part)
         for w in words:
             if w.isdigit():
                 continue
