@@ -372,3 +372,23 @@ def test_parameters_of_their_own(tmp_path):
     np.testing.assert_array_equal(got["pos_embedding"], values["pos_emb"].astype(np.float32))
     np.testing.assert_array_equal(got["cls"], values["cls_token"].astype(np.float32))
     np.testing.assert_array_equal(got["classifier"]["kernel"], values["w"].astype(np.float32))
+
+
+def test_a_transform_hint_settles_a_layout(tmp_path):
+    """A checkpoint that stores its kernel [out, in]: auto never transposes on its own (it refuses, the
+    shapes do not fit); given the transform, it matches with it."""
+    import jax
+    from tf_writers import tf
+
+    kernel = np.random.default_rng(9).normal(size=(4, 16)).astype(np.float32)   # [out, in]
+    module = tf().Module()
+    module.proj = tf().Module()
+    module.proj.weight = tf().Variable(kernel)
+    module.proj.bias = tf().Variable(np.arange(4, dtype=np.float32))
+    path = tf().train.Checkpoint(model=module).write(str(tmp_path / "ckpt"))
+    params = {"proj": {"kernel": jax.ShapeDtypeStruct((16, 4), np.float32),
+                       "bias": jax.ShapeDtypeStruct((4,), np.float32)}}
+    with pytest.raises(MappingError, match="proj/kernel"):
+        tf2flax.plan_params(path, "auto", params)
+    got = tf2flax.init_params(path, "auto", params, transforms={r".*/kernel": "transpose"}, progress=False)
+    np.testing.assert_array_equal(got["proj"]["kernel"], kernel.T)
