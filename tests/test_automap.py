@@ -392,3 +392,19 @@ def test_a_transform_hint_settles_a_layout(tmp_path):
         tf2flax.plan_params(path, "auto", params)
     got = tf2flax.init_params(path, "auto", params, transforms={r".*/kernel": "transpose"}, progress=False)
     np.testing.assert_array_equal(got["proj"]["kernel"], kernel.T)
+
+
+def test_init_opt_state_follows_the_inferred_map(bert, models):
+    import jax
+    import optax
+
+    ex, cfg, _ = bert
+    nnx = models["nnx"]
+    ckpt = EXAMPLES / "bert_tiny"
+    params = tf2flax.init_params(ckpt, "auto", nnx.state(ex.BertModel(cfg, rngs=nnx.Rngs(0)), nnx.Param),
+                                 progress=False)
+    tx = optax.adamw(1e-4)
+    opt = tf2flax.init_opt_state(ckpt, "auto", params, jax.eval_shape(tx.init, params))
+    got = opt[0].mu["encoder"]["layers"][0]["attention"]["query"]["kernel"]
+    want = tf2flax.load_variable(ckpt, "bert/encoder/layer_0/attention/self/query/kernel/adam_m")
+    np.testing.assert_array_equal(np.asarray(got), want.reshape(32, 2, 16))
