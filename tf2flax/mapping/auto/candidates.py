@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import MappingError
+from ...errors import MappingError, Tf2FlaxError
 from ...plan import axis_groups, can_cast
 from ...targets import TargetLeaf
 from ..names import CheckpointNames, tensor_names
@@ -121,7 +121,10 @@ def checkpoint_layers(ckpt: Any, names: CheckpointNames, stages: Sequence[Sequen
             map_name = next((n for n in candidates if n and _resolves_to(names, n, key)), None)
             if map_name is None:
                 continue
-            shape, dtype = tuple(ckpt.shape(key)), ckpt.dtype(key)
+            try:
+                shape, dtype = tuple(ckpt.shape(key)), ckpt.dtype(key)
+            except Tf2FlaxError:  # a tensor of a kind no Flax leaf holds (DT_VARIANT): not a layer
+                continue
         schemes = [struct] + ([full] if full and _resolves_to(names, full, key) else [])
         _add_leaf(layers, "checkpoint", schemes, map_name, shape, dtype)
     return list(layers.values())
@@ -268,7 +271,7 @@ def fit_layer(src: Layer, dst: Layer, specs: TransformSpecs) -> dict[str, Fit] |
         if not _single_params(src, dst):
             return f"its leaves are {sorted(src.leaves)}, the target's {sorted(dst.leaves)}"
         s, t = next(iter(src.leaves.values())), next(iter(dst.leaves.values()))
-        if s.shape != t.shape or not can_cast(np.dtype(s.dtype), np.dtype(t.dtype)):
+        if s.shape != t.shape or not _castable(s.dtype, t.dtype):
             return f"{t.kind}: shape {list(s.shape)} does not fit {list(t.shape)}"
         return {t.kind: Fit(s.name, t.name, None, "same shape (one parameter each)")}
     kernel = dst.leaves.get("kernel")
@@ -278,8 +281,8 @@ def fit_layer(src: Layer, dst: Layer, specs: TransformSpecs) -> dict[str, Fit] |
     out: dict[str, Fit] = {}
     for kind, t in dst.leaves.items():
         s = src.leaves[kind]
-        if not can_cast(np.dtype(s.dtype), np.dtype(t.dtype)):
-            return f"{kind}: {np.dtype(s.dtype).name} cannot become {np.dtype(t.dtype).name}"
+        if not _castable(s.dtype, t.dtype):
+            return f"{kind}: a {s.dtype} tensor cannot become {t.dtype}"
         spec = specs.find(t.name)
         if spec is not None:
             try:
@@ -299,6 +302,13 @@ def fit_layer(src: Layer, dst: Layer, specs: TransformSpecs) -> dict[str, Fit] |
         else:
             return f"{kind}: shape {list(s.shape)} does not fit {list(t.shape)}"
     return out
+
+
+def _castable(src: Any, dst: Any) -> bool:
+    try:
+        return can_cast(np.dtype(src), np.dtype(dst))
+    except TypeError:  # a PRNG key or another dtype no checkpoint holds
+        return False
 
 
 def _single_params(src: Layer, dst: Layer) -> bool:

@@ -114,8 +114,16 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
 
     compat: dict[tuple[int, int], dict[str, Fit]] = {}
     reasons: dict[tuple[int, int], str] = {}
+    by_kinds: dict[frozenset[str], list[int]] = {}
+    singles: list[int] = []
+    for si, s in enumerate(sources):
+        by_kinds.setdefault(frozenset(s.leaves), []).append(si)
+        if len(s.leaves) == 1:
+            singles.append(si)
     for ti, t in enumerate(tlayers):
-        for si, s in enumerate(sources):
+        # only layers with the same leaf kinds can fit (or two one-parameter layers): others are not tried
+        for si in sorted({*by_kinds.get(frozenset(t.leaves), []), *(singles if len(t.leaves) == 1 else [])}):
+            s = sources[si]
             fit = fit_layer(s, t, specs)
             if isinstance(fit, str):
                 reasons[(ti, si)] = fit
@@ -238,7 +246,9 @@ def _why(t: Layer, ti: int, ranked: list[Layer], tlayers: list[Layer], sources: 
 
 def _missing(t: Layer, sources: list[Layer], reasons: dict, ti: int, scores: NameScores) -> Undecided:
     ranked = sorted(range(len(sources)), key=lambda si: -scores(t, sources[si]))[:3]
-    candidates = [(sources[si].path, scores(t, sources[si]), [f"cannot load it: {reasons.get((ti, si), '?')}"])
+    candidates = [(sources[si].path, scores(t, sources[si]),
+                   [f"cannot load it: " + reasons.get((ti, si), f"its leaves are {sorted(sources[si].leaves)}, "
+                                                                f"the target's {sorted(t.leaves)}")])
                   for si in ranked]
     refused = [sources[si].refused for si in range(len(sources))
                if reasons.get((ti, si)) == sources[si].refused and sources[si].refused]
