@@ -302,8 +302,7 @@ def _stacked(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], ro
             ranked = sorted((c2 for c2 in range(len(cols)) if np.isfinite(matrix[r, c2])), key=lambda c2: -matrix[r, c2])
             result.undecided.append(Undecided(
                 t.path, _leaf_names(t),
-                [(sources[stacks[cols[c2]][0][0]].path.replace("0", "{i}", 1), float(matrix[r, c2]), [])
-                 for c2 in ranked[:3]],
+                [(_stack_label(stacks[cols[c2]][1]), float(matrix[r, c2]), []) for c2 in ranked[:3]],
                 f"scanned layer ({len(members)} layers): several runs of checkpoint layers fit and names do not "
                 "settle which"))
             result.stacked_targets.add(ti)
@@ -311,11 +310,16 @@ def _stacked(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], ro
         fits = dict(options[ti])[k]
         evidence = [f"scanned: leading axis of {len(members)} layers <- {len(members)} checkpoint layers indexed "
                     f"0..{len(members) - 1}", *_evidence(t, first, scores, None)]
-        result.decisions.append(Decision(t.path, next(iter(fits.values())).source.rsplit("/", 1)[0],
+        result.decisions.append(Decision(t.path, _stack_label(stacks[k][1]),
                                          list(fits.values()), evidence, _confidence(gap), gap, stacked=True))
         result.stacked_targets.add(ti)
         taken |= set(members)
     return taken
+
+
+def _stack_label(patterns: Mapping[str, str]) -> str:
+    """A run of checkpoint layers by its ``{i}`` path: ``bert/encoder/layer_{i}/attention/self/query``."""
+    return min(patterns.values()).rsplit("/", 1)[0]
 
 
 def _stack_candidates(sources: list[Layer]) -> list[tuple[list[int], dict[str, str]]]:
