@@ -59,7 +59,7 @@ SYNONYMS = {
 }
 
 # Tokens that say nothing about which layer a path is (containers, bookkeeping).
-STOPWORDS = {"model", "operations", "functional", "layer_with_weights", "with", "weights", "attributes",
+STOPWORDS = {"model", "operations", "operation", "attribute", "functional", "layer_with_weights", "with", "weights", "attributes",
              "variable", "value_", "keras", "sequential", "module", "params", "batch_stats", "tracked",
              "layer-with-weights", "", "cell"}
 
@@ -67,6 +67,7 @@ _INDEX = re.compile(r"\d+")
 _SPLIT = re.compile(r"[^0-9a-zA-Z]+")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _TRAILING = re.compile(r"^([a-z]+?)(\d+)$")
+_KEEP_ER = frozenset({"layer", "encoder", "decoder", "transformer", "tower", "header"})
 _SUFFIX = re.compile(r"[_-]\d+$")
 _KERAS_SLOT = re.compile(r"^layer(_with_weights)?-\d+$")
 
@@ -112,6 +113,15 @@ def _words(part: str) -> list[str]:
     return out
 
 
+def stem(word: str) -> str:
+    """A word without a plural ``s`` or an agent ``er`` (``positions`` -> ``position``, ``pooler`` -> ``pool``)."""
+    if len(word) > 4 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    if len(word) > 5 and word.endswith("er") and word not in _KEEP_ER:
+        return word[:-2]
+    return word
+
+
 def name_tokens(path: str) -> frozenset[str]:
     """The set of normalised, non-numeric words of ``path`` (see the module docstring)."""
     tokens: set[str] = set()
@@ -125,8 +135,9 @@ def name_tokens(path: str) -> frozenset[str]:
             if w.isdigit():
                 continue
             for t in SYNONYMS.get(w, w).split():
+                t = stem(t)
                 if t not in STOPWORDS:
-                    tokens.add(t)
+                    tokens.add(SYNONYMS.get(t, t))
     return frozenset(tokens)
 
 
