@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tf2flax.mapping.auto.candidates import forced_alignment, local_tokens, reshape_ok
-from tf2flax.mapping.auto.match import best_assignment, margins, total
+from tf2flax.mapping.auto.match import UNMATCHED, assign_with_margins, best_assignment, total
 from tf2flax.mapping.auto.tokens import leaf_kind, name_tokens, split_leaf, template
 
 
@@ -81,10 +81,25 @@ def test_best_assignment_is_optimal():
         assert total(scores, best_assignment(scores)) == pytest.approx(brute_force(scores))
 
 
+def test_margins_are_the_drop_when_a_pair_is_forbidden():
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        n, m = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        scores = np.round(rng.random((n, m)), 2)
+        scores[rng.random((n, m)) < 0.3] = -np.inf
+        rows, drops = assign_with_margins(scores)
+        best = total(scores, rows)
+        for i, c in enumerate(rows):
+            if c is None:
+                assert drops[i] == float("inf")
+                continue
+            forbidden = scores.copy()
+            forbidden[i, c] = -np.inf
+            assert drops[i] == pytest.approx(best - brute_force(forbidden), abs=1e-6)
+
+
 def test_margins_refuse_ties():
-    tie = np.array([[0.5, 0.5], [0.5, 0.5]])
-    assert margins(tie, best_assignment(tie)) == [0.0, 0.0]
-    clear = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert margins(clear, best_assignment(clear)) == [2.0, 2.0]
-    only = np.array([[0.1, -np.inf], [-np.inf, 0.0]])
-    assert margins(only, best_assignment(only)) == [float("inf"), float("inf")]
+    assert assign_with_margins(np.array([[0.5, 0.5], [0.5, 0.5]]))[1] == [0.0, 0.0]
+    assert assign_with_margins(np.array([[1.0, 0.0], [0.0, 1.0]]))[1] == pytest.approx([2.0, 2.0])
+    only = assign_with_margins(np.array([[0.1, -np.inf], [-np.inf, 0.0]]))[1]
+    assert min(only) >= UNMATCHED      # the only candidate: forbidding it leaves the target unmatched

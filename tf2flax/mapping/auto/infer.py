@@ -37,7 +37,7 @@ from ..stacking import LAYER, Stacking
 from ..transforms import TransformSpecs
 from .candidates import (Fit, Layer, NameScores, checkpoint_layers, fit_layer, order_pairs, sibling_lists,
                          target_layers)
-from .match import best_assignment, margins
+from .match import assign_with_margins
 from .report import AutoMapping, Decision, Undecided
 from .tokens import index_spans, template
 
@@ -180,8 +180,7 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
             for c, si in enumerate(cols):
                 if (ti, si) in compat:
                     matrix[r, c] = scores(tlayers[ti], sources[si]) + (ORDER_WEIGHT if (ti, si) in order else 0.0)
-        assigned = best_assignment(matrix)
-        gaps = margins(matrix, assigned)
+        assigned, gaps = assign_with_margins(matrix)
         for r, (c, gap) in enumerate(zip(assigned, gaps)):
             ti = rows[r]
             t = tlayers[ti]
@@ -209,7 +208,8 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
 
 
 def _confidence(gap: float) -> float:
-    return 1.0 if gap == float("inf") else round(min(1.0, 0.5 + gap / 2), 3)
+    """0.5 at no margin, 1.0 from a margin of 1 (an order pair, or the only fitting layer) on."""
+    return round(min(1.0, 0.5 + gap / 2), 3)
 
 
 def _leaf_names(layer: Layer) -> list[str]:
@@ -287,8 +287,7 @@ def _stacked(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], ro
     for r, ti in enumerate(rows):
         for k, _ in options[ti]:
             matrix[r, cols.index(k)] = scores(tlayers[ti], sources[stacks[k][0][0]])
-    assigned = best_assignment(matrix)
-    gaps = margins(matrix, assigned)
+    assigned, gaps = assign_with_margins(matrix)
     taken: set[int] = set()
     for r, (c, gap) in enumerate(zip(assigned, gaps)):
         ti = rows[r]
