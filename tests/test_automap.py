@@ -17,7 +17,8 @@ from tf2flax.errors import MappingError
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WRITERS = {"mlp": am.write_mlp, "cnn": am.write_cnn, "resnet": am.write_resnet, "depthwise": am.write_depthwise,
            "transformer": am.write_transformer,
-           "resnet_keras_names": lambda d: am.write_resnet(d, keras_names=True), "tf1_mlp": am.write_tf1_mlp, "lstm": am.write_lstm}
+           "resnet_keras_names": lambda d: am.write_resnet(d, keras_names=True), "tf1_mlp": am.write_tf1_mlp,
+           "lstm": am.write_lstm}
 
 
 @pytest.fixture(scope="session")
@@ -227,8 +228,9 @@ def test_tf1_bert_into_scanned_nnx_bert(bert, models):
     assert model.encoder.layers.attention.query.kernel.shape == (2, 32, 2, 16)
     auto = tf2flax.suggest_mapping(EXAMPLES / "bert_tiny", nnx.state(model))
     rows = {r["target"]: r for r in auto.rows()}
-    assert rows["encoder/layers/attention/query/kernel"]["source"] == "bert/encoder/layer_{i}/attention/self/query/kernel"
-    assert rows["encoder/layers/attention/query/kernel"]["transform"] == ["reshape", [2, 32, 2, 16]]
+    query = rows["encoder/layers/attention/query/kernel"]
+    assert query["source"] == "bert/encoder/layer_{i}/attention/self/query/kernel"
+    assert query["transform"] == ["reshape", [2, 32, 2, 16]]
     state = tf2flax.init_params(EXAMPLES / "bert_tiny", "auto", nnx.state(model), progress=False)
     nnx.update(model, state)
     seq, pooled = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])

@@ -96,7 +96,8 @@ def init_params(
     """``params`` with the leaves ``mapping`` names loaded from ``ckpt``, placed with their shardings.
 
     ``mapping`` follows ``tf.compat.v1.train.init_from_checkpoint``'s assignment map (see the
-    README's Mapping section), or is ``"auto"`` (inferred, never guessed: see docs/automap.md); ``rules``/``preset``/``transforms`` go beyond it, and ``{i}`` in a
+    README's Mapping section), or is ``"auto"`` (inferred, never guessed: see docs/automap.md);
+    ``rules``/``preset``/``transforms`` go beyond it, and ``{i}`` in a
     map key stacks per-layer tensors along ``stack_axis`` (see ``tf2flax.mapping.stacking``). Leaves are placed
     with the sharding each target carries, or ``shardings`` (pytree, dict by path, or function),
     or ``sharding_rules`` [(regex, PartitionSpec)] over ``mesh``; each process reads only the

@@ -56,7 +56,8 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
 
     ``mapping``: TensorFlow's assignment map (dict or list of pairs), or None to match every target
     path that is a (renamed) checkpoint name, or ``"auto"`` / an :class:`~tf2flax.mapping.auto.AutoMap`
-    to infer it (see ``tf2flax.mapping.auto``; refused with a MappingError unless every leaf is decided). ``rules``/``preset`` rename checkpoint names first.
+    to infer it (see ``tf2flax.mapping.auto``; refused with a MappingError unless every leaf is decided).
+    ``rules``/``preset`` rename checkpoint names first.
     ``transforms``: ``{target path or regex: spec}``. ``part_axis``: the axis of ``<var>/part_<n>``
     concatenations and splits (an int, or ``{var: axis}``), inferred from the shapes by default.
     ``stack_axis``: the new axis of ``{i}`` stacks (an int, or ``{target regex: int}``; the preset's,

@@ -184,7 +184,7 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
         for r, (c, gap) in enumerate(zip(assigned, gaps)):
             ti = rows[r]
             t = tlayers[ti]
-            ranked = sorted((c2 for c2 in range(len(cols)) if np.isfinite(matrix[r, c2])), key=lambda c2: -matrix[r, c2])
+            ranked = _ranked(matrix[r])
             candidates = [(sources[cols[c2]].path, float(matrix[r, c2]),
                            _evidence(t, sources[cols[c2]], scores, order.get((ti, cols[c2]))))
                           for c2 in ranked[:3]]
@@ -205,6 +205,11 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
             result.decisions.append(Decision(t.path, s.path, list(compat[(ti, si)].values()), evidence,
                                              _confidence(gap), gap))
             result.used_sources.add(si)
+
+
+def _ranked(row: np.ndarray) -> list[int]:
+    """The columns a row can take, best score first."""
+    return sorted(np.flatnonzero(np.isfinite(row)).tolist(), key=lambda c: -row[c])
 
 
 def _confidence(gap: float) -> float:
@@ -298,7 +303,7 @@ def _stacked(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], ro
         members = stacks[k][0]
         first = sources[members[0]]
         if gap < MARGIN or taken & set(members):
-            ranked = sorted((c2 for c2 in range(len(cols)) if np.isfinite(matrix[r, c2])), key=lambda c2: -matrix[r, c2])
+            ranked = _ranked(matrix[r])
             result.undecided.append(Undecided(
                 t.path, _leaf_names(t),
                 [(_stack_label(stacks[cols[c2]][1]), float(matrix[r, c2]), []) for c2 in ranked[:3]],
@@ -369,8 +374,8 @@ def _stack_fit(t: Layer, members: list[Layer], patterns: dict[str, str], specs: 
                ) -> dict[str, Fit] | None:
     """How a run of checkpoint layers loads scanned target ``t`` (per kind), or None."""
     size = len(members)
-    per_layer = Layer(t.side, t.path, {k: dataclasses.replace(leaf, shape=leaf.shape[1:]) for k, leaf in t.leaves.items()},
-                      t.tokens)
+    per_layer = Layer(t.side, t.path, {k: dataclasses.replace(leaf, shape=leaf.shape[1:])
+                                       for k, leaf in t.leaves.items()}, t.tokens)
     out: dict[str, Fit] = {}
     for s in members:
         fit = fit_layer(s, per_layer, TransformSpecs(None, str))

@@ -59,7 +59,8 @@ SYNONYMS = {
 }
 
 # Tokens that say nothing about which layer a path is (containers, bookkeeping).
-STOPWORDS = {"model", "operations", "operation", "attribute", "functional", "layer_with_weights", "with", "weights", "attributes",
+STOPWORDS = {"model", "operations", "operation", "attribute", "functional", "layer_with_weights", "with", "weights",
+             "attributes",
              "variable", "value_", "keras", "sequential", "module", "params", "batch_stats", "tracked",
              "layer-with-weights", "", "cell"}
 
