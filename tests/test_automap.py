@@ -410,3 +410,19 @@ def test_init_opt_state_follows_the_inferred_map(bert, models):
     got = opt[0].mu["encoder"]["layers"][0]["attention"]["query"]["kernel"]
     want = tf2flax.load_variable(ckpt, "bert/encoder/layer_0/attention/self/query/kernel/adam_m")
     np.testing.assert_array_equal(np.asarray(got), want.reshape(32, 2, 16))
+
+
+def test_rules_as_hints(written, models):
+    """A rule that renames two checkpoint layers gives auto the names it lacked; it fills in the rest."""
+    path, x, expected = written["mlp"]
+    nnx = models["nnx"]
+    model = models["Unordered"](rngs=nnx.Rngs(0))
+    rules = [(r"^model/_functional/_operations/2/", "alpha/"), (r"^model/_functional/_operations/3/", "beta/")]
+    auto = tf2flax.suggest_mapping(path, nnx.state(model), rules=rules)
+    evidence = {d.target: " ".join(d.evidence) for d in auto.decisions}
+    assert "shared: alpha" in evidence["alpha"] and "shared: beta" in evidence["beta"]
+    nnx.update(model, tf2flax.init_params(path, "auto", nnx.state(model), rules=rules, progress=False))
+    h = x
+    for layer in (model.inp, model.alpha, model.beta):
+        h = np.maximum(np.asarray(layer(h)), 0)
+    np.testing.assert_allclose(np.asarray(model.out(h)), expected, rtol=1e-5, atol=1e-5)
