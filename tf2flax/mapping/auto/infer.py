@@ -1,7 +1,7 @@
 """``infer_mapping``: the assignment map for a checkpoint and a target tree, decided or refused.
 
 1. Hints first: the user's map entries (``AutoMap(map=...)``) and every target path that is itself a
-   checkpoint name (after ``rules``/``preset``) are pinned; ``AutoMap(leave=...)`` targets stay unset.
+   checkpoint name of the same shape (after ``rules``/``preset``) are pinned; ``AutoMap(leave=...)`` targets stay unset.
 2. The rest are layers (see ``candidates.py``). A target layer whose leaves have a leading layer axis
    and that no single checkpoint layer fits is a *scanned* layer: it takes ``L`` sibling checkpoint
    layers indexed ``0 .. L-1``, stacked with ``{i}`` (``stacking.py``).
@@ -99,7 +99,8 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
             resolved = names.resolve(path)
         except MappingError:
             resolved = None
-        if resolved is not None and not set(resolved.keys) & used_keys and not _skipped(names, resolved.keys):
+        if (resolved is not None and not set(resolved.keys) & used_keys and not _skipped(names, resolved.keys)
+                and tuple(resolved.source.shape) == tuple(targets[path].shape)):
             by_name.append((path, path))
             pinned.add(path)
             used_keys |= set(resolved.keys)
