@@ -78,8 +78,10 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
     if hints is not None:
         mapping = infer_mapping(ckpt, targets, hints, rules=rules, preset=preset, transforms=transforms,
                                 part_axis=part_axis, order=order)
+    auto_notes: list[str] = []
     if isinstance(mapping, AutoMapping):  # inferred here, or by suggest_mapping and reviewed
         mapping.check()
+        auto_notes.append(mapping.note())
         mapping, transforms = mapping.mapping, {**(transforms or {}), **mapping.transforms}
     preset = get_preset(preset)
     stages = [preset.rules_for(list(ckpt.names))] if preset else []
@@ -92,7 +94,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
     specs = TransformSpecs(transforms, tvars.path_of)
 
     errors: list[str] = []
-    notes: list[str] = []
+    notes: list[str] = auto_notes
     check_stack_axis(stack_axis)
     fit = fit_shape if preset and preset.fit else None
     stacking = Stacking(stack_axis if stack_axis is not None or not preset else preset.stack_axis, fit)

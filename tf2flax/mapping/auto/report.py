@@ -125,6 +125,14 @@ class AutoMapping:
         lines += [f"left unset (hint): {p}" for p in self.left]
         return "\n".join(lines)
 
+    def note(self) -> str:
+        """One line for a plan's report: how many layers auto decided, and with what evidence."""
+        by_order = sum(any(e.startswith("order:") for e in d.evidence) for d in self.decisions)
+        scanned = sum(d.stacked for d in self.decisions)
+        return (f"auto mapping: {len(self.decisions)} layer(s) decided ({by_order} with order evidence, {scanned} "
+                f"scanned), {len(self.pinned)} leaf/leaves pinned by hints or equal names; "
+                "tf2flax.suggest_mapping shows the evidence")
+
     def check(self) -> None:
         """Raise :class:`MappingError` naming every undecided target (nothing is loaded then)."""
         if not self.undecided:
