@@ -256,14 +256,16 @@ def _missing(t: Layer, sources: list[Layer], reasons: dict, ti: int, scores: Nam
                    [f"cannot load it: " + reasons.get((ti, si), f"its leaves are {sorted(sources[si].leaves)}, "
                                                                 f"the target's {sorted(t.leaves)}")])
                   for si in ranked]
-    refused = [sources[si].refused for si in range(len(sources))
-               if reasons.get((ti, si)) == sources[si].refused and sources[si].refused]
+    refused = [s for si, s in enumerate(sources) if s.refused and reasons.get((ti, si)) == s.refused]
     if refused:
-        why = f"the checkpoint layers with these shapes are refused: {refused[0]}"
+        why = f"the checkpoint layer that fits, {refused[0].path!r}, is refused: {refused[0].refused}"
     elif t.refused:
         why = t.refused
     else:
         why = f"no checkpoint layer has leaves {t.signature()} (a layer the checkpoint does not have?)"
+        others = [s for s in sources if s.refused]
+        if others:
+            why += f"; the checkpoint's {others[0].path!r} is refused: {others[0].refused}"
     return Undecided(t.path, _leaf_names(t), candidates, why)
 
 
