@@ -173,6 +173,21 @@ def write_tf1_mlp(directory: Path):
     return path, x, out
 
 
+def write_exported(directory: Path):
+    """A Keras Sequential (Dense, BatchNormalization, Dense) exported with ``model.export()``: a
+    SavedModel whose variables are flat lists (``variables/3`` and a copy under ``_all_variables/5``)."""
+    keras = _keras()
+    from keras import layers
+
+    model = keras.Sequential([keras.Input((6,)), layers.Dense(8, activation="relu"), layers.BatchNormalization(),
+                              layers.Dense(3)])
+    _randomize(model, 10)
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    path = str(directory / "exported")
+    model.export(path, verbose=False)
+    return path, x, np.asarray(model(x, training=False))
+
+
 def write_lstm(directory: Path):
     """A Keras LSTM (fused i, f, c, o gates) + Dense; tf.train.Checkpoint."""
     keras = _keras()

@@ -18,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WRITERS = {"mlp": am.write_mlp, "cnn": am.write_cnn, "resnet": am.write_resnet, "depthwise": am.write_depthwise,
            "transformer": am.write_transformer,
            "resnet_keras_names": lambda d: am.write_resnet(d, keras_names=True), "tf1_mlp": am.write_tf1_mlp,
-           "lstm": am.write_lstm}
+           "lstm": am.write_lstm, "exported": am.write_exported}
 
 
 @pytest.fixture(scope="session")
@@ -426,3 +426,23 @@ def test_rules_as_hints(written, models):
     for layer in (model.inp, model.alpha, model.beta):
         h = np.maximum(np.asarray(layer(h)), 0)
     np.testing.assert_allclose(np.asarray(model.out(h)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_export_savedmodel(written, models):
+    """model.export() keeps variables in flat lists, twice: layers come from the full names, copies
+    (same name, same stored checksum) are one tensor."""
+    path, x, expected = written["exported"]
+    nnx = models["nnx"]
+
+    class Net(nnx.Module):
+        def __init__(self, *, rngs):
+            self.hidden = nnx.Linear(6, 8, rngs=rngs)
+            self.norm = nnx.BatchNorm(8, epsilon=1e-3, use_running_average=True, rngs=rngs)
+            self.out = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.norm(nnx.relu(self.hidden(x))))
+
+    model = Net(rngs=nnx.Rngs(0))
+    nnx.update(model, tf2flax.init_params(path, "auto", nnx.state(model), progress=False))
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-5)

@@ -44,6 +44,7 @@ from ..transforms import TransformSpecs, parse_spec
 from .tokens import DEPTHWISE_LEAVES, LEAF_KINDS, index_spans, leaf_kind, name_tokens, split_leaf, template
 
 _PART = re.compile(r"^(.*)/part_(\d+)$")
+_FLAT = re.compile(r"(^|/)_?(all_)?(trainable_|non_trainable_)?variables/\d+$")
 LINEN_COLLECTIONS = ("params", "batch_stats", "cache", "intermediates")
 ATTRIBUTE_ORDER = "<the model's attribute order>"
 CANONICAL_KINDS = frozenset(LEAF_KINDS.values())
@@ -99,15 +100,24 @@ def checkpoint_layers(ckpt: Any, names: CheckpointNames, stages: Sequence[Sequen
     part_of = {p: base for base, ps in parts.items() for p in ps}
     layers: dict[str, Layer] = {}
     seen_bases: set[str] = set()
+    copies: set[tuple] = set()
     for (key, originals, label, _), tensor in zip(tensor_names(ckpt), names.tensors):
         if tensor.skipped or key in exclude:
             continue
         v = by_key.get(key)
         struct_name = (v.model_path or v.object_path) if v is not None else label
+        full = _rename(v.full_name, stages) if v is not None and v.full_name else None
+        if full and _FLAT.search(struct_name):
+            # a variable in a flat list (Keras's model.export(): variables/3, _all_variables/5): its
+            # layer is in its full name; a second list holding the same bytes under that name is a copy
+            struct_name = v.full_name
+            copy = (full, _checksum(ckpt, key))
+            if copy[1] is not None and copy in copies:
+                continue
+            copies.add(copy)
         struct = _rename(struct_name, stages)
         if struct is None:
             continue
-        full = _rename(v.full_name, stages) if v is not None and v.full_name else None
         candidates = [_rename(label, stages), struct, *(_rename(o, stages) for o in originals)]
         base = part_of.get(struct)
         if base is not None:
@@ -128,6 +138,18 @@ def checkpoint_layers(ckpt: Any, names: CheckpointNames, stages: Sequence[Sequen
         schemes = [struct] + ([full] if full and _resolves_to(names, full, key) else [])
         _add_leaf(layers, "checkpoint", schemes, map_name, shape, dtype)
     return list(layers.values())
+
+
+def _checksum(ckpt: Any, key: str) -> tuple | None:
+    """(shape, dtype, size, crc32c) of a dense stored tensor, from the index alone; None if unknown."""
+    try:
+        info = ckpt.info(key)
+    except Tf2FlaxError:
+        return None
+    stored = getattr(info, "stored", None)
+    if stored is None:
+        return None
+    return tuple(info.shape), str(info.dtype), stored.size, stored.crc32c
 
 
 def target_layers(targets: Mapping[str, TargetLeaf], exclude: set[str] = frozenset(),
