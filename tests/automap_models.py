@@ -146,6 +146,42 @@ def write_transformer(directory: Path, d: int = 16, heads: int = 2, ff: int = 32
     return _save_ckpt(model, directory), x, np.asarray(model(x))
 
 
+def write_subclassed_transformer(directory: Path, d: int = 16, heads: int = 2, ff: int = 32, vocab: int = 20):
+    """A subclassed Keras encoder: custom ``Block`` layers (MultiHeadAttention ``att``, ``ln1``, ``ffn1``,
+    ``ffn2``, ``ln2``) held as ``block_0``, ``block_1``, and a ``head``; tf.train.Checkpoint."""
+    keras = _keras()
+    from keras import layers
+
+    class Block(layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.att = layers.MultiHeadAttention(heads, d // heads)
+            self.ln1 = layers.LayerNormalization(epsilon=1e-6)
+            self.ffn1 = layers.Dense(ff, activation="relu")
+            self.ffn2 = layers.Dense(d)
+            self.ln2 = layers.LayerNormalization(epsilon=1e-6)
+
+        def call(self, x):
+            x = self.ln1(x + self.att(x, x))
+            return self.ln2(x + self.ffn2(self.ffn1(x)))
+
+    class Encoder(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.emb = layers.Embedding(vocab, d)
+            self.block_0, self.block_1 = Block(), Block()
+            self.head = layers.Dense(3)
+
+        def call(self, x):
+            return self.head(self.block_1(self.block_0(self.emb(x))))
+
+    model = Encoder()
+    x = np.random.default_rng(0).integers(0, vocab, size=(2, 5)).astype(np.int32)
+    model(x)
+    _randomize(model, 11)
+    return _save_ckpt(model, directory), x, np.asarray(model(x))
+
+
 def write_tf1_mlp(directory: Path):
     """A TF1 graph (``tf.compat.v1``) MLP with scopes ``mlp/hidden_0`` .. ``mlp/hidden_2`` (16 -> 16,
     same shapes) and ``mlp/logits``, plus a ``global_step``; saved by a name-based ``Saver``."""
@@ -298,6 +334,18 @@ def nnx_models():
             x = self.norm1(x + self.attn(x, deterministic=True))
             return self.norm2(x + self.mlp[1](nnx.relu(self.mlp[0](x))))
 
+    class EncoderWithHead(nnx.Module):
+        def __init__(self, *, rngs):
+            self.embed = nnx.Embed(20, 16, rngs=rngs)
+            self.layers = nnx.List([EncoderBlock(16, 2, 32, rngs=rngs) for _ in range(2)])
+            self.out = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            x = self.embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            return self.out(x)
+
     class Encoder(nnx.Module):
         def __init__(self, d=16, heads=2, ff=32, vocab=20, blocks=2, *, rngs):
             self.embed = nnx.Embed(vocab, d, rngs=rngs)
@@ -315,4 +363,5 @@ def nnx_models():
             self.head = nnx.Linear(5, 2, rngs=rngs)
 
     return dict(MLP=MLP, Unordered=Unordered, CNN=CNN, CNNWithExtra=CNNWithExtra, ResNet=ResNet,
-                Depthwise=Depthwise, Encoder=Encoder, LSTMNet=LSTMNet, jax=jax, jnp=jnp, nnx=nnx)
+                Depthwise=Depthwise, Encoder=Encoder, EncoderWithHead=EncoderWithHead, LSTMNet=LSTMNet, jax=jax,
+                jnp=jnp, nnx=nnx)

@@ -18,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WRITERS = {"mlp": am.write_mlp, "cnn": am.write_cnn, "resnet": am.write_resnet, "depthwise": am.write_depthwise,
            "transformer": am.write_transformer,
            "resnet_keras_names": lambda d: am.write_resnet(d, keras_names=True), "tf1_mlp": am.write_tf1_mlp,
-           "lstm": am.write_lstm, "exported": am.write_exported}
+           "lstm": am.write_lstm, "exported": am.write_exported, "subclassed": am.write_subclassed_transformer}
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,7 @@ def load_and_run(models, path, model, x, **kwargs):
     ("resnet", lambda m: m["ResNet"](rngs=m["nnx"].Rngs(0))),
     ("depthwise", lambda m: m["Depthwise"](rngs=m["nnx"].Rngs(0))),
     ("transformer", lambda m: m["Encoder"](rngs=m["nnx"].Rngs(0))),
+    ("subclassed", lambda m: m["EncoderWithHead"](rngs=m["nnx"].Rngs(0))),
 ])
 def test_auto_loads_exactly(written, models, name, build):
     path, x, expected = written[name]
