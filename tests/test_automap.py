@@ -447,3 +447,24 @@ def test_keras_export_savedmodel(written, models):
     model = Net(rngs=nnx.Rngs(0))
     nnx.update(model, tf2flax.init_params(path, "auto", nnx.state(model), progress=False))
     np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_names_and_order_that_disagree_are_refused(tmp_path, models):
+    """The model defines ``key`` before ``query``; Keras created ``query`` first. Order alone would swap
+    them, the names say otherwise: auto refuses instead of picking one."""
+    keras = am._keras()
+    nnx = models["nnx"]
+    inp = keras.Input((4,))
+    out = keras.layers.Dense(4, name="key_proj")(keras.layers.Dense(4, name="query_proj")(inp))
+    path = am._save_ckpt(keras.Model(inp, out), tmp_path)
+
+    class Swapped(nnx.Module):
+        def __init__(self, *, rngs):
+            self.key = nnx.Linear(4, 4, rngs=rngs)
+            self.query = nnx.Linear(4, 4, rngs=rngs)
+
+    with pytest.raises(MappingError, match="names and order disagree"):
+        tf2flax.plan_params(path, "auto", Swapped(rngs=nnx.Rngs(0)))
+    # without the order (a state, sorted by name), the names decide
+    auto = tf2flax.suggest_mapping(path, nnx.state(Swapped(rngs=nnx.Rngs(0))))
+    assert {r["target"]: r["source"] for r in auto.rows()}["query/kernel"] == "query_proj/kernel"

@@ -176,12 +176,18 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
         if root in components:
             components[root][1].append(si)
     for rows, cols in components.values():
-        matrix = np.full((len(rows), len(cols)), -np.inf)
+        by_name = np.full((len(rows), len(cols)), -np.inf)
+        by_order = np.zeros((len(rows), len(cols)))
         for r, ti in enumerate(rows):
             for c, si in enumerate(cols):
                 if (ti, si) in compat:
-                    matrix[r, c] = scores(tlayers[ti], sources[si]) + (ORDER_WEIGHT if (ti, si) in order else 0.0)
+                    by_name[r, c] = scores(tlayers[ti], sources[si])
+                    by_order[r, c] = ORDER_WEIGHT if (ti, si) in order else 0.0
+        matrix = by_name + by_order
         assigned, gaps = assign_with_margins(matrix)
+        # Order is evidence, not a verdict: where the names alone clearly pick another layer, the two
+        # disagree (a model that defines its layers in another order), and nothing is decided.
+        named, named_gaps = assign_with_margins(by_name) if by_order.any() else (assigned, gaps)
         for r, (c, gap) in enumerate(zip(assigned, gaps)):
             ti = rows[r]
             t = tlayers[ti]
@@ -194,6 +200,12 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
                                                   "every checkpoint layer that fits is better used by another target"))
                 continue
             si = cols[c]
+            if named[r] != c and named_gaps[r] >= MARGIN and named[r] is not None:
+                result.undecided.append(Undecided(
+                    t.path, _leaf_names(t), candidates,
+                    f"names and order disagree: by name it is {sources[cols[named[r]]].path!r} (margin "
+                    f"{named_gaps[r]:.2f}), by order {sources[si].path!r}"))
+                continue
             if gap < MARGIN:
                 result.undecided.append(Undecided(t.path, _leaf_names(t), candidates,
                                                   _why(t, ti, [sources[cols[c2]] for c2 in ranked], tlayers, sources,
