@@ -61,8 +61,9 @@ def write_mlp(directory: Path):
     return _save_ckpt(model, directory), x, np.asarray(model(x))
 
 
-def write_cnn(directory: Path):
-    """Keras functional Conv-BN-ReLU x2 (two BatchNorms of 8 channels), pooling, Dense; tf.train.Checkpoint."""
+def write_cnn(directory: Path, keras_file: bool = False):
+    """Keras functional Conv-BN-ReLU x2 (two BatchNorms of 8 channels), pooling, Dense; tf.train.Checkpoint
+    (or, with ``keras_file``, ``model.save("cnn.keras")``)."""
     keras = _keras()
     from keras import layers
 
@@ -75,6 +76,9 @@ def write_cnn(directory: Path):
     model = keras.Model(inp, out)
     _randomize(model, 2)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    if keras_file:
+        model.save(str(directory / "cnn.keras"))
+        return str(directory / "cnn.keras"), x, np.asarray(model(x, training=False))
     return _save_ckpt(model, directory), x, np.asarray(model(x, training=False))
 
 
