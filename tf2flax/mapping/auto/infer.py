@@ -83,36 +83,58 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
     specs = TransformSpecs(transforms, tvars.path_of)
     given_transforms = {tvars.path_of(k): v for k, v in (transforms or {}).items()}
 
-    errors: list[str] = []
-    pinned_pairs: list[tuple[str, Any]] = list(normalize(hints.map)) if hints.map is not None else []
-    loads = assign(pinned_pairs, names, tvars, errors, [], Stacking()) if pinned_pairs else []
-    if errors:
-        raise MappingError("auto mapping hints: " + "; ".join(errors))
-    pinned = {leaf for load in loads for leaf in load.leaves}
-    used_keys = {k for load in loads for k in load.resolved.keys}
-    pinned_pairs = [(str(k), tvars.path_of(t) if not isinstance(t, (str, list)) else t) for k, t in pinned_pairs]
-    by_name: list[tuple[str, str]] = []
-    for path in targets:
-        if path in pinned:
-            continue
-        try:
-            resolved = names.resolve(path)
-        except MappingError:
-            resolved = None
-        if (resolved is not None and not set(resolved.keys) & used_keys and not _skipped(names, resolved.keys)
-                and tuple(resolved.source.shape) == tuple(targets[path].shape)):
-            by_name.append((path, path))
-            pinned.add(path)
-            used_keys |= set(resolved.keys)
+    pinned_pairs, pinned, used_keys = _pins(hints, names, tvars, targets)
     leave = [compile_pattern(p, "AutoMap leave") for p in hints.leave]
     left = {p for p in targets if p not in pinned and any(r.fullmatch(p) for r in leave)}
 
     sources = checkpoint_layers(ckpt, names, stages, exclude=used_keys)
     tlayers = target_layers(targets, exclude=pinned | left, order=order)
     scores = NameScores([*sources, *tlayers])
-    result = AutoMapping(pinned=pinned_pairs + by_name, left=sorted(left), given_transforms=given_transforms,
+    result = AutoMapping(pinned=pinned_pairs, left=sorted(left), given_transforms=given_transforms,
                          rules=rules, preset=preset.name if preset else None)
+    compat, reasons = _fits(tlayers, sources, specs)
+    plain = {ti for ti, _ in compat}
+    taken = _stacked(result, tlayers, sources, [ti for ti in range(len(tlayers)) if ti not in plain], scores, specs)
+    compat = {k: v for k, v in compat.items() if k[1] not in taken}
+    in_order = order_pairs(tlayers, sources, compat)
+    _plain(result, tlayers, sources, compat, reasons, in_order, scores, skip=set(result.stacked_targets))
+    result.unused_layers = sorted(s.path for si, s in enumerate(sources)
+                                  if si not in result.used_sources and si not in taken)
+    return result
 
+
+def _pins(hints: AutoMap, names: CheckpointNames, tvars: TargetVars, targets: Mapping[str, TargetLeaf]
+          ) -> tuple[list[tuple[str, Any]], set[str], set[str]]:
+    """The pinned map entries (the hints', then target paths that are checkpoint names of the same
+    shape), the target leaves they load and the checkpoint keys they read."""
+    errors: list[str] = []
+    pairs: list[tuple[str, Any]] = list(normalize(hints.map)) if hints.map is not None else []
+    loads = assign(pairs, names, tvars, errors, [], Stacking()) if pairs else []
+    if errors:
+        raise MappingError("auto mapping hints: " + "; ".join(errors))
+    pinned = {leaf for load in loads for leaf in load.leaves}
+    used_keys = {k for load in loads for k in load.resolved.keys}
+    pairs = [(str(k), tvars.path_of(t) if not isinstance(t, (str, list)) else t) for k, t in pairs]
+    skipped = {t.key for t in names.tensors if t.skipped}
+    for path, leaf in targets.items():
+        if path in pinned:
+            continue
+        try:
+            resolved = names.resolve(path)
+        except MappingError:
+            continue
+        if (resolved is not None and not set(resolved.keys) & (used_keys | skipped)
+                and tuple(resolved.source.shape) == tuple(leaf.shape)):
+            pairs.append((path, path))
+            pinned.add(path)
+            used_keys |= set(resolved.keys)
+    return pairs, pinned, used_keys
+
+
+def _fits(tlayers: list[Layer], sources: list[Layer], specs: TransformSpecs
+          ) -> tuple[dict[tuple[int, int], dict[str, Fit]], dict[tuple[int, int], str]]:
+    """Which checkpoint layer can load which target layer (``{(t, s): {kind: Fit}}``), and why the
+    others cannot. Only layers with the same leaf kinds (or two one-parameter layers) are tried."""
     compat: dict[tuple[int, int], dict[str, Fit]] = {}
     reasons: dict[tuple[int, int], str] = {}
     by_kinds: dict[frozenset[str], list[int]] = {}
@@ -122,32 +144,16 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
         if len(s.leaves) == 1:
             singles.append(si)
     for ti, t in enumerate(tlayers):
-        # only layers with the same leaf kinds can fit (or two one-parameter layers): others are not tried
         for si in sorted({*by_kinds.get(frozenset(t.leaves), []), *(singles if len(t.leaves) == 1 else [])}):
             s = sources[si]
             fit = fit_layer(s, t, specs)
             if isinstance(fit, str):
                 reasons[(ti, si)] = fit
-            elif s.refused:
-                reasons[(ti, si)] = s.refused
-            elif t.refused:
-                reasons[(ti, si)] = t.refused
+            elif s.refused or t.refused:
+                reasons[(ti, si)] = s.refused or t.refused
             else:
                 compat[(ti, si)] = fit
-
-    plain = {ti for ti, _ in compat}
-    taken = _stacked(result, tlayers, sources, [ti for ti in range(len(tlayers)) if ti not in plain], scores, specs)
-    compat = {k: v for k, v in compat.items() if k[1] not in taken}
-    order = order_pairs(tlayers, sources, compat)
-    _plain(result, tlayers, sources, compat, reasons, order, scores, skip={d for d in result.stacked_targets})
-    result.unused_layers = sorted(s.path for si, s in enumerate(sources)
-                                  if si not in result.used_sources and si not in taken)
-    return result
-
-
-def _skipped(names: CheckpointNames, keys: Sequence[str]) -> bool:
-    skipped = {t.key for t in names.tensors if t.skipped}
-    return any(k in skipped for k in keys)
+    return compat, reasons
 
 
 def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], compat: dict, reasons: dict,
