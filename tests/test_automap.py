@@ -283,6 +283,7 @@ def test_cli_suggest_refuses_with_one_error_line(written, models, tmp_path, caps
     assert main(["suggest", written["mlp"][0], str(tmp_path / "target.json"), "-o", str(tmp_path / "m.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tf2flax: error: auto mapping refused") and "alpha/kernel" in err
+    assert "--leave" in err and "AutoMap" not in err
     assert not (tmp_path / "m.yaml").exists()
     assert main(["suggest", written["mlp"][0], str(tmp_path / "missing.json")]) == 2
     assert "target file" in capsys.readouterr().err

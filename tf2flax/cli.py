@@ -198,7 +198,7 @@ def _suggest(args: argparse.Namespace) -> int:
         print()
     else:
         print(_printable_lines(auto.summary()))
-    auto.check()
+    auto.check(cli=True)
     if args.output:
         auto.save(args.output)
         if not args.json:

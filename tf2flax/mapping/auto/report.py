@@ -133,12 +133,16 @@ class AutoMapping:
                 f"scanned), {len(self.pinned)} leaf/leaves pinned by hints or equal names; "
                 "tf2flax.suggest_mapping shows the evidence")
 
-    def check(self) -> None:
-        """Raise :class:`MappingError` naming every undecided target (nothing is loaded then)."""
+    def check(self, cli: bool = False) -> None:
+        """Raise :class:`MappingError` naming every undecided target (nothing is loaded then); ``cli``
+        words the way out in command-line flags."""
         if not self.undecided:
             return
-        head = (f"auto mapping refused: {len(self.undecided)} target layer(s) undecided (nothing was loaded; pin "
-                "them with map entries, rules or transforms, or leave them with AutoMap(leave=[...])):")
+        way_out = ("pin them in a --map file (map entries, rules, transforms) or leave them with --leave REGEX"
+                   if cli else "pin them with map entries, rules or transforms, or leave them with "
+                   "AutoMap(leave=[...])")
+        head = (f"auto mapping refused: {len(self.undecided)} target layer(s) undecided (nothing was loaded; "
+                f"{way_out}):")
         raise MappingError(head + "\n- " + "\n- ".join(u.describe() for u in self.undecided))
 
     def map_file(self) -> dict[str, Any]:
