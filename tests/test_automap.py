@@ -498,3 +498,17 @@ def test_save_refuses_what_a_map_file_cannot_hold(written, models, tmp_path):
     with pytest.raises(MappingError, match="cannot hold"):
         with_fn.save(tmp_path / "map.yaml")
     assert not (tmp_path / "map.yaml").exists()
+
+
+def test_partitioned_target_takes_one_variable():
+    """``<var>/part_0, part_1`` target leaves are one variable (TensorFlow's partitioned variable)."""
+    import jax
+
+    part = jax.ShapeDtypeStruct((64, 32), np.float32)
+    params = {"embeddings": {"word": {"embedding": {"part_0": part, "part_1": part}}}}
+    auto = tf2flax.suggest_mapping(EXAMPLES / "bert_tiny", params)
+    assert [(r["target"], r["source"]) for r in auto.rows()] == [("embeddings/word/embedding",
+                                                                   "bert/embeddings/word_embeddings")]
+    got = tf2flax.init_params(EXAMPLES / "bert_tiny", "auto", params, progress=False)
+    want = tf2flax.load_variable(EXAMPLES / "bert_tiny", "bert/embeddings/word_embeddings")
+    np.testing.assert_array_equal(got["embeddings"]["word"]["embedding"]["part_1"], want[64:])

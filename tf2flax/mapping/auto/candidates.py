@@ -140,6 +140,34 @@ def checkpoint_layers(ckpt: Any, names: CheckpointNames, stages: Sequence[Sequen
     return list(layers.values())
 
 
+def _variables(targets: Mapping[str, TargetLeaf], exclude: set[str]) -> list[tuple[str, tuple[int, ...], Any]]:
+    """``(path, shape, dtype)`` per target variable: a leaf, or ``<var>`` for ``<var>/part_0 ..`` leaves
+    (TensorFlow's partitioned variable: the parts joined along the one axis where they differ, else 0)."""
+    out, seen = [], set()
+    for path, leaf in targets.items():
+        if path in exclude or path in seen:
+            continue
+        m = _PART.match(path)
+        parts = []
+        if m and path.endswith("/part_0"):
+            i = 0
+            while f"{m.group(1)}/part_{i}" in targets:
+                parts.append(targets[f"{m.group(1)}/part_{i}"])
+                i += 1
+        shapes = [tuple(p.shape) for p in parts]
+        if len(parts) > 1 and all(len(sh) == len(shapes[0]) and sh for sh in shapes) and \
+                not any(p.path in exclude for p in parts):
+            differ = [a for a in range(len(shapes[0])) if len({sh[a] for sh in shapes}) > 1]
+            if len(differ) <= 1:
+                axis = differ[0] if differ else 0
+                shape = tuple(sum(sh[a] for sh in shapes) if a == axis else d for a, d in enumerate(shapes[0]))
+                seen |= {p.path for p in parts}
+                out.append((m.group(1), shape, leaf.dtype))
+                continue
+        out.append((path, tuple(leaf.shape), leaf.dtype))
+    return out
+
+
 def _checksum(ckpt: Any, key: str) -> tuple | None:
     """(shape, dtype, size, crc32c) of a dense stored tensor, from the index alone; None if unknown."""
     try:
@@ -158,12 +186,10 @@ def target_layers(targets: Mapping[str, TargetLeaf], exclude: set[str] = frozens
     ``order``: leaf path -> rank (an ``nnx.Module``'s attribute order) orders all layers as siblings."""
     linen = any(p.split("/", 1)[0] == "params" for p in targets)
     layers: dict[str, Layer] = {}
-    for path, leaf in targets.items():
-        if path in exclude:
-            continue
+    for path, shape, dtype in _variables(targets, exclude):
         struct = path.split("/", 1)[1] if linen and "/" in path and path.split("/", 1)[0] in LINEN_COLLECTIONS \
             else path
-        _add_leaf(layers, "target", [struct], path, tuple(leaf.shape), leaf.dtype)
+        _add_leaf(layers, "target", [struct], path, shape, dtype)
     out = list(layers.values())
     if order:
         for layer in out:
