@@ -512,3 +512,13 @@ def test_partitioned_target_takes_one_variable():
     got = tf2flax.init_params(EXAMPLES / "bert_tiny", "auto", params, progress=False)
     want = tf2flax.load_variable(EXAMPLES / "bert_tiny", "bert/embeddings/word_embeddings")
     np.testing.assert_array_equal(got["embeddings"]["word"]["embedding"]["part_1"], want[64:])
+
+
+def test_keras_resnet_auto_example_runs():
+    """docs/automap.md's excerpted worked example, run in full (Keras trains and saves, NNX loads)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "keras_resnet_auto.py")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "max |flax - keras|" in done.stdout and "order" in done.stdout
