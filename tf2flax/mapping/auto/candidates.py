@@ -273,7 +273,6 @@ def _add_leaf(layers: dict[str, Layer], side: str, schemes: list[str], name: str
     path = f"{parent}/{split[0]}" if split and parent else split[0] if split else parent
     if kind not in CANONICAL_KINDS:   # a parameter of its own (pos_emb, cls_token): a one-leaf layer
         path, kind = schemes[0], "param"
-        schemes = [*schemes]
     layer = layers.get(path)
     if layer is None:
         layer = layers[path] = Layer(side, path or "<root>")
