@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from .formats import Checkpoint, open_checkpoint
 from .mapping import build_plan, check_strict
-from .mapping.auto import AutoMapping, as_auto, infer_mapping
+from .mapping.auto import AutoMap, AutoMapping, as_auto, infer_mapping
 from .mapping.auto.candidates import attribute_order
 from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
 from .plan import Plan, Report
@@ -49,7 +49,8 @@ def suggest_mapping(ckpt: str | os.PathLike | Checkpoint, params: Any, hints: An
                     part_axis: int | Mapping[str, int] | None = None) -> AutoMapping:
     """The map ``mapping="auto"`` would use, without loading: every decision with its evidence and
     confidence, the undecided targets and the unused checkpoint layers. ``hints``: an
-    :class:`~tf2flax.mapping.auto.AutoMap` (pinned map entries, targets to leave unset).
+    :class:`~tf2flax.mapping.auto.AutoMap` (pinned map entries, targets to leave unset), or map
+    entries alone (a dict or a list of pairs).
 
     Example::
 
@@ -57,7 +58,7 @@ def suggest_mapping(ckpt: str | os.PathLike | Checkpoint, params: Any, hints: An
         print(auto.summary())
         auto.save("map.yaml")          # then: python -m tf2flax convert ... --map map.yaml
     """
-    hints = as_auto(hints if hints is not None else "auto")
+    hints = as_auto("auto" if hints is None else hints) or AutoMap(map=hints)
     return infer_mapping(as_checkpoint(ckpt), flatten_targets(params), hints, rules=rules, preset=preset,
                          transforms=transforms, part_axis=part_axis, order=attribute_order(params))
 
