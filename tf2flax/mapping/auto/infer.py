@@ -83,14 +83,15 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
     specs = TransformSpecs(transforms, tvars.path_of)
     given_transforms = {tvars.path_of(k): v for k, v in (transforms or {}).items()}
 
-    pinned_pairs, pinned, used_keys = _pins(hints, names, tvars, targets)
+    pinned_pairs, pinned_rows, used_keys = _pins(hints, names, tvars, targets)
+    pinned = {t for t, _ in pinned_rows}
     leave = [compile_pattern(p, "AutoMap leave") for p in hints.leave]
     left = {p for p in targets if p not in pinned and any(r.fullmatch(p) for r in leave)}
 
     sources = checkpoint_layers(ckpt, names, stages, exclude=used_keys)
     tlayers = target_layers(targets, exclude=pinned | left, order=order)
     scores = NameScores([*sources, *tlayers])
-    result = AutoMapping(pinned=pinned_pairs, left=sorted(left), given_transforms=given_transforms,
+    result = AutoMapping(pinned=pinned_pairs, pinned_rows=pinned_rows, left=sorted(left), given_transforms=given_transforms,
                          rules=rules, preset=preset.name if preset else None)
     compat, reasons = _fits(tlayers, sources, specs)
     plain = {ti for ti, _ in compat}
@@ -104,15 +105,16 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
 
 
 def _pins(hints: AutoMap, names: CheckpointNames, tvars: TargetVars, targets: Mapping[str, TargetLeaf]
-          ) -> tuple[list[tuple[str, Any]], set[str], set[str]]:
+          ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]], set[str]]:
     """The pinned map entries (the hints', then target paths that are checkpoint names of the same
-    shape), the target leaves they load and the checkpoint keys they read."""
+    shape), ``(target leaf, checkpoint name)`` per leaf they load, and the checkpoint keys they read."""
     errors: list[str] = []
     pairs: list[tuple[str, Any]] = list(normalize(hints.map)) if hints.map is not None else []
     loads = assign(pairs, names, tvars, errors, [], Stacking()) if pairs else []
     if errors:
         raise MappingError("auto mapping hints: " + "; ".join(errors))
-    pinned = {leaf for load in loads for leaf in load.leaves}
+    rows = [(leaf, load.resolved.name) for load in loads for leaf in load.leaves]
+    pinned = {leaf for leaf, _ in rows}
     used_keys = {k for load in loads for k in load.resolved.keys}
     pairs = [(str(k), tvars.path_of(t) if not isinstance(t, (str, list)) else t) for k, t in pairs]
     skipped = {t.key for t in names.tensors if t.skipped}
@@ -126,9 +128,10 @@ def _pins(hints: AutoMap, names: CheckpointNames, tvars: TargetVars, targets: Ma
         if (resolved is not None and not set(resolved.keys) & (used_keys | skipped)
                 and tuple(resolved.source.shape) == tuple(leaf.shape)):
             pairs.append((path, path))
+            rows.append((path, path))
             pinned.add(path)
             used_keys |= set(resolved.keys)
-    return pairs, pinned, used_keys
+    return pairs, rows, used_keys
 
 
 def _fits(tlayers: list[Layer], sources: list[Layer], specs: TransformSpecs

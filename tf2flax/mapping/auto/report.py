@@ -55,6 +55,7 @@ class AutoMapping:
     """The result of :func:`tf2flax.suggest_mapping`: decisions with evidence, and what is undecided."""
 
     pinned: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    pinned_rows: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     left: list[str] = dataclasses.field(default_factory=list)
     given_transforms: dict[str, Any] = dataclasses.field(default_factory=dict)
     rules: Any = None
@@ -85,8 +86,8 @@ class AutoMapping:
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per target leaf: target, source, transform, evidence, confidence (decided ones)."""
-        out = [{"target": str(t), "source": s, "transform": None, "evidence": ["given (hint or same name)"],
-                "confidence": 1.0} for s, t in self.pinned]
+        out = [{"target": t, "source": s, "transform": None, "evidence": ["given (hint or same name)"],
+                "confidence": 1.0} for t, s in sorted(self.pinned_rows)]
         for d in sorted(self.decisions, key=lambda d: d.target):
             for f in sorted(d.fits, key=lambda f: f.target):
                 out.append({"target": f.target, "source": f.source,
