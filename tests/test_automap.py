@@ -522,3 +522,18 @@ def test_keras_resnet_auto_example_runs():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "max |flax - keras|" in done.stdout and "order" in done.stdout
+
+
+def test_garden_bert_into_scanned_nnx_bert(bert, models):
+    """Model Garden's TF2 checkpoint: the object graph orders layer_with_weights-4, -5; the full names
+    (transformer/layer_0, layer_1) give the {i} stacks."""
+    ex, _, _ = bert
+    nnx = models["nnx"]
+    garden = EXAMPLES / "bert_tiny_garden"
+    cfg = json.loads((garden / "bert_config.json").read_text())
+    ref = np.load(garden / "reference_outputs.npz")
+    model = scanned_bert(ex, cfg, nnx)
+    nnx.update(model, tf2flax.init_params(garden, "auto", nnx.state(model), progress=False))
+    seq, pooled = model(ref["input_ids"], ref["token_type_ids"], ref["input_mask"])
+    np.testing.assert_allclose(np.asarray(seq), ref["sequence_output"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(pooled), ref["pooled_output"], atol=1e-4)
