@@ -184,6 +184,8 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
         root = find(len(tlayers) + si)
         if root in components:
             components[root][1].append(si)
+    ordered = ({m for _, members in sibling_lists(tlayers) for m in members},
+               {m for _, members in sibling_lists(sources) for m in members})
     for rows, cols in components.values():
         by_name = np.full((len(rows), len(cols)), -np.inf)
         by_order = np.zeros((len(rows), len(cols)))
@@ -217,7 +219,7 @@ def _plain(result: AutoMapping, tlayers: list[Layer], sources: list[Layer], comp
                 continue
             if gap < MARGIN:
                 result.undecided.append(Undecided(t.path, _leaf_names(t), candidates,
-                                                  _why(t, ti, [sources[cols[c2]] for c2 in ranked], tlayers, sources,
+                                                  _why(t, ti, [sources[cols[c2]] for c2 in ranked], ordered, sources,
                                                        matrix[r, ranked], gap)))
                 continue
             s = sources[si]
@@ -251,13 +253,13 @@ def _evidence(t: Layer, s: Layer, scores: NameScores, order: str | None) -> list
     return out
 
 
-def _why(t: Layer, ti: int, ranked: list[Layer], tlayers: list[Layer], sources: list[Layer], values: np.ndarray,
-         gap: float) -> str:
+def _why(t: Layer, ti: int, ranked: list[Layer], ordered: tuple[set[int], set[int]], sources: list[Layer],
+         values: np.ndarray, gap: float) -> str:
     n = len(ranked)
     close = [s for s, v in zip(ranked, values) if values[0] - v < MARGIN]
-    t_ordered = any(ti in members for _, members in sibling_lists(tlayers))
+    t_ordered = ti in ordered[0]
     pos = {id(s): i for i, s in enumerate(sources)}
-    s_ordered = all(any(pos[id(s)] in members for _, members in sibling_lists(sources)) for s in close)
+    s_ordered = all(pos[id(s)] in ordered[1] for s in close)
     head = f"{n} checkpoint layers fit {t.signature()}"
     if len(close) > 1:
         if not t_ordered:

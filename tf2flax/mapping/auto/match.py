@@ -48,6 +48,10 @@ def assign_with_margins(scores: np.ndarray, with_margins: bool = True) -> tuple[
     n, m = scores.shape
     if n == 0:
         return [], []
+    keep = _top_columns(scores, n + 1)
+    if len(keep) < m:  # the rest cannot change the best matching, nor the best one without any one pair
+        rows, drops = assign_with_margins(scores[:, keep], with_margins)
+        return [None if c is None else int(keep[c]) for c in rows], drops
     size = m + n
     cost = np.zeros((size, size))
     cost[:n] = UNMATCHED
@@ -81,6 +85,22 @@ def assign_with_margins(scores: np.ndarray, with_margins: bool = True) -> tuple[
             dist = np.minimum(dist, step)
         out.append(float("inf") if drop >= _BIG / 2 else drop)
     return rows, out
+
+
+def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """The columns among some row's ``k`` best possible ones, in order.
+
+    With n rows, a best matching exists that gives every row one of its n best columns (at most n - 1
+    are taken by the others), and a best one without a given pair, one of its n + 1 best.
+    """
+    n, m = scores.shape
+    if m <= k:
+        return np.arange(m)
+    keep = np.zeros(m, dtype=bool)
+    for row in scores:
+        finite = np.flatnonzero(np.isfinite(row))
+        keep[finite[np.argsort(-row[finite], kind="stable")[:k]]] = True
+    return np.flatnonzero(keep)
 
 
 def _hungarian(cost: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
