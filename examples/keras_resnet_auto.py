@@ -96,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--tol", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    from flax import nnx
-
     import tf2flax
 
     with tempfile.TemporaryDirectory() as tmp:

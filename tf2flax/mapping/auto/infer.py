@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -91,7 +90,8 @@ def infer_mapping(ckpt: Any, targets: Mapping[str, TargetLeaf], hints: AutoMap |
     sources = checkpoint_layers(ckpt, names, stages, exclude=used_keys)
     tlayers = target_layers(targets, exclude=pinned | left, order=order)
     scores = NameScores([*sources, *tlayers])
-    result = AutoMapping(pinned=pinned_pairs, pinned_rows=pinned_rows, left=sorted(left), given_transforms=given_transforms,
+    result = AutoMapping(pinned=pinned_pairs, pinned_rows=pinned_rows, left=sorted(left),
+                         given_transforms=given_transforms,
                          rules=rules, preset=preset.name if preset else None)
     compat, reasons = _fits(tlayers, sources, specs)
     plain = {ti for ti, _ in compat}
@@ -276,7 +276,7 @@ def _why(t: Layer, ti: int, ranked: list[Layer], ordered: tuple[set[int], set[in
 def _missing(t: Layer, sources: list[Layer], reasons: dict, ti: int, scores: NameScores) -> Undecided:
     ranked = sorted(range(len(sources)), key=lambda si: -scores(t, sources[si]))[:3]
     candidates = [(sources[si].path, scores(t, sources[si]),
-                   [f"cannot load it: " + reasons.get((ti, si), f"its leaves are {sorted(sources[si].leaves)}, "
+                   ["cannot load it: " + reasons.get((ti, si), f"its leaves are {sorted(sources[si].leaves)}, "
                                                                 f"the target's {sorted(t.leaves)}")])
                   for si in ranked]
     refused = [s for si, s in enumerate(sources) if s.refused and reasons.get((ti, si)) == s.refused]
