@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 # jax, flax, orbax and tensorstore load on first use of what needs them: `import tf2flax`, the
 # reader, `list_variables` and `python -m tf2flax ls` of a local checkpoint stay light.
 _LAZY = {"convert": "conversion", "ConvertResult": "conversion", "init_params": "restore", "LoadResult": "restore",
-         "plan_params": "restore", "init_opt_state": "optimizer", "OptStateReport": "optimizer"}
+         "plan_params": "restore", "suggest_mapping": "restore", "AutoMap": "mapping.auto", "init_opt_state": "optimizer", "OptStateReport": "optimizer"}
 
 
 def __getattr__(name: str) -> Any:
@@ -48,4 +48,5 @@ def load_variable(path: str | os.PathLike, name: str) -> np.ndarray:
 
 
 __all__ = ["Checkpoint", "ConvertResult", "LoadResult", "OptStateReport", "convert", "errors", "init_opt_state",
-           "init_params", "list_variables", "load_variable", "open_checkpoint", "plan_params"]
+           "init_params", "list_variables", "load_variable", "open_checkpoint", "plan_params", "suggest_mapping",
+           "AutoMap"]

@@ -90,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "(see 'tf2flax presets')")
     ls.set_defaults(func=_ls)
 
+    sug = sub.add_parser("suggest", parents=[common], help="infer the map for a Flax model (mapping='auto')",
+                         description="Infer the assignment map from a checkpoint to the Flax leaves described "
+                         "in TARGET, print every decision with its evidence, and save it as a --map file. "
+                         "Refuses (exit 2) when anything is undecided. See docs/automap.md.")
+    sug.add_argument("ckpt", metavar="CKPT", help="checkpoint prefix, directory or URL")
+    sug.add_argument("target", metavar="TARGET", help="JSON/YAML file of the Flax leaves: {path: {shape, dtype}}")
+    sug.add_argument("-o", "--output", metavar="MAP", help="write the map file here (YAML; JSON for *.json)")
+    sug.add_argument("--map", metavar="FILE", help="hints: a map file (map entries pinned, rules, preset, transforms)")
+    sug.add_argument("--leave", metavar="REGEX", action="append", default=[],
+                     help="target paths (regex) to leave unset, e.g. a new head")
+    sug.add_argument("--json", action="store_true", help="machine-readable output")
+    sug.set_defaults(func=_suggest)
+
     presets = sub.add_parser("presets", parents=[common], help="list the presets",
                              description="List the presets (renames for a framework's or model family's naming).")
     presets.set_defaults(func=_presets)
@@ -243,6 +256,31 @@ def _native_lines_dropped(drop: bool) -> Any:
     from .conversion.native_output import dropping_native_lines
 
     return dropping_native_lines()
+
+
+# ---- suggest -----------------------------------------------------------------------------------------
+
+def _suggest(args: argparse.Namespace) -> int:
+    from .conversion.mapfile import load_map_file
+    from .mapping.auto import AutoMap
+    from .mapping.auto.target_file import read_target_file
+    from .restore import suggest_mapping
+
+    options = load_map_file(args.map) if args.map else {}
+    hints = AutoMap(map=options.pop("mapping", None), leave=args.leave)
+    options = {k: v for k, v in options.items() if k in ("rules", "preset", "transforms", "part_axis")}
+    auto = suggest_mapping(args.ckpt, read_target_file(args.target), hints, **options)
+    if args.json:
+        json.dump(auto.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        print(_printable_lines(auto.summary()))
+    auto.check(cli=True)
+    if args.output:
+        auto.save(args.output)
+        if not args.json:
+            print(f"wrote {_printable(args.output)}")
+    return 0
 
 
 # ---- presets -----------------------------------------------------------------------------------------

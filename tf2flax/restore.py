@@ -18,6 +18,8 @@ from jax.sharding import Mesh
 
 from .formats import Checkpoint, open_checkpoint
 from .mapping import build_plan, check_strict
+from .mapping.auto import AutoMap, AutoMapping, as_auto, infer_mapping
+from .mapping.auto.candidates import attribute_order
 from .materialize import DEFAULT_BYTES_IN_FLIGHT, LoadStats, materialize, planned_bytes
 from .plan import Plan, Report
 from .progress import ByteProgress
@@ -40,6 +42,25 @@ class LoadResult:
 def as_checkpoint(ckpt: str | os.PathLike | Checkpoint) -> Checkpoint:
     """An open checkpoint from a path, URL, or an already open one."""
     return ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
+
+
+def suggest_mapping(ckpt: str | os.PathLike | Checkpoint, params: Any, hints: Any = None, *, rules: Any = None,
+                    preset: Any = None, transforms: Mapping[Any, Any] | None = None,
+                    part_axis: int | Mapping[str, int] | None = None) -> AutoMapping:
+    """The map ``mapping="auto"`` would use, without loading: every decision with its evidence and
+    confidence, the undecided targets and the unused checkpoint layers. ``hints``: an
+    :class:`~tf2flax.mapping.auto.AutoMap` (pinned map entries, targets to leave unset), or map
+    entries alone (a dict or a list of pairs).
+
+    Example::
+
+        auto = tf2flax.suggest_mapping("/runs/bert", nnx.state(model))
+        print(auto.summary())
+        auto.save("map.yaml")          # then: python -m tf2flax convert ... --map map.yaml
+    """
+    hints = as_auto("auto" if hints is None else hints) or AutoMap(map=hints)
+    return infer_mapping(as_checkpoint(ckpt), flatten_targets(params), hints, rules=rules, preset=preset,
+                         transforms=transforms, part_axis=part_axis, order=attribute_order(params))
 
 
 def plan_params(ckpt: str | os.PathLike | Checkpoint, mapping: Any, params: Any, **options: Any) -> Plan:
@@ -76,7 +97,8 @@ def init_params(
     """``params`` with the leaves ``mapping`` names loaded from ``ckpt``, placed with their shardings.
 
     ``mapping`` follows ``tf.compat.v1.train.init_from_checkpoint``'s assignment map (see the
-    README's Mapping section); ``rules``/``preset``/``transforms`` go beyond it, and ``{i}`` in a
+    README's Mapping section), or is ``"auto"`` (inferred, never guessed: see docs/automap.md);
+    ``rules``/``preset``/``transforms`` go beyond it, and ``{i}`` in a
     map key stacks per-layer tensors along ``stack_axis`` (see ``tf2flax.mapping.stacking``). Leaves are placed
     with the sharding each target carries, or ``shardings`` (pytree, dict by path, or function),
     or ``sharding_rules`` [(regex, PartitionSpec)] over ``mesh``; each process reads only the
@@ -93,7 +115,7 @@ def init_params(
     ckpt = as_checkpoint(ckpt)
     targets = flatten_targets(params)
     plan = build_plan(ckpt, mapping, targets, rules=rules, preset=preset, transforms=transforms, part_axis=part_axis,
-                      stack_axis=stack_axis)
+                      stack_axis=stack_axis, order=attribute_order(params) if as_auto(mapping) else None)
     if strict:
         check_strict(plan.report)
     placement = resolve_shardings(targets, shardings, mesh=mesh, rules=sharding_rules)

@@ -234,6 +234,20 @@ def _distributed(distributed: bool | None) -> bool:
     return distributed
 
 
+def _auto_map(mapping: Any, transforms: Any) -> tuple[Any, Any]:
+    """A reviewed :func:`tf2flax.suggest_mapping` result as a map; ``"auto"`` is refused (no model here)."""
+    from ..mapping.auto import AutoMapping, as_auto
+
+    if isinstance(mapping, AutoMapping):
+        mapping.check()
+        return mapping.mapping, {**(transforms or {}), **mapping.transforms}
+    if as_auto(mapping) is not None:
+        raise MappingError("convert has no model to infer a map for: infer it with tf2flax.suggest_mapping(ckpt, "
+                           "params) (pass the result as mapping, or .save() it) or `python -m tf2flax suggest CKPT "
+                           "TARGET -o map.yaml` and --map map.yaml")
+    return mapping, transforms
+
+
 def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms: Any, dtype: Any,
           include_optimizer: bool, part_axis: Any, stack_axis: Any, names: str, dry_run: bool,
           force: bool) -> tuple[Plan, list[tuple[str, str]], Checkpoint, Any]:
@@ -241,6 +255,7 @@ def _plan(ckpt: Any, out: Any, mapping: Any, rules: Any, preset: Any, transforms
     if is_url(os.fspath(out)):
         check_output_url(out, force, dry_run=True)  # an unwritable scheme fails before the checkpoint opens
     check_part_axis(part_axis)
+    mapping, transforms = _auto_map(mapping, transforms)
     given = [] if isinstance(ckpt, Checkpoint) or is_url(os.fspath(ckpt)) else [os.fspath(ckpt)]
     ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt)
     if is_url(os.fspath(out)):

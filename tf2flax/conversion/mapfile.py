@@ -60,6 +60,18 @@ def load_map_file(path: str | os.PathLike) -> dict[str, Any]:
     return kwargs
 
 
+def read_data_file(path: str | os.PathLike) -> Any:
+    """The JSON (``*.json``) or YAML in file ``path``, with a map file's limits (size, nesting, no
+    aliases); bad input is a :class:`MappingError`.
+
+    Example::
+
+        leaves = read_data_file("target.json")
+    """
+    path = os.fspath(path)
+    return _parse(path, _read(path))
+
+
 def _read(path: str) -> str:
     try:
         with open(path, "rb") as f:

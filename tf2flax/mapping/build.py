@@ -22,6 +22,7 @@ from ..plan import (Cast, Plan, PlanEntry, RegionSource, Report, Reshape, Source
                     can_cast)
 from ..targets import TargetLeaf
 from .assignment import Load, TargetVars, assign, auto_assign
+from .auto import AutoMapping, as_auto, infer_mapping
 from .hints import dtype_name, shape_hint
 from .names import CheckpointNames, PartAxis, axis_for, check_part_axis
 from .presets import Preset, get_preset
@@ -49,15 +50,18 @@ class MappingReport(Report):
 
 def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, rules: RulesSpec | None = None,
                preset: str | Preset | None = None, transforms: Mapping[Any, Any] | None = None,
-               part_axis: PartAxis = None, stack_axis: StackAxis = None) -> Plan:
+               part_axis: PartAxis = None, stack_axis: StackAxis = None,
+               order: Mapping[str, int] | None = None) -> Plan:
     """The validated plan that loads ``ckpt`` into ``targets`` as ``mapping`` says; reads no tensor data.
 
     ``mapping``: TensorFlow's assignment map (dict or list of pairs), or None to match every target
-    path that is a (renamed) checkpoint name. ``rules``/``preset`` rename checkpoint names first.
+    path that is a (renamed) checkpoint name, or ``"auto"`` / an :class:`~tf2flax.mapping.auto.AutoMap`
+    to infer it (see ``tf2flax.mapping.auto``; refused with a MappingError unless every leaf is decided).
+    ``rules``/``preset`` rename checkpoint names first.
     ``transforms``: ``{target path or regex: spec}``. ``part_axis``: the axis of ``<var>/part_<n>``
     concatenations and splits (an int, or ``{var: axis}``), inferred from the shapes by default.
     ``stack_axis``: the new axis of ``{i}`` stacks (an int, or ``{target regex: int}``; the preset's,
-    else 0).
+    else 0). ``order``: target leaf path -> rank (an nnx.Module's attribute order), evidence for "auto".
 
     Example::
 
@@ -70,6 +74,15 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
         from .. import open_checkpoint
 
         ckpt = open_checkpoint(ckpt)
+    hints = as_auto(mapping)
+    if hints is not None:
+        mapping = infer_mapping(ckpt, targets, hints, rules=rules, preset=preset, transforms=transforms,
+                                part_axis=part_axis, order=order)
+    auto_notes: list[str] = []
+    if isinstance(mapping, AutoMapping):  # inferred here, or by suggest_mapping and reviewed
+        mapping.check()
+        auto_notes.append(mapping.note())
+        mapping, transforms = mapping.mapping, {**(transforms or {}), **mapping.transforms}
     preset = get_preset(preset)
     stages = [preset.rules_for(list(ckpt.names))] if preset else []
     stages.append(compile_rules(rules))
@@ -81,7 +94,7 @@ def build_plan(ckpt: Any, mapping: Any, targets: Mapping[str, TargetLeaf], *, ru
     specs = TransformSpecs(transforms, tvars.path_of)
 
     errors: list[str] = []
-    notes: list[str] = []
+    notes: list[str] = auto_notes
     check_stack_axis(stack_axis)
     fit = fit_shape if preset and preset.fit else None
     stacking = Stacking(stack_axis if stack_axis is not None or not preset else preset.stack_axis, fit)

@@ -130,7 +130,7 @@ class CheckpointNames:
         self.tensors: list[Tensor] = []
         self._index: dict[str, list[int]] = {}
         self._stacks: dict[str, dict[int, list[int]]] = {}
-        for key, originals, label, skipped in _originals(ckpt):
+        for key, originals, label, skipped in tensor_names(ckpt):
             tid = len(self.tensors)
             dropped = False
             for original in originals:
@@ -196,6 +196,10 @@ class CheckpointNames:
                 groups[base] = [parts[i] for i in range(len(parts))]
         return groups
 
+    def partitions(self) -> dict[str, list[str]]:
+        """``{<var>: [<var>/part_0, <var>/part_1, ...]}`` for the partitioned names this checkpoint has."""
+        return {base: list(parts) for base, parts in self._parts.items()}
+
     def names(self) -> list[str]:
         """Every addressable name, sorted (for suggestions and ``{i}`` matching)."""
         if self._sorted is None:
@@ -231,8 +235,14 @@ class CheckpointNames:
         return sorted(t.label for t in rest if not t.skipped), sorted(t.label for t in rest if t.skipped)
 
 
-def _originals(ckpt: Any) -> list[tuple[str, list[str], str, bool]]:
-    """(key, names before renames, label, skipped) for every tensor of ``ckpt``."""
+def tensor_names(ckpt: Any) -> list[tuple[str, list[str], str, bool]]:
+    """(key, names before renames, label, skipped) for every tensor of ``ckpt``: the names are the
+    checkpoint key, then (TF2) the object path, model path and ``full_name``.
+
+    Example::
+
+        [(key, names) for key, names, _, skipped in tensor_names(ckpt) if not skipped]
+    """
     graph = getattr(ckpt, "object_graph", None)
     by_key = {v.key: v for v in graph.variables} if graph is not None else {}
     full_names = collections.Counter(v.full_name for v in by_key.values() if v.full_name)
