@@ -115,7 +115,7 @@ def test_legacy_h5_names_from_attributes(kdir, model, kind):
 
 def test_real_keras2_files_from_tf_keras(kdir):
     if not (kdir / "tf_keras.h5").exists():
-        pytest.skip("tf_keras is not installed")
+        pytest.skip("tf_keras is not installed (it is not a test extra: it requires the full tensorflow package, which would install beside tensorflow-cpu; pip install --no-deps tf_keras to run this)")
     expected = {name[:-2]: v for name, v in load_expected(kdir / "tf_keras.expected").items()}
     # a nested model's weights are named under the layer that holds them
     for name in ("tf_keras.h5", "tf_keras.weights_only.h5"):  # the nested Sequential's weights as Keras names them
