@@ -425,3 +425,15 @@ def test_cli_killing_the_command_a_user_started_kills_its_conversion_too(ckpt_pa
     lines = _error_lines(err0)
     assert len(lines) == 1 and lines[0].startswith("tf2flax: error: process 1 of 2 "), err0
     assert not out.exists() and _finished(tmp_path) == []
+
+
+def test_a_peer_killed_while_registering_is_named_when_there_are_two():
+    """JAX's RegisterTask failure does not say who is missing; with two processes it can only be the other
+    (the killed-supervisor test above met this when the kill landed before process 1 registered)."""
+    from tf2flax.conversion.supervise import why_ended
+
+    message = "Check failed: RegisterTask ... DEADLINE_EXCEEDED: Barrier timed out"
+    assert why_ended(message, 0, 2, "127.0.0.1:1234").startswith(
+        "process 1 of 2 did not join JAX's coordination service at 127.0.0.1:1234 in time")
+    assert why_ended(message, 1, 2, None).startswith("process 0 of 2 did not join")
+    assert why_ended(message, 0, 4, None).startswith("not every process joined in time")

@@ -130,7 +130,11 @@ def why_ended(message: str, index: int | None, count: int | None, address: str |
         return (f"process 0{of} (the coordinator{', at ' + address if address else ''}) stopped or cannot be "
                 "reached; nothing was committed")
     if "RegisterTask" in message:
-        return f"not every process joined{' at ' + address if address else ''} in time; nothing was written"
+        at = f" at {address}" if address else ""
+        if count == 2 and index in (0, 1):  # then the one that did not join is the other
+            return (f"process {1 - index} of 2 did not join JAX's coordination service{at} in time (killed, or "
+                    "never started); nothing was written")
+        return f"not every process joined{at} in time; nothing was written"
     reason = " ".join(message.split())[:300]
     return f"the jax.distributed program failed ({_this(index, count)}): {reason}; nothing was committed"
 
