@@ -132,3 +132,14 @@ def test_output_directory_lost_while_converting_names_out_not_our_temporary(tmp_
     message = str(caught.value)
     assert message == f"{parent / 'out'}: writing the output failed: {tmp_path / 'run'} is a file, not a directory"
     assert ".tmp-" not in message and "Errno" not in message
+
+
+def test_gloo_messages_run_together_leave_no_blank_line():
+    """Two gloo threads writing at once ran their messages into one line and left a blank line after it,
+    which --quiet printed (CI saw stdout '\\n' from process 0)."""
+    from tf2flax.conversion.native_output import without_lines
+
+    held = [b"[Gloo] Rank 0 is connected to 1 peer ranks.[Gloo] Rank 0 is connected to 1 peer ranks.\n", b"\n"]
+    assert without_lines(held) == b""
+    assert without_lines([b"[Gloo] x\n", b"\n", b"summary\n"]) == b"\n" + b"summary\n"  # a blank line of ours stays
+    assert without_lines([b"ours\n", b"[Gloo] a[Gloo] b[Gloo] c\n", b"\n", b"\n", b"\n"]) == b"ours\n\n"

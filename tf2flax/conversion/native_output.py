@@ -19,7 +19,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator
 
 GLOO = (b"[Gloo] ",)
 
@@ -44,8 +44,28 @@ def dropping_native_lines(prefixes: tuple[bytes, ...] = GLOO, fd: int = 1) -> It
             os.dup2(saved, fd)
             os.close(saved)
             held.seek(0)
-            kept = b"".join(line for line in held if not line.startswith(prefixes))
+            kept = without_lines(held, prefixes)
             with contextlib.suppress(OSError):
                 view = memoryview(kept)
                 while view:
                     view = view[os.write(fd, view):]
+
+
+def without_lines(lines: Iterable[bytes], prefixes: tuple[bytes, ...] = GLOO) -> bytes:
+    """``lines`` joined, less those starting with one of ``prefixes``. Threads of a native library
+    writing at once can run two messages into one line (``[Gloo] a[Gloo] b``) and leave their line
+    ends as a blank line after it: one blank line per extra message is dropped too.
+
+    Example::
+
+        without_lines([b"[Gloo] a[Gloo] b\\n", b"\\n", b"done\\n"])     # b"done\\n"
+    """
+    kept, blanks_owed = [], 0
+    for line in lines:
+        if line.startswith(prefixes):
+            blanks_owed += sum(line.count(p) for p in prefixes) - 1
+        elif blanks_owed and not line.strip():
+            blanks_owed -= 1
+        else:
+            kept.append(line)
+    return b"".join(kept)
