@@ -195,32 +195,15 @@ def test_garden_bert_into_nnx_bert(bert, models):
 
 
 def scanned_bert(ex, cfg, nnx):
-    """The example's NNX BERT with its layers scanned: one BertLayer created under ``nnx.vmap`` (every
-    leaf gets a leading layer axis) and run with ``nnx.scan``."""
+    """examples/bert_auto.py's NNX BERT with its layers scanned: one BertLayer created under ``nnx.vmap``
+    (every leaf gets a leading layer axis) and run with ``nnx.scan`` (the example's own class, so the
+    test and the example cannot drift apart)."""
+    import importlib.util
 
-    class ScannedEncoder(nnx.Module):
-        def __init__(self, *, rngs):
-            @nnx.split_rngs(splits=cfg["num_hidden_layers"])
-            @nnx.vmap(in_axes=(0,), out_axes=0)
-            def make(rngs):
-                return ex.BertLayer(cfg, rngs=rngs)
-
-            self.layers = make(rngs)
-
-        def __call__(self, x, mask):
-            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
-            def step(x, layer):
-                return layer(x, mask)
-
-            return step(x, self.layers)
-
-    class ScannedBert(ex.BertModel):
-        def __init__(self, *, rngs):
-            self.embeddings = ex.BertEmbeddings(cfg, rngs=rngs)
-            self.encoder = ScannedEncoder(rngs=rngs)
-            self.pooler = nnx.Linear(cfg["hidden_size"], cfg["hidden_size"], rngs=rngs)
-
-    return ScannedBert(rngs=nnx.Rngs(0))
+    spec = importlib.util.spec_from_file_location("bert_auto_example", EXAMPLES / "bert_auto.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ScannedBert(cfg, rngs=nnx.Rngs(0))
 
 
 def test_tf1_bert_into_scanned_nnx_bert(bert, models):
